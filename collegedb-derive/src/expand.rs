@@ -1,0 +1,208 @@
+//! Generates code from a validated [`Model`]: an implementation of `collegedb::Model` (data only)
+//! and typed methods that forward to the runtime's generic CRUD.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::schema::{Field, Model};
+
+fn strategy(name: &Option<String>) -> TokenStream {
+    let variant = match name.as_deref() {
+        None => return quote!(::core::option::Option::None),
+        Some("hash") => format_ident!("Hash"),
+        Some("round-robin") => format_ident!("RoundRobin"),
+        Some("random") => format_ident!("Random"),
+        Some(_) => format_ident!("Location"),
+    };
+    quote!(::core::option::Option::Some(__cdb::Strategy::#variant))
+}
+
+fn column_def(field: &Field) -> TokenStream {
+    let (name, ty) = (&field.column, &field.ty);
+    if field.json {
+        quote! {
+            __cdb::ColumnDef { name: #name, ty: __cdb::ColumnType::Text, nullable: false }
+        }
+    } else {
+        quote! {
+            __cdb::ColumnDef {
+                name: #name,
+                ty: <#ty as __cdb::ColumnValue>::COLUMN_TYPE,
+                nullable: <#ty as __cdb::ColumnValue>::NULLABLE,
+            }
+        }
+    }
+}
+
+fn to_value(field: &Field) -> TokenStream {
+    let (ident, ty) = (&field.ident, &field.ty);
+    if field.json {
+        quote!(__cdb::json::to_value(&self.#ident)?)
+    } else {
+        quote!(<#ty as __cdb::ColumnValue>::to_value(&self.#ident)?)
+    }
+}
+
+fn from_value(field: &Field) -> TokenStream {
+    let (ident, ty, column) = (&field.ident, &field.ty, &field.column);
+    if field.json {
+        quote!(#ident: __cdb::json_column::<#ty>(&mut values, #column)?)
+    } else {
+        quote!(#ident: __cdb::column::<#ty>(&mut values, #column)?)
+    }
+}
+
+/// Type assertions spanned at each field's type, so an unsupported type is reported there.
+fn assertions(model: &Model) -> TokenStream {
+    let key = model.key();
+    let key_ty = &key.ty;
+    let key_check = quote_spanned! {key_ty.span()=>
+        const _: () = __cdb::assert_shard_key::<#key_ty>();
+    };
+    let column_checks = model.fields.iter().filter(|f| !f.json).map(|field| {
+        let ty = &field.ty;
+        quote_spanned! {ty.span()=>
+            const _: () = __cdb::assert_column::<#ty>();
+        }
+    });
+    quote!(#key_check #(#column_checks)*)
+}
+
+pub fn model(model: &Model) -> TokenStream {
+    let ident = &model.ident;
+    let table = &model.table;
+    let key = model.key();
+    let (key_ident, key_ty) = (&key.ident, &key.ty);
+    let key_index = model.key_index;
+    let read = strategy(&model.read);
+    let write = strategy(&model.write);
+    let columns = model.fields.iter().map(column_def);
+    let to_values = model.fields.iter().map(to_value);
+    let from_values = model.fields.iter().map(from_value);
+    let assertions = assertions(model);
+    let count = model.fields.len();
+
+    let doc_find = format!("Finds the `{table}` row with this key, or `None`.");
+    let doc_insert = format!("Inserts a new `{table}` row, placed by the model's write strategy.");
+    let doc_insert_many = format!(
+        "Inserts many `{table}` rows, grouped per shard, within D1's 100 bound parameters per statement, one transaction per shard."
+    );
+    let doc_update = format!("Updates every column of an existing `{table}` row.");
+    let doc_upsert = format!("Inserts the `{table}` row, or updates it where it lives.");
+    let doc_delete =
+        format!("Deletes the `{table}` row with this key; returns whether one was deleted.");
+    let doc_create = format!("Creates the `{table}` table on every shard if it does not exist.");
+    let doc_count = format!("Counts `{table}` rows over every shard.");
+    let doc_locate = format!("The name of the shard that holds this `{table}` key's row, if any.");
+
+    quote! {
+        const _: () = {
+            use ::collegedb::__private as __cdb;
+
+            #assertions
+
+            impl __cdb::Model for #ident {
+                type Key = #key_ty;
+                const TABLE: &'static str = #table;
+                const COLUMNS: &'static [__cdb::ColumnDef] = &[#(#columns),*];
+                const KEY_INDEX: usize = #key_index;
+                const STRATEGY: __cdb::StrategyOverride = __cdb::StrategyOverride {
+                    read: #read,
+                    write: #write,
+                };
+
+                fn key(&self) -> &Self::Key {
+                    &self.#key_ident
+                }
+
+                fn to_values(&self) -> __cdb::Result<__cdb::Vec<__cdb::Value>> {
+                    let values: [__cdb::Value; #count] = [#(#to_values),*];
+                    ::core::result::Result::Ok(__cdb::Vec::from(values))
+                }
+
+                fn from_values(values: __cdb::Vec<__cdb::Value>) -> __cdb::Result<Self> {
+                    let mut values = values.into_iter();
+                    ::core::result::Result::Ok(Self { #(#from_values),* })
+                }
+
+                fn sql() -> &'static __cdb::ModelSql {
+                    static SQL: __cdb::OnceLock<__cdb::ModelSql> = __cdb::OnceLock::new();
+                    SQL.get_or_init(__cdb::ModelSql::render::<Self>)
+                }
+            }
+
+            impl #ident {
+                #[doc = #doc_create]
+                pub async fn create_table<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                ) -> __cdb::Result<()> {
+                    __cdb::crud::create_table::<Self, B>(db).await
+                }
+
+                #[doc = #doc_insert]
+                pub async fn insert<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    row: &Self,
+                ) -> __cdb::Result<()> {
+                    __cdb::crud::insert::<Self, B>(db, row).await
+                }
+
+                #[doc = #doc_insert_many]
+                pub async fn insert_many<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    rows: &[Self],
+                ) -> __cdb::Result<usize> {
+                    __cdb::crud::insert_many::<Self, B>(db, rows).await
+                }
+
+                #[doc = #doc_find]
+                pub async fn find<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    key: impl __cdb::KeyArg<#key_ty>,
+                ) -> __cdb::Result<::core::option::Option<Self>> {
+                    __cdb::crud::find::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                }
+
+                #[doc = #doc_update]
+                pub async fn update<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    row: &Self,
+                ) -> __cdb::Result<()> {
+                    __cdb::crud::update::<Self, B>(db, row).await
+                }
+
+                #[doc = #doc_upsert]
+                pub async fn upsert<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    row: &Self,
+                ) -> __cdb::Result<()> {
+                    __cdb::crud::upsert::<Self, B>(db, row).await
+                }
+
+                #[doc = #doc_delete]
+                pub async fn delete<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    key: impl __cdb::KeyArg<#key_ty>,
+                ) -> __cdb::Result<bool> {
+                    __cdb::crud::delete::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                }
+
+                #[doc = #doc_count]
+                pub async fn count<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                ) -> __cdb::Result<u64> {
+                    __cdb::crud::count::<Self, B>(db).await
+                }
+
+                #[doc = #doc_locate]
+                pub async fn locate<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    key: impl __cdb::KeyArg<#key_ty>,
+                ) -> __cdb::Result<::core::option::Option<::std::string::String>> {
+                    __cdb::crud::locate::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                }
+            }
+        };
+    }
+}

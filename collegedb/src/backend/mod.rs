@@ -1,0 +1,152 @@
+//! The seams between the router and the outside world.
+//!
+//! A [`Backend`] bundles three services: [`ShardConn`] (runs SQL on one shard database),
+//! [`Directory`](crate::directory::Directory) (the key-to-shard store) and [`Coordinator`] (the round-robin counter). The router
+//! is generic over the bundle, so the hot path is monomorphized: no boxing, no dynamic dispatch.
+//!
+//! Futures returned here are `Send` on native targets, so the library works inside multi-threaded
+//! runtimes such as tokio, and carry no `Send` bound on `wasm32`, where JavaScript objects cannot
+//! cross threads. [`MaybeSend`] and [`MaybeSync`] express that.
+
+#[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
+pub mod embedded;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::value::{ColumnValue, Value};
+
+/// `Send` on native targets; no bound on `wasm32`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSend: Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + ?Sized> MaybeSend for T {}
+/// `Send` on native targets; no bound on `wasm32`.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSend {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSend for T {}
+
+/// `Send + Sync` on native targets; no bound on `wasm32`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSync for T {}
+/// `Send + Sync` on native targets; no bound on `wasm32`.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSync for T {}
+
+/// One SQL statement with its bound parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// SQL text with `?` placeholders.
+    pub sql: String,
+    /// Values for the placeholders, in order.
+    pub params: Vec<Value>,
+}
+
+impl Statement {
+    /// A statement from SQL text and parameters.
+    pub fn new(sql: impl Into<String>, params: Vec<Value>) -> Self {
+        Statement {
+            sql: sql.into(),
+            params,
+        }
+    }
+}
+
+/// One result row: values in column order, with the column names shared across the result set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    /// A row from shared column names and its values (same length).
+    pub fn new(columns: Arc<[String]>, values: Vec<Value>) -> Self {
+        debug_assert_eq!(columns.len(), values.len());
+        Row { columns, values }
+    }
+
+    /// The column names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The values, in column order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// Takes the values out.
+    pub fn into_values(self) -> Vec<Value> {
+        self.values
+    }
+
+    /// The raw value of a column by name.
+    pub fn value(&self, column: &str) -> Option<&Value> {
+        let index = self.columns.iter().position(|c| c == column)?;
+        self.values.get(index)
+    }
+
+    /// Reads a column by name as a Rust type.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// use collegedb::{Row, Value};
+    /// let row = Row::new(Arc::from(vec!["n".to_string()]), vec![Value::Integer(7)]);
+    /// assert_eq!(row.get::<i64>("n").unwrap(), 7);
+    /// assert_eq!(row.get::<i64>("missing").unwrap_err().code(), "DECODE_FAILED");
+    /// ```
+    pub fn get<T: ColumnValue>(&self, column: &str) -> Result<T> {
+        let value = self
+            .value(column)
+            .ok_or_else(|| Error::decode(column, "no such column in the result"))?;
+        T::from_value(value.clone()).map_err(|e| match e {
+            Error::Decode { message, .. } => Error::decode(column, message),
+            other => other,
+        })
+    }
+}
+
+/// Runs SQL on one shard database.
+pub trait ShardConn: MaybeSync + 'static {
+    /// Runs a statement and returns the number of rows it changed.
+    fn execute(&self, sql: &str, params: &[Value])
+        -> impl Future<Output = Result<u64>> + MaybeSend;
+
+    /// Runs a query and returns its rows.
+    fn query(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<Vec<Row>>> + MaybeSend;
+
+    /// Runs statements as one transaction: all or none. Returns rows changed per statement.
+    fn batch(&self, statements: &[Statement])
+        -> impl Future<Output = Result<Vec<u64>>> + MaybeSend;
+
+    /// The database's size in bytes.
+    fn size_bytes(&self) -> impl Future<Output = Result<u64>> + MaybeSend;
+}
+
+/// Hands out round-robin tickets. Tickets of one table increase by one per call across every
+/// process sharing the coordinator, so `ticket % shards` spreads new keys evenly.
+pub trait Coordinator: MaybeSync + 'static {
+    /// The next ticket for `table`.
+    fn next_ticket(&self, table: &str) -> impl Future<Output = Result<u64>> + MaybeSend;
+}
+
+/// A bundle of shard, directory and coordinator implementations for one platform.
+pub trait Backend: 'static {
+    /// Runs SQL on one shard.
+    type Shard: ShardConn;
+    /// Stores key-to-shard entries.
+    type Directory: crate::directory::Directory;
+    /// Hands out round-robin tickets.
+    type Coordinator: Coordinator;
+}

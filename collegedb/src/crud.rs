@@ -1,0 +1,269 @@
+//! Typed operations on [`Model`]s, written once and called by the code `#[derive(Sharded)]`
+//! generates (`User::find(&db, id)` forwards to [`find`]).
+//!
+//! Routing follows the rules in [`crate::router`]: new keys are placed by the write strategy;
+//! existing keys are found with the read strategy's lookup order.
+
+use std::collections::BTreeMap;
+
+use crate::backend::{Backend, Row, ShardConn, Statement};
+use crate::config::Strategy;
+use crate::error::{Error, Result};
+use crate::key::{Key, ShardKey};
+use crate::model::{insert_rows, rows_per_statement, Model};
+use crate::router::{hash_first, CollegeDb};
+use crate::value::Value;
+
+/// Walks the shards that may own an existing key: the first guess given by the read strategy,
+/// then, after a miss, the directory's answer if it differs.
+pub(crate) struct Lookup {
+    /// The shard to try now.
+    pub shard: usize,
+    directory_checked: bool,
+}
+
+impl Lookup {
+    /// Starts a lookup with the read strategy's order.
+    pub async fn start<B: Backend>(
+        db: &CollegeDb<B>,
+        table: &str,
+        key: &Key,
+        read: Strategy,
+    ) -> Result<Self> {
+        Ok(if hash_first(read) {
+            Lookup {
+                shard: db.hash_shard(key),
+                directory_checked: false,
+            }
+        } else {
+            Lookup {
+                shard: db.owner(table, key).await?,
+                directory_checked: true,
+            }
+        })
+    }
+
+    /// After a miss on [`Lookup::shard`]: moves to the next candidate and returns `true`, or
+    /// returns `false` when no shard is left to try. Performs at most one directory read.
+    pub async fn next<B: Backend>(
+        &mut self,
+        db: &CollegeDb<B>,
+        table: &str,
+        key: &Key,
+    ) -> Result<bool> {
+        if self.directory_checked {
+            return Ok(false);
+        }
+        self.directory_checked = true;
+        match db.directory_lookup(table, key).await? {
+            Some(shard) if shard != self.shard => {
+                self.shard = shard;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+fn duplicate_or<M: Model, B: Backend>(db: &CollegeDb<B>, shard: usize, error: Error) -> Error {
+    match &error {
+        Error::QueryFailed { message, .. } if message.contains("UNIQUE constraint failed") => {
+            Error::DuplicateKey {
+                table: M::TABLE.to_owned(),
+                shard: db.shard_name(shard).to_owned(),
+            }
+        }
+        _ => error,
+    }
+}
+
+fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
+    rows.into_iter()
+        .next()
+        .map(|row| M::from_values(row.into_values()))
+        .transpose()
+}
+
+/// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`).
+pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
+    for shard in db.shards() {
+        shard.execute(&M::sql().create_table, &[]).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a new row. Fails with [`Error::DuplicateKey`] if its key exists on its owner shard.
+pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    let values = row.to_values()?;
+    let key = row.key().clone().into_key()?;
+    let write = db.strategies(M::STRATEGY).write;
+    let shard = db.place(M::TABLE, &key, write).await?;
+    db.shard(shard)
+        .execute(&M::sql().insert, &values)
+        .await
+        .map(drop)
+        .map_err(|e| duplicate_or::<M, B>(db, shard, e))
+}
+
+/// Finds a row by key. Reads never create directory entries.
+pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<Option<M>> {
+    let key = key.into_key()?;
+    let read = db.strategies(M::STRATEGY).read;
+    let params = [key.to_value()];
+    let sql = &M::sql().select_by_key;
+    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
+    loop {
+        let rows = db.shard(lookup.shard).query(sql, &params).await?;
+        if !rows.is_empty() || !lookup.next(db, M::TABLE, &key).await? {
+            return decode(rows);
+        }
+    }
+}
+
+/// Which shard holds a key's row, if any shard does.
+pub async fn locate<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: M::Key,
+) -> Result<Option<String>> {
+    let key = key.into_key()?;
+    Ok(find_shard::<M, B>(db, &key)
+        .await?
+        .map(|shard| db.shard_name(shard).to_owned()))
+}
+
+async fn find_shard<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<Option<usize>> {
+    let read = db.strategies(M::STRATEGY).read;
+    let params = [key.to_value()];
+    let sql = &M::sql().select_by_key;
+    let mut lookup = Lookup::start(db, M::TABLE, key, read).await?;
+    loop {
+        if !db.shard(lookup.shard).query(sql, &params).await?.is_empty() {
+            return Ok(Some(lookup.shard));
+        }
+        if !lookup.next(db, M::TABLE, key).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Updates every non-key column of an existing row. Fails with [`Error::RowNotFound`] if no
+/// shard has the key.
+pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    let Some(sql) = &M::sql().update_by_key else {
+        // Nothing but the key: an update changes nothing, but the row must exist.
+        return match find_shard::<M, B>(db, &row.key().clone().into_key()?).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::RowNotFound {
+                table: M::TABLE.to_owned(),
+            }),
+        };
+    };
+    let mut params = row.to_values()?;
+    let key_value = params.remove(M::KEY_INDEX);
+    params.push(key_value);
+    let key = row.key().clone().into_key()?;
+    let read = db.strategies(M::STRATEGY).read;
+    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
+    loop {
+        if db.shard(lookup.shard).execute(sql, &params).await? > 0 {
+            return Ok(());
+        }
+        if !lookup.next(db, M::TABLE, &key).await? {
+            return Err(Error::RowNotFound {
+                table: M::TABLE.to_owned(),
+            });
+        }
+    }
+}
+
+/// Deletes a row by key; returns whether a row was deleted.
+///
+/// A deleted key keeps its directory entry, so a later insert of the same key lands on the same
+/// shard. This is what keeps a delete racing an insert of the same key from stranding the row.
+pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<bool> {
+    let key = key.into_key()?;
+    let read = db.strategies(M::STRATEGY).read;
+    let params = [key.to_value()];
+    let sql = &M::sql().delete_by_key;
+    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
+    loop {
+        if db.shard(lookup.shard).execute(sql, &params).await? > 0 {
+            return Ok(true);
+        }
+        if !lookup.next(db, M::TABLE, &key).await? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Inserts the row, or updates it where it already lives.
+pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    let values = row.to_values()?;
+    let key = row.key().clone().into_key()?;
+    let shard = match find_shard::<M, B>(db, &key).await? {
+        Some(shard) => shard,
+        None => {
+            let write = db.strategies(M::STRATEGY).write;
+            db.place(M::TABLE, &key, write).await?
+        }
+    };
+    db.shard(shard)
+        .execute(&M::sql().upsert, &values)
+        .await
+        .map(drop)
+}
+
+/// Inserts many rows: grouped by owner shard, chunked to stay within D1's 100 bound parameters
+/// per statement, and written to each shard in one transaction (all of that shard's rows or
+/// none). Returns the number of rows inserted.
+pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) -> Result<usize> {
+    let write = db.strategies(M::STRATEGY).write;
+    let mut by_shard: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+    for row in rows {
+        let values = row.to_values()?;
+        let key = row.key().clone().into_key()?;
+        let shard = db.place(M::TABLE, &key, write).await?;
+        by_shard.entry(shard).or_default().extend(values);
+    }
+    let width = M::COLUMNS.len();
+    let per_statement = rows_per_statement::<M>();
+    let full_sql = insert_rows::<M>(per_statement);
+    for (shard, values) in by_shard {
+        let statements: Vec<Statement> = values
+            .chunks(per_statement * width)
+            .map(|chunk| {
+                let n = chunk.len() / width;
+                let sql = if n == per_statement {
+                    full_sql.clone()
+                } else {
+                    insert_rows::<M>(n)
+                };
+                Statement::new(sql, chunk.to_vec())
+            })
+            .collect();
+        db.shard(shard)
+            .batch(&statements)
+            .await
+            .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
+    }
+    Ok(rows.len())
+}
+
+/// Counts the model's rows on every shard.
+pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
+    let mut total = 0;
+    for shard in db.shards() {
+        let rows = shard.query(&M::sql().count, &[]).await?;
+        total += rows
+            .first()
+            .and_then(|row| row.values().first())
+            .map_or(Ok(0), |v| match v {
+                Value::Integer(n) => Ok(*n as u64),
+                other => Err(Error::decode(
+                    "COUNT(*)",
+                    format!("found {}", other.type_name()),
+                )),
+            })?;
+    }
+    Ok(total)
+}

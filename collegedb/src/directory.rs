@@ -1,0 +1,174 @@
+//! The key-to-shard directory: the [`Directory`] store trait and the bounded in-memory cache that
+//! sits in front of every store.
+//!
+//! The directory records where keys placed by non-deterministic strategies (round-robin, random,
+//! location) live. Keys placed by hash are never recorded: their shard follows from the key.
+//! Entries are scoped per table, never by the bare key.
+//!
+//! The cache holds only positive entries (a key's shard, which does not change unless the key is
+//! moved). Misses are never cached, so a key another process places later is still found.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
+
+use crate::backend::{MaybeSend, MaybeSync};
+use crate::error::Result;
+use crate::key::Key;
+
+/// A page of directory entries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirectoryPage {
+    /// `(key, shard name)` pairs, in key order.
+    pub entries: Vec<(Key, String)>,
+    /// Pass to the next `list` call to continue; `None` when this was the last page.
+    pub cursor: Option<Key>,
+}
+
+/// The key-to-shard store. Entries are scoped per table: `users/1` and `orders/1` are distinct.
+///
+/// Implementations must make [`Directory::claim`] atomic: of concurrent claims for one absent key,
+/// exactly one shard wins and every caller learns which.
+pub trait Directory: MaybeSync + 'static {
+    /// The shard recorded for `key`, if any. Never writes.
+    fn lookup(
+        &self,
+        table: &str,
+        key: &Key,
+    ) -> impl Future<Output = Result<Option<String>>> + MaybeSend;
+
+    /// Records `shard` for `key` unless an entry exists; returns the entry that holds afterwards.
+    fn claim(
+        &self,
+        table: &str,
+        key: &Key,
+        shard: &str,
+    ) -> impl Future<Output = Result<String>> + MaybeSend;
+
+    /// Records `shard` for `key`, replacing any entry (used when a key moves).
+    fn assign(
+        &self,
+        table: &str,
+        key: &Key,
+        shard: &str,
+    ) -> impl Future<Output = Result<()>> + MaybeSend;
+
+    /// Removes the entry for `key`, if any.
+    fn remove(&self, table: &str, key: &Key) -> impl Future<Output = Result<()>> + MaybeSend;
+
+    /// Lists a table's entries in key order, `limit` at a time, after `cursor`.
+    fn list(
+        &self,
+        table: &str,
+        cursor: Option<&Key>,
+        limit: usize,
+    ) -> impl Future<Output = Result<DirectoryPage>> + MaybeSend;
+
+    /// The number of entries over all tables.
+    fn count(&self) -> impl Future<Output = Result<u64>> + MaybeSend;
+
+    /// Removes every entry (for [`flush`](crate::CollegeDb::flush)).
+    fn clear(&self) -> impl Future<Output = Result<()>> + MaybeSend;
+}
+
+/// A bounded LRU of `(table, key) -> shard index`, one LRU per table so that a lookup hashes the
+/// key in place without building an owned composite key.
+#[derive(Debug)]
+pub struct DirectoryCache {
+    capacity: Option<NonZeroUsize>,
+    tables: Mutex<HashMap<String, LruCache<Key, u16>>>,
+}
+
+impl DirectoryCache {
+    /// A cache holding up to `capacity` entries per table; 0 disables it.
+    pub fn new(capacity: usize) -> Self {
+        DirectoryCache {
+            capacity: NonZeroUsize::new(capacity),
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, HashMap<String, LruCache<Key, u16>>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached shard index of `key`, if any.
+    pub fn get(&self, table: &str, key: &Key) -> Option<usize> {
+        self.capacity?;
+        self.tables()
+            .get_mut(table)
+            .and_then(|lru| lru.get(key).map(|&shard| shard as usize))
+    }
+
+    /// Caches the shard index of `key`.
+    pub fn insert(&self, table: &str, key: &Key, shard: usize) {
+        let Some(capacity) = self.capacity else {
+            return;
+        };
+        let mut tables = self.tables();
+        let lru = match tables.get_mut(table) {
+            Some(lru) => lru,
+            None => tables
+                .entry(table.to_owned())
+                .or_insert_with(|| LruCache::new(capacity)),
+        };
+        lru.put(key.clone(), shard as u16);
+    }
+
+    /// Forgets `key` (after a move or delete).
+    pub fn invalidate(&self, table: &str, key: &Key) {
+        if let Some(lru) = self.tables().get_mut(table) {
+            lru.pop(key);
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.tables().clear();
+    }
+
+    /// The number of cached entries over all tables.
+    pub fn len(&self) -> usize {
+        self.tables().values().map(LruCache::len).sum()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_bounded_and_scoped_per_table() {
+        let cache = DirectoryCache::new(2);
+        cache.insert("users", &Key::Int(1), 0);
+        cache.insert("orders", &Key::Int(1), 2);
+        assert_eq!(cache.get("users", &Key::Int(1)), Some(0));
+        assert_eq!(cache.get("orders", &Key::Int(1)), Some(2));
+        cache.insert("users", &Key::Int(2), 1);
+        cache.insert("users", &Key::Int(3), 1);
+        assert_eq!(
+            cache.get("users", &Key::Int(1)),
+            None,
+            "least recently used is evicted"
+        );
+        assert_eq!(cache.len(), 3);
+        cache.invalidate("users", &Key::Int(3));
+        assert_eq!(cache.get("users", &Key::Int(3)), None);
+    }
+
+    #[test]
+    fn zero_capacity_disables_the_cache() {
+        let cache = DirectoryCache::new(0);
+        cache.insert("users", &Key::Int(1), 0);
+        assert_eq!(cache.get("users", &Key::Int(1)), None);
+        assert!(cache.is_empty());
+    }
+}

@@ -1,0 +1,180 @@
+//! The one error type of the library, with stable machine-readable codes.
+//!
+//! Every fallible call returns [`Error`]. Match on the variant in Rust, or use [`Error::code`] for a
+//! stable string (`"SHARD_NOT_FOUND"`, ...) to put in logs and HTTP responses; codes never change
+//! meaning once published. Messages say what went wrong and what to do about it.
+
+use std::fmt;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The largest integer magnitude that survives a trip through D1 (JavaScript `Number`) exactly.
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Everything that can go wrong in collegedb.
+///
+/// The enum is `#[non_exhaustive]`: new failure kinds may be added in minor releases, so keep a
+/// wildcard arm, or match on [`Error::code`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A shard name that the configuration does not contain.
+    #[error("shard `{shard}` is not configured; known shards: {known}")]
+    ShardNotFound {
+        /// The name that was asked for.
+        shard: String,
+        /// The configured shard names, comma-separated.
+        known: String,
+    },
+
+    /// A shard key whose canonical bytes exceed [`crate::MAX_KEY_BYTES`].
+    #[error(
+        "shard key is {len} bytes; keys are limited to {max} bytes (the Cloudflare KV key limit): use a shorter identifier or a hash of it"
+    )]
+    KeyTooLarge {
+        /// The key's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A shard key that can never identify a row (for example the empty string).
+    #[error("invalid shard key: {reason}")]
+    KeyInvalid {
+        /// Why the key was refused.
+        reason: &'static str,
+    },
+
+    /// An integer D1 cannot carry exactly (beyond ±(2^53 - 1)), or one that does not fit the
+    /// Rust type it is read into.
+    #[error(
+        "integer {value} is out of range: {reason}; store it as TEXT (a String field) if you need all 64 bits"
+    )]
+    IntegerOutOfRange {
+        /// The offending value, as text (it may not fit an `i64`).
+        value: String,
+        /// Which limit it broke.
+        reason: &'static str,
+    },
+
+    /// A statement with more bound parameters than D1 accepts.
+    #[error(
+        "statement binds {count} parameters; D1 accepts at most {max} per statement: split the statement or use the chunking `insert_many`"
+    )]
+    TooManyParameters {
+        /// Parameters the statement tried to bind.
+        count: usize,
+        /// The limit ([`crate::MAX_BOUND_PARAMETERS`]).
+        max: usize,
+    },
+
+    /// The database refused or failed a statement.
+    #[error("query failed on shard `{shard}`: {message}")]
+    QueryFailed {
+        /// The shard the statement ran on.
+        shard: String,
+        /// The database's own message.
+        message: String,
+    },
+
+    /// An insert of a key that already exists.
+    #[error("a row with this key already exists in `{table}` on shard `{shard}`; use `update` or `upsert`")]
+    DuplicateKey {
+        /// The model's table.
+        table: String,
+        /// Where the existing row lives.
+        shard: String,
+    },
+
+    /// An update of a key that has no row.
+    #[error("no row with this key in `{table}`; use `insert` or `upsert` to create it")]
+    RowNotFound {
+        /// The model's table.
+        table: String,
+    },
+
+    /// The configuration cannot be used.
+    #[error("invalid configuration: {0}")]
+    ConfigInvalid(String),
+
+    /// A value read from a shard does not have the shape the Rust type expects.
+    #[error("cannot decode column `{column}`: {message}")]
+    Decode {
+        /// The column, or its position.
+        column: String,
+        /// What was expected and what was found.
+        message: String,
+    },
+
+    /// The key-to-shard directory failed.
+    #[error("directory error: {0}")]
+    Directory(String),
+
+    /// The round-robin coordinator failed and the configuration allows no fallback.
+    #[error("coordinator unavailable: {0}")]
+    CoordinatorUnavailable(String),
+
+    /// `flush` was called without being enabled for development.
+    #[error(
+        "flush deletes every row on every shard and is disabled; enable it with `Config::allow_flush(true)` in development only"
+    )]
+    FlushDisabled,
+
+    /// A file-system or connection failure of the embedded backend.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl Error {
+    /// The stable, machine-readable code of this error.
+    ///
+    /// ```
+    /// let err = collegedb::Error::FlushDisabled;
+    /// assert_eq!(err.code(), "FLUSH_DISABLED");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::ShardNotFound { .. } => "SHARD_NOT_FOUND",
+            Error::KeyTooLarge { .. } => "KEY_TOO_LARGE",
+            Error::KeyInvalid { .. } => "KEY_INVALID",
+            Error::IntegerOutOfRange { .. } => "INTEGER_OUT_OF_RANGE",
+            Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
+            Error::QueryFailed { .. } => "QUERY_FAILED",
+            Error::DuplicateKey { .. } => "DUPLICATE_KEY",
+            Error::RowNotFound { .. } => "ROW_NOT_FOUND",
+            Error::ConfigInvalid(_) => "CONFIG_INVALID",
+            Error::Decode { .. } => "DECODE_FAILED",
+            Error::Directory(_) => "DIRECTORY_FAILED",
+            Error::CoordinatorUnavailable(_) => "COORDINATOR_UNAVAILABLE",
+            Error::FlushDisabled => "FLUSH_DISABLED",
+            Error::Io(_) => "IO_ERROR",
+        }
+    }
+
+    /// Whether the caller may succeed by retrying the same call unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Io(_)
+        )
+    }
+
+    pub(crate) fn config(message: impl fmt::Display) -> Self {
+        Error::ConfigInvalid(message.to_string())
+    }
+
+    pub(crate) fn decode(column: impl fmt::Display, message: impl fmt::Display) -> Self {
+        Error::Decode {
+            column: column.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn integer_out_of_range(value: impl fmt::Display, reason: &'static str) -> Self {
+        Error::IntegerOutOfRange {
+            value: value.to_string(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! # collegedb
+//!
+//! Horizontal sharding of SQLite-style data across Cloudflare D1 databases, with a typed model
+//! layer. The same code runs natively on an embedded backend (one SQLite file per shard).
+//!
+//! ```
+//! use collegedb::{CollegeDb, Config, Sharded};
+//!
+//! #[derive(Sharded, Debug, Clone, PartialEq)]
+//! #[sharded(table = "users", read = "hash", write = "hash")]
+//! struct User {
+//!     #[sharded(key)]
+//!     id: String,
+//!     name: String,
+//!     email: Option<String>,
+//! }
+//!
+//! # let dir = tempfile::tempdir().unwrap();
+//! # pollster::block_on(async {
+//! let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b", "c"]), dir.path())?;
+//! User::create_table(&db).await?;
+//!
+//! let alice = User { id: "alice".into(), name: "Alice".into(), email: None };
+//! User::insert(&db, &alice).await?;
+//! assert_eq!(User::find(&db, "alice").await?, Some(alice));
+//! assert_eq!(User::find(&db, "nobody").await?, None);
+//! # Ok::<(), collegedb::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Where things live
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | shards, regions, priorities, default strategies |
+//! | [`placement`] | where a new key goes under each strategy (pure, no I/O) |
+//! | [`directory`] | the key-to-shard store trait and its in-memory cache |
+//! | [`router`] | which shard serves a key: the routing rules |
+//! | [`backend`] | the traits a platform implements, and the embedded implementation |
+//! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]` |
+//! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
+//! | [`error`] | the error type and its stable codes |
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod config;
+pub mod crud;
+pub mod directory;
+pub mod error;
+pub mod key;
+pub mod model;
+pub mod placement;
+pub mod raw;
+pub mod router;
+pub mod value;
+
+#[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
+pub use backend::embedded::Embedded;
+pub use backend::{Backend, Row, Statement};
+pub use config::{Config, Region, ShardConfig, Strategies, Strategy};
+pub use error::{Error, Result, MAX_SAFE_INTEGER};
+pub use key::{Key, MAX_KEY_BYTES};
+pub use model::{Model, MAX_BOUND_PARAMETERS};
+pub use raw::{Scatter, ShardStats, TableScope};
+pub use router::CollegeDb;
+pub use value::{ColumnValue, Value};
+
+/// Derives a sharded model. See the crate README for every attribute.
+pub use collegedb_derive::Sharded;
+
+/// A database on the embedded backend.
+#[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
+pub type EmbeddedDb = CollegeDb<Embedded>;
+
+/// The stable surface that `#[derive(Sharded)]` expands to. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::backend::Backend;
+    pub use crate::config::{Strategy, StrategyOverride};
+    pub use crate::crud;
+    pub use crate::error::{Error, Result};
+    pub use crate::key::{KeyArg, ShardKey};
+    pub use crate::model::{ColumnDef, Model, ModelSql};
+    pub use crate::router::CollegeDb;
+    pub use crate::value::{json, ColumnType, ColumnValue, Value};
+    pub use std::sync::OnceLock;
+    pub use std::vec::Vec;
+
+    /// Reads the next column, naming it in decode errors.
+    pub fn column<T: ColumnValue>(
+        values: &mut std::vec::IntoIter<Value>,
+        name: &'static str,
+    ) -> Result<T> {
+        let value = values
+            .next()
+            .ok_or_else(|| crate::Error::decode(name, "missing from the row"))?;
+        T::from_value(value).map_err(|e| rename_column(e, name))
+    }
+
+    /// Reads the next column as JSON, naming it in decode errors.
+    pub fn json_column<T: serde::de::DeserializeOwned>(
+        values: &mut std::vec::IntoIter<Value>,
+        name: &'static str,
+    ) -> Result<T> {
+        let value = values
+            .next()
+            .ok_or_else(|| crate::Error::decode(name, "missing from the row"))?;
+        json::from_value(value).map_err(|e| rename_column(e, name))
+    }
+
+    fn rename_column(error: Error, name: &'static str) -> Error {
+        match error {
+            Error::Decode { message, .. } => crate::Error::decode(name, message),
+            other => other,
+        }
+    }
+
+    /// Compile-time assertion that a field type can be stored.
+    pub const fn assert_column<T: ColumnValue>() {}
+    /// Compile-time assertion that a key type can be a shard key.
+    pub const fn assert_shard_key<T: ShardKey>() {}
+}

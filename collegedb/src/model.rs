@@ -1,0 +1,188 @@
+//! The model layer's data: the [`Model`] trait that `#[derive(Sharded)]` implements, and the SQL
+//! each model needs, rendered once with sea-query and reused as text.
+//!
+//! The derive supplies only data (table, columns, key, strategies, value conversion); the CRUD
+//! logic lives once, generically, in [`crate::crud`].
+
+use sea_query::{
+    Alias, ColumnDef as SqlColumn, Expr, ExprTrait, OnConflict, Order, Query, SqliteQueryBuilder,
+    Table,
+};
+
+use crate::backend::MaybeSync;
+use crate::config::StrategyOverride;
+use crate::error::Result;
+use crate::key::ShardKey;
+use crate::value::{ColumnType, Value};
+
+/// D1's limit on bound parameters per statement.
+pub const MAX_BOUND_PARAMETERS: usize = 100;
+
+/// One column of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnDef {
+    /// The column's SQL name.
+    pub name: &'static str,
+    /// The declared type.
+    pub ty: ColumnType,
+    /// Whether `NULL` is allowed.
+    pub nullable: bool,
+}
+
+/// A sharded model. Implemented by `#[derive(Sharded)]`; not meant to be implemented by hand.
+pub trait Model: Sized + MaybeSync + 'static {
+    /// The shard key's type.
+    type Key: ShardKey;
+    /// The SQL table name.
+    const TABLE: &'static str;
+    /// The columns, in field order.
+    const COLUMNS: &'static [ColumnDef];
+    /// The position of the key column in [`Model::COLUMNS`].
+    const KEY_INDEX: usize;
+    /// The model's own strategies (unset ones come from the configuration).
+    const STRATEGY: StrategyOverride;
+
+    /// The row's key.
+    fn key(&self) -> &Self::Key;
+    /// The row's values, in column order.
+    fn to_values(&self) -> Result<Vec<Value>>;
+    /// Rebuilds a row from values in column order.
+    fn from_values(values: Vec<Value>) -> Result<Self>;
+    /// The model's SQL, rendered once per process.
+    fn sql() -> &'static ModelSql;
+}
+
+/// The SQL text of one model's statements, with `?` placeholders in a documented order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSql {
+    /// `SELECT <columns> FROM t WHERE key = ?`.
+    pub select_by_key: String,
+    /// `SELECT <columns> FROM t ORDER BY key` (cross-shard scans append `LIMIT`).
+    pub select_all: String,
+    /// `SELECT COUNT(*) FROM t`.
+    pub count: String,
+    /// `INSERT INTO t (<columns>) VALUES (?, ...)`: parameters in column order.
+    pub insert: String,
+    /// Insert, or update every non-key column on key conflict: parameters in column order.
+    pub upsert: String,
+    /// `UPDATE t SET <non-key> = ? ... WHERE key = ?`: non-key values in column order, then the
+    /// key. `None` when the model has no column besides its key.
+    pub update_by_key: Option<String>,
+    /// `DELETE FROM t WHERE key = ?`.
+    pub delete_by_key: String,
+    /// `CREATE TABLE IF NOT EXISTS ...`.
+    pub create_table: String,
+}
+
+fn placeholder() -> sea_query::Value {
+    sea_query::Value::BigInt(Some(0))
+}
+
+impl ModelSql {
+    /// Renders every statement of `M`.
+    pub fn render<M: Model>() -> Self {
+        let table = M::TABLE;
+        let key = M::COLUMNS[M::KEY_INDEX].name;
+        let columns: Vec<&'static str> = M::COLUMNS.iter().map(|c| c.name).collect();
+        let others: Vec<&'static str> = columns.iter().copied().filter(|c| *c != key).collect();
+
+        let select_by_key = Query::select()
+            .columns(columns.iter().copied())
+            .from(table)
+            .and_where(Expr::col(key).eq(placeholder()))
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let select_all = Query::select()
+            .columns(columns.iter().copied())
+            .from(table)
+            .order_by(key, Order::Asc)
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let count = Query::select()
+            .expr(Expr::col(sea_query::Asterisk).count())
+            .from(table)
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let insert = insert_rows::<M>(1);
+        let mut on_conflict = OnConflict::column(key);
+        if others.is_empty() {
+            on_conflict.do_nothing();
+        } else {
+            on_conflict.update_columns(others.iter().copied());
+        }
+        let upsert = Query::insert()
+            .into_table(table)
+            .columns(columns.iter().copied())
+            .values_panic(columns.iter().map(|_| placeholder().into()))
+            .on_conflict(on_conflict)
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let update_by_key = (!others.is_empty()).then(|| {
+            Query::update()
+                .table(table)
+                .values(others.iter().map(|c| (*c, Expr::val(placeholder()))))
+                .and_where(Expr::col(key).eq(placeholder()))
+                .to_owned()
+                .build(SqliteQueryBuilder)
+                .0
+        });
+        let delete_by_key = Query::delete()
+            .from_table(table)
+            .and_where(Expr::col(key).eq(placeholder()))
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+
+        let mut create = Table::create();
+        create.table(table).if_not_exists();
+        for (index, column) in M::COLUMNS.iter().enumerate() {
+            let mut def = SqlColumn::new(Alias::new(column.name));
+            match column.ty {
+                ColumnType::Integer => def.integer(),
+                ColumnType::Real => def.double(),
+                ColumnType::Text => def.text(),
+                ColumnType::Blob => def.blob(),
+            };
+            if !column.nullable {
+                def.not_null();
+            }
+            if index == M::KEY_INDEX {
+                def.primary_key();
+            }
+            create.col(def);
+        }
+        let create_table = create.to_string(SqliteQueryBuilder);
+
+        ModelSql {
+            select_by_key,
+            select_all,
+            count,
+            insert,
+            upsert,
+            update_by_key,
+            delete_by_key,
+            create_table,
+        }
+    }
+}
+
+/// `INSERT INTO t (<columns>) VALUES (...), ... ` for `rows` rows.
+pub(crate) fn insert_rows<M: Model>(rows: usize) -> String {
+    let mut insert = Query::insert();
+    insert
+        .into_table(M::TABLE)
+        .columns(M::COLUMNS.iter().map(|c| c.name));
+    for _ in 0..rows {
+        insert.values_panic(M::COLUMNS.iter().map(|_| placeholder().into()));
+    }
+    insert.build(SqliteQueryBuilder).0
+}
+
+/// How many rows of `M` fit in one statement under [`MAX_BOUND_PARAMETERS`].
+pub(crate) fn rows_per_statement<M: Model>() -> usize {
+    (MAX_BOUND_PARAMETERS / M::COLUMNS.len()).max(1)
+}

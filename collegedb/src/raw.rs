@@ -1,0 +1,267 @@
+//! Raw SQL: routed by key ([`TableScope`]), aimed at one shard (`*_shard`), or spread over all
+//! shards ([`CollegeDb::all_shards`]); plus statistics and the guarded `flush`.
+//!
+//! Parameters are always bound, never spliced into SQL. Every statement is checked against D1's
+//! limits before it runs: at most [`MAX_BOUND_PARAMETERS`] parameters, integers within
+//! ±(2^53 - 1).
+
+use std::collections::BTreeMap;
+
+use crate::backend::{Backend, Row, ShardConn};
+use crate::config::{Strategies, Strategy, StrategyOverride};
+use crate::crud::Lookup;
+use crate::error::{Error, Result};
+use crate::key::{AnyKey, Key};
+use crate::model::MAX_BOUND_PARAMETERS;
+use crate::router::{hash_first, CollegeDb};
+use crate::value::Value;
+
+/// Checks parameters against D1's limits.
+pub fn check_params(params: &[Value]) -> Result<()> {
+    if params.len() > MAX_BOUND_PARAMETERS {
+        return Err(Error::TooManyParameters {
+            count: params.len(),
+            max: MAX_BOUND_PARAMETERS,
+        });
+    }
+    params.iter().try_for_each(Value::check_bindable)
+}
+
+/// Raw SQL routed by key within one table's directory scope. Get one with [`CollegeDb::table`].
+#[derive(Debug)]
+#[must_use]
+pub struct TableScope<'a, B: Backend> {
+    db: &'a CollegeDb<B>,
+    table: &'a str,
+    strategies: Strategies,
+}
+
+impl<B: Backend> CollegeDb<B> {
+    /// Raw routed SQL for keys of `table`, with the configuration's default strategies.
+    ///
+    /// ```
+    /// use collegedb::{CollegeDb, Config, Value};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # pollster::block_on(async {
+    /// let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b"]), dir.path())?;
+    /// db.run_all_shards("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)", &[]).await?;
+    /// let notes = db.table("notes");
+    /// notes.run("n1", "INSERT INTO notes (id, body) VALUES (?, ?)", &["n1".into(), "hi".into()]).await?;
+    /// let row = notes.first("n1", "SELECT body FROM notes WHERE id = ?", &["n1".into()]).await?;
+    /// assert_eq!(row.unwrap().get::<String>("body")?, "hi");
+    /// # Ok::<(), collegedb::Error>(()) }).unwrap();
+    /// ```
+    pub fn table<'a>(&'a self, table: &'a str) -> TableScope<'a, B> {
+        TableScope {
+            db: self,
+            table,
+            strategies: self.strategies(StrategyOverride::default()),
+        }
+    }
+
+    /// Runs a statement on the named shard; returns the rows changed.
+    pub async fn run_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<u64> {
+        check_params(params)?;
+        let index = self.shard_by_name(shard)?;
+        self.shard(index).execute(sql, params).await
+    }
+
+    /// Runs a query on the named shard.
+    pub async fn all_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        check_params(params)?;
+        let index = self.shard_by_name(shard)?;
+        self.shard(index).query(sql, params).await
+    }
+
+    /// Runs a query on the named shard and returns its first row.
+    pub async fn first_shard(
+        &self,
+        shard: &str,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Row>> {
+        Ok(self.all_shard(shard, sql, params).await?.into_iter().next())
+    }
+
+    /// Runs a statement on every shard (schema changes, maintenance); stops at the first failure.
+    pub async fn run_all_shards(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        check_params(params)?;
+        let mut changed = 0;
+        for shard in self.shards() {
+            changed += shard.execute(sql, params).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Runs a query on every shard and gathers the rows. A failing shard does not fail the call:
+    /// it is reported in [`Scatter::failures`], so callers decide whether partial results do.
+    pub async fn all_shards(&self, sql: &str, params: &[Value]) -> Result<Scatter> {
+        check_params(params)?;
+        let mut scatter = Scatter::default();
+        for (index, shard) in self.shards().iter().enumerate() {
+            match shard.query(sql, params).await {
+                Ok(rows) => scatter.rows.extend(
+                    rows.into_iter()
+                        .map(|row| (self.shard_name(index).to_owned(), row)),
+                ),
+                Err(error) => scatter
+                    .failures
+                    .push((self.shard_name(index).to_owned(), error)),
+            }
+        }
+        Ok(scatter)
+    }
+
+    /// Row counts per table and size, for every shard, read from the shards themselves.
+    pub async fn get_shard_stats(&self) -> Result<Vec<ShardStats>> {
+        let mut stats = Vec::with_capacity(self.shards().len());
+        for (index, shard) in self.shards().iter().enumerate() {
+            let mut tables = BTreeMap::new();
+            for table in user_tables(shard).await? {
+                let sql = format!("SELECT COUNT(*) FROM \"{}\"", table.replace('"', "\"\""));
+                let rows = shard.query(&sql, &[]).await?;
+                let count = match rows.first().and_then(|r| r.values().first()) {
+                    Some(Value::Integer(n)) => *n as u64,
+                    _ => 0,
+                };
+                tables.insert(table, count);
+            }
+            stats.push(ShardStats {
+                shard: self.shard_name(index).to_owned(),
+                rows: tables.values().sum(),
+                tables,
+                size_bytes: shard.size_bytes().await?,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Deletes every row of every table on every shard and clears the directory.
+    ///
+    /// Refused with [`Error::FlushDisabled`] unless the configuration sets `allow_flush`: this is
+    /// for development and tests, never production.
+    pub async fn flush(&self) -> Result<()> {
+        self.flush_allowed()?;
+        for shard in self.shards() {
+            for table in user_tables(shard).await? {
+                let sql = format!("DELETE FROM \"{}\"", table.replace('"', "\"\""));
+                shard.execute(&sql, &[]).await?;
+            }
+        }
+        self.clear_directory().await
+    }
+}
+
+async fn user_tables<S: ShardConn>(shard: &S) -> Result<Vec<String>> {
+    let rows = shard
+        .query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+             ORDER BY name",
+            &[],
+        )
+        .await?;
+    rows.into_iter()
+        .map(|row| row.get::<String>("name"))
+        .collect()
+}
+
+/// Rows gathered from every shard, and the shards that failed.
+#[derive(Debug, Default)]
+pub struct Scatter {
+    /// `(shard name, row)` pairs, shard by shard in configuration order.
+    pub rows: Vec<(String, Row)>,
+    /// The shards whose query failed, with the error.
+    pub failures: Vec<(String, Error)>,
+}
+
+impl Scatter {
+    /// The rows, or the first failure if any shard failed.
+    pub fn complete(self) -> Result<Vec<Row>> {
+        match self.failures.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(self.rows.into_iter().map(|(_, row)| row).collect()),
+        }
+    }
+}
+
+/// What one shard holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    /// The shard's name.
+    pub shard: String,
+    /// Rows per table.
+    pub tables: BTreeMap<String, u64>,
+    /// Rows over all tables.
+    pub rows: u64,
+    /// The database's size in bytes.
+    pub size_bytes: u64,
+}
+
+impl<'a, B: Backend> TableScope<'a, B> {
+    /// Uses these strategies instead of the configuration's defaults.
+    pub fn with_strategies(mut self, read: Strategy, write: Strategy) -> Self {
+        self.strategies = Strategies { read, write };
+        self
+    }
+
+    /// Runs a write for `key` on its owner shard, placing the key with the write strategy if it
+    /// has no owner yet; returns the rows changed.
+    ///
+    /// With hash reads and writes this performs no directory operation for keys on their hash
+    /// shard. Otherwise the key's directory entry decides, and a key with no entry is treated as
+    /// new and placed.
+    pub async fn run<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<u64> {
+        check_params(params)?;
+        let key = key.into_any_key()?;
+        let Strategies { read, write } = self.strategies;
+        if hash_first(read) && write == Strategy::Hash {
+            let mut lookup = Lookup::start(self.db, self.table, &key, read).await?;
+            loop {
+                let changed = self.db.shard(lookup.shard).execute(sql, params).await?;
+                if changed > 0 || !lookup.next(self.db, self.table, &key).await? {
+                    return Ok(changed);
+                }
+            }
+        }
+        let shard = match self.db.directory_lookup(self.table, &key).await? {
+            Some(shard) => shard,
+            None => self.db.place(self.table, &key, write).await?,
+        };
+        self.db.shard(shard).execute(sql, params).await
+    }
+
+    /// Runs a query for `key` on the shard that owns it. Never creates directory entries.
+    pub async fn all<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        check_params(params)?;
+        let key = key.into_any_key()?;
+        self.read(&key, sql, params).await
+    }
+
+    /// Like [`TableScope::all`], returning the first row.
+    pub async fn first<K: AnyKey>(
+        &self,
+        key: K,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<Row>> {
+        Ok(self.all(key, sql, params).await?.into_iter().next())
+    }
+
+    /// The shard that owns `key` (directory entry, else hash shard). Never writes.
+    pub async fn shard_for(&self, key: impl AnyKey) -> Result<&'a str> {
+        let key = key.into_any_key()?;
+        let shard = self.db.owner(self.table, &key).await?;
+        Ok(&self.db.config().shards[shard].name)
+    }
+
+    async fn read(&self, key: &Key, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let mut lookup = Lookup::start(self.db, self.table, key, self.strategies.read).await?;
+        loop {
+            let rows = self.db.shard(lookup.shard).query(sql, params).await?;
+            if !rows.is_empty() || !lookup.next(self.db, self.table, key).await? {
+                return Ok(rows);
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Shared models and helpers for collegedb's integration tests.
+
+use collegedb::{CollegeDb, Config, Embedded};
+use serde::{Deserialize, Serialize};
+
+/// A model with the default (hash) strategies.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "users")]
+pub struct User {
+    /// The shard key.
+    #[sharded(key)]
+    pub id: String,
+    /// A required column.
+    pub name: String,
+    /// A nullable column.
+    pub email: Option<String>,
+}
+
+impl User {
+    /// A user with a derived name.
+    pub fn new(id: impl Into<String>) -> Self {
+        let id = id.into();
+        User {
+            name: format!("name of {id}"),
+            email: Some(format!("{id}@example.com")),
+            id,
+        }
+    }
+}
+
+/// Preferences stored as JSON text.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Prefs {
+    /// A theme name.
+    pub theme: String,
+    /// A list of tags.
+    pub tags: Vec<String>,
+}
+
+/// Every supported column type, an integer key, and per-model mixed strategies.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "orders", read = "hash", write = "round-robin")]
+pub struct Order {
+    /// The shard key.
+    #[sharded(key)]
+    pub id: i64,
+    /// TEXT.
+    pub customer: String,
+    /// INTEGER (i32).
+    pub quantity: i32,
+    /// INTEGER (u32).
+    pub units: u32,
+    /// REAL.
+    pub total: f64,
+    /// INTEGER 0/1.
+    pub paid: bool,
+    /// BLOB.
+    pub receipt: Vec<u8>,
+    /// Nullable INTEGER.
+    pub note_id: Option<i64>,
+    /// JSON via serde_json::Value.
+    pub meta: serde_json::Value,
+    /// Any serde type as JSON text, under another column name.
+    #[sharded(json, column = "preferences")]
+    pub prefs: Prefs,
+}
+
+/// A model placed by location and read directory-first.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "sessions", strategy = "location")]
+pub struct Session {
+    /// The shard key.
+    #[sharded(key)]
+    pub token: String,
+    /// The owner.
+    pub user_id: String,
+}
+
+/// A model placed at random and read hash-first.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "events", read = "hash", write = "random")]
+pub struct Event {
+    /// The shard key.
+    #[sharded(key)]
+    pub id: u32,
+    /// A payload.
+    pub body: String,
+}
+
+/// Opens an embedded database over `shards` shards named `s0`, `s1`, ... in `dir`.
+pub fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
+    open_with(dir, shards, |config| config)
+}
+
+/// Like [`open`], with a chance to adjust the configuration.
+pub fn open_with(
+    dir: &std::path::Path,
+    shards: usize,
+    adjust: impl FnOnce(Config) -> Config,
+) -> CollegeDb<Embedded> {
+    let config = Config::with_shard_names((0..shards).map(|i| format!("s{i}")));
+    CollegeDb::open_embedded(adjust(config), dir).expect("open embedded database")
+}
+
+/// Rows of `table` on each shard, counted through a plain rusqlite connection to each file
+/// (independent of collegedb's own code paths).
+pub fn rows_per_shard(dir: &std::path::Path, shards: usize, table: &str) -> Vec<i64> {
+    (0..shards)
+        .map(|i| {
+            let conn = rusqlite::Connection::open(dir.join(format!("s{i}.sqlite")))
+                .expect("open shard file");
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .expect("count rows")
+        })
+        .collect()
+}
+
+/// Entries in the embedded directory file, counted through a plain rusqlite connection.
+pub fn directory_entries(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("_directory.db")).expect("open directory file");
+    conn.query_row("SELECT COUNT(*) FROM directory", [], |row| row.get(0))
+        .expect("count entries")
+}
