@@ -1,0 +1,247 @@
+//! Bad input gets a typed error and loses nothing; hostile values round-trip unchanged.
+
+use collegedb::{Strategy, Value, MAX_SAFE_INTEGER};
+use collegedb_tests::*;
+use pollster::block_on;
+
+#[test]
+fn empty_and_oversized_keys_are_refused_before_any_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with(dir.path(), 3, |c| c.with_strategy(Strategy::RoundRobin));
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        let err = User::insert(&db, &User::new("")).await.unwrap_err();
+        assert_eq!(err.code(), "KEY_INVALID");
+        let err = User::insert(&db, &User::new("k".repeat(513)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "KEY_TOO_LARGE");
+        assert!(err.to_string().contains("513 bytes"), "{err}");
+        assert_eq!(User::find(&db, "").await.unwrap_err().code(), "KEY_INVALID");
+        assert_eq!(
+            User::find(&db, "k".repeat(600)).await.unwrap_err().code(),
+            "KEY_TOO_LARGE"
+        );
+        // Exactly 512 bytes is fine.
+        User::insert(&db, &User::new("k".repeat(512)))
+            .await
+            .unwrap();
+        assert!(User::find(&db, "k".repeat(512)).await.unwrap().is_some());
+    });
+    assert_eq!(directory_entries(dir.path()), 1);
+}
+
+#[test]
+fn integers_d1_cannot_carry_exactly_are_refused_in_keys_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    let mut order = Order {
+        id: MAX_SAFE_INTEGER + 1,
+        customer: "c".into(),
+        quantity: 1,
+        units: 1,
+        total: 1.0,
+        paid: false,
+        receipt: vec![],
+        note_id: None,
+        meta: serde_json::Value::Null,
+        prefs: Prefs::default(),
+    };
+    block_on(async {
+        Order::create_table(&db).await.unwrap();
+        assert_eq!(
+            Order::insert(&db, &order).await.unwrap_err().code(),
+            "INTEGER_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            Order::find(&db, i64::MAX).await.unwrap_err().code(),
+            "INTEGER_OUT_OF_RANGE"
+        );
+        assert_eq!(
+            Order::find(&db, -MAX_SAFE_INTEGER - 1)
+                .await
+                .unwrap_err()
+                .code(),
+            "INTEGER_OUT_OF_RANGE"
+        );
+        order.id = MAX_SAFE_INTEGER;
+        order.note_id = Some(i64::MIN);
+        assert_eq!(
+            Order::insert(&db, &order).await.unwrap_err().code(),
+            "INTEGER_OUT_OF_RANGE"
+        );
+        assert_eq!(Order::count(&db).await.unwrap(), 0, "nothing half-written");
+        order.note_id = Some(-MAX_SAFE_INTEGER);
+        Order::insert(&db, &order).await.unwrap();
+        assert_eq!(
+            Order::find(&db, MAX_SAFE_INTEGER).await.unwrap(),
+            Some(order.clone())
+        );
+        // Raw parameters are checked too.
+        let err = db
+            .run_shard("s0", "SELECT ?", &[Value::Integer(1 << 60)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "INTEGER_OUT_OF_RANGE");
+    });
+    // Round-robin claims happen after validation: the refused inserts left no entries behind.
+    assert_eq!(directory_entries(dir.path()), 1);
+}
+
+#[test]
+fn more_than_100_bound_parameters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        let placeholders = vec!["?"; 101].join(", ");
+        let sql = format!("SELECT {placeholders}");
+        let params: Vec<Value> = (0..101).map(Value::Integer).collect();
+        let err = db.all_shard("s0", &sql, &params).await.unwrap_err();
+        assert_eq!(err.code(), "TOO_MANY_PARAMETERS");
+        assert!(err.to_string().contains("101"), "{err}");
+        let err = db.table("t").all("k", &sql, &params).await.unwrap_err();
+        assert_eq!(err.code(), "TOO_MANY_PARAMETERS");
+        let err = db.all_shards(&sql, &params).await.unwrap_err();
+        assert_eq!(err.code(), "TOO_MANY_PARAMETERS");
+        // 100 is the limit, and it works.
+        let sql = format!("SELECT {}", vec!["?"; 100].join(", "));
+        let row = db
+            .first_shard("s0", &sql, &params[..100])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.values().len(), 100);
+    });
+}
+
+#[test]
+fn unknown_shards_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        let err = db.run_shard("s9", "SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(err.code(), "SHARD_NOT_FOUND");
+        assert!(
+            err.to_string().contains("s9") && err.to_string().contains("s0, s1"),
+            "{err}"
+        );
+        assert_eq!(
+            db.all_shard("'; DROP TABLE x; --", "SELECT 1", &[])
+                .await
+                .unwrap_err()
+                .code(),
+            "SHARD_NOT_FOUND"
+        );
+    });
+}
+
+#[test]
+fn hostile_strings_round_trip_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let megabyte: String = "ab'\"\\\0ç🦀".chars().cycle().take(1 << 20).collect();
+    let hostile = [
+        "'; DROP TABLE users; --".to_string(),
+        "\" OR 1=1 --".to_string(),
+        "nul\0inside".to_string(),
+        "\0".to_string(),
+        "emoji 🦀 and RTL \u{202e} text".to_string(),
+        "back\\slash and %_ wildcards".to_string(),
+        "line\nbreaks\r\n\ttabs".to_string(),
+        megabyte,
+    ];
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        for (i, text) in hostile.iter().enumerate() {
+            // Hostile text as the key, and as values.
+            let key: String = text.chars().take(100).collect();
+            let user = User {
+                id: key.clone(),
+                name: text.clone(),
+                email: Some(format!("{i}{text}")),
+            };
+            User::insert(&db, &user).await.unwrap();
+            assert_eq!(User::find(&db, &key).await.unwrap(), Some(user), "case {i}");
+        }
+        assert_eq!(User::count(&db).await.unwrap(), hostile.len() as u64);
+    });
+}
+
+#[test]
+fn flush_is_refused_unless_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        User::insert(&db, &User::new("keep")).await.unwrap();
+        assert_eq!(db.flush().await.unwrap_err().code(), "FLUSH_DISABLED");
+        assert_eq!(User::count(&db).await.unwrap(), 1, "nothing deleted");
+    });
+    drop(db);
+    let db = open_with(dir.path(), 2, |c| {
+        c.allow_flush(true).with_strategy(Strategy::Random)
+    });
+    block_on(async {
+        User::insert(&db, &User::new("placed")).await.unwrap();
+        db.flush().await.unwrap();
+        assert_eq!(User::count(&db).await.unwrap(), 0);
+    });
+    assert_eq!(directory_entries(dir.path()), 0);
+}
+
+#[test]
+fn configuration_and_shard_list_mismatches_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        collegedb::CollegeDb::open_embedded(collegedb::Config::new(), dir.path()).unwrap_err();
+    assert_eq!(err.code(), "CONFIG_INVALID");
+    let err = collegedb::Config::from_json(
+        r#"{"shards":[{"name":"a"}],"strategy":{"read":"hash","write":"sideways"}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.code(), "CONFIG_INVALID");
+    assert!(err.to_string().contains("sideways"), "{err}");
+}
+
+#[test]
+fn location_without_regions_is_a_clear_error_not_a_silent_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        Session::create_table(&db).await.unwrap();
+        let err = Session::insert(
+            &db,
+            &Session {
+                token: "t".into(),
+                user_id: "u".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), "CONFIG_INVALID");
+        assert!(err.to_string().contains("target region"), "{err}");
+    });
+}
+
+#[test]
+fn stats_count_real_rows_per_table_and_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        Order::create_table(&db).await.unwrap();
+        for i in 0..90 {
+            User::insert(&db, &User::new(format!("u{i}")))
+                .await
+                .unwrap();
+        }
+        let stats = db.get_shard_stats().await.unwrap();
+        let from_files = rows_per_shard(dir.path(), 3, "users");
+        for (shard, expected) in stats.iter().zip(from_files) {
+            assert_eq!(shard.tables["users"], expected as u64);
+            assert_eq!(shard.tables["orders"], 0);
+            assert!(shard.size_bytes > 0);
+        }
+        assert_eq!(stats.iter().map(|s| s.rows).sum::<u64>(), 90);
+    });
+}
