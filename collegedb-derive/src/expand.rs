@@ -82,6 +82,9 @@ pub fn model(model: &Model) -> TokenStream {
     let from_values = model.fields.iter().map(from_value);
     let assertions = assertions(model);
     let count = model.fields.len();
+    // Spanned at the key type, so a bad key type is reported at the field, not at the derive.
+    let key_arg = quote_spanned!(key_ty.span()=> impl __cdb::KeyArg<#key_ty>);
+    let into_key = quote_spanned!(key_ty.span()=> <_ as __cdb::KeyArg<#key_ty>>::into_arg(key));
 
     let doc_find = format!("Finds the `{table}` row with this key, or `None`.");
     let doc_insert = format!("Inserts a new `{table}` row, placed by the model's write strategy.");
@@ -159,9 +162,9 @@ pub fn model(model: &Model) -> TokenStream {
                 #[doc = #doc_find]
                 pub async fn find<B: __cdb::Backend>(
                     db: &__cdb::CollegeDb<B>,
-                    key: impl __cdb::KeyArg<#key_ty>,
+                    key: #key_arg,
                 ) -> __cdb::Result<::core::option::Option<Self>> {
-                    __cdb::crud::find::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                    __cdb::crud::find::<Self, B>(db, #into_key).await
                 }
 
                 #[doc = #doc_update]
@@ -183,9 +186,9 @@ pub fn model(model: &Model) -> TokenStream {
                 #[doc = #doc_delete]
                 pub async fn delete<B: __cdb::Backend>(
                     db: &__cdb::CollegeDb<B>,
-                    key: impl __cdb::KeyArg<#key_ty>,
+                    key: #key_arg,
                 ) -> __cdb::Result<bool> {
-                    __cdb::crud::delete::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                    __cdb::crud::delete::<Self, B>(db, #into_key).await
                 }
 
                 #[doc = #doc_count]
@@ -198,9 +201,9 @@ pub fn model(model: &Model) -> TokenStream {
                 #[doc = #doc_locate]
                 pub async fn locate<B: __cdb::Backend>(
                     db: &__cdb::CollegeDb<B>,
-                    key: impl __cdb::KeyArg<#key_ty>,
+                    key: #key_arg,
                 ) -> __cdb::Result<::core::option::Option<::std::string::String>> {
-                    __cdb::crud::locate::<Self, B>(db, __cdb::KeyArg::into_arg(key)).await
+                    __cdb::crud::locate::<Self, B>(db, #into_key).await
                 }
             }
         };

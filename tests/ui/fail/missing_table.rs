@@ -1,0 +1,7 @@
+#[derive(collegedb::Sharded)]
+struct UserProfile {
+    #[sharded(key)]
+    id: String,
+}
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(collegedb::Sharded)]
+#[sharded(table = "users")]
+struct User(#[sharded(key)] String, String);
+
+fn main() {}
