@@ -68,6 +68,11 @@ pub use value::{ColumnValue, Value};
 /// Derives a sharded model. See the crate README for every attribute.
 pub use collegedb_derive::Sharded;
 
+/// The README's examples, compiled as doc tests so they cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// A database on the embedded backend.
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub type EmbeddedDb = CollegeDb<Embedded>;
