@@ -21,6 +21,8 @@ if [ "${COLLEGEDB_SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all -- --check
   section "cargo clippy (native, all targets, -D warnings)"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
+  section "cargo doc (-D warnings: broken links, undocumented public items)"
+  RUSTDOCFLAGS="-D warnings" cargo doc -p collegedb -p collegedb-derive --no-deps --quiet
 fi
 
 section "cargo test (native: unit, integration, compile-fail UI, doc tests)"

@@ -1,7 +1,7 @@
 //! `#[derive(Sharded)]` for collegedb models.
 //!
-//! The derive is a three-step pipeline: `syn` parses the struct, [`schema`] validates it into a
-//! small model (collecting every mistake, each at its own span), and [`expand`] generates an
+//! The derive is a three-step pipeline: `syn` parses the struct, `schema` validates it into a
+//! small model (collecting every mistake, each at its own span), and `expand` generates an
 //! implementation of `collegedb::Model` plus thin typed methods that forward to the runtime's
 //! generic CRUD. Generated code reaches the runtime only through `collegedb::__private`.
 
