@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building for Cloudflare Workers and running local workerd need, into the
-# git-ignored .tools/ folder. Idempotent: every step is skipped when its result is present.
+# git-ignored .tools/ folder (or $COLLEGEDB_TOOLS_DIR, which .ci/run points at a per-machine cache
+# so fresh clones reuse it). Idempotent: every step is skipped when its result is present.
 #
-#   rustc with the WebAssembly backend  Debian rustc-web / cargo-web / rust-web-src, lld-22
+#   rustc with the WebAssembly backend  Debian rustc-web / cargo-web / rust-web-src / rust-web-clippy, lld-22
 #   wasm32 standard library             built once from rust-web-src into .tools/wasm-sysroot
 #   worker-build, wasm-bindgen-cli      cargo install --root .tools (versions pinned below / by Cargo.lock)
 #   Node.js 22, wrangler, binaryen      npm, pinned in package.json + package-lock.json
@@ -11,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TOOLS=$ROOT/.tools
+TOOLS=${COLLEGEDB_TOOLS_DIR:-$ROOT/.tools}
 mkdir -p "$TOOLS/bin"
 
 WORKER_BUILD_VERSION=0.8.7
@@ -21,7 +22,7 @@ step() { printf '==> %s\n' "$*"; }
 
 # 1. Debian packages: rustc with the wasm backend, its library sources, and lld.
 need_apt=()
-for pkg in rustc-web cargo-web rust-web-src lld-22; do
+for pkg in rustc-web cargo-web rust-web-src rust-web-clippy lld-22; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -67,6 +68,13 @@ cat > "$TOOLS/bin/rustc-wasm" <<SH
 exec /usr/bin/rustc --sysroot "$SYSROOT" "\$@"
 SH
 chmod +x "$TOOLS/bin/rustc-wasm"
+# clippy-driver of the same Debian toolchain, as RUSTC_WORKSPACE_WRAPPER for wasm32 lints.
+cat > "$TOOLS/bin/clippy-driver-wasm" <<SH
+#!/bin/sh
+rustc="\$1"; shift
+exec /usr/bin/clippy-driver "\$rustc" --sysroot "$SYSROOT" "\$@"
+SH
+chmod +x "$TOOLS/bin/clippy-driver-wasm"
 
 # 3. Node.js 22 and the npm tools (wrangler brings workerd; binaryen brings wasm-opt).
 NODE_DIR=$TOOLS/node
@@ -92,4 +100,4 @@ if [ -n "$BINDGEN_VERSION" ] && ! installed wasm-bindgen "$BINDGEN_VERSION"; the
   step "cargo install wasm-bindgen-cli $BINDGEN_VERSION (several minutes, once)"
   cargo install -q --root "$TOOLS" wasm-bindgen-cli --version "$BINDGEN_VERSION"
 fi
-step "wasm toolchain ready in .tools/"
+step "wasm toolchain ready in $TOOLS"

@@ -20,14 +20,14 @@ if [ "${COLLEGEDB_SKIP_LINT:-0}" != 1 ]; then
   section "cargo fmt --check"
   cargo fmt --all -- --check
   section "cargo clippy (native, all targets, -D warnings)"
-  cargo clippy --workspace --all-targets --quiet -- -D warnings
+  cargo clippy --all-targets --quiet -- -D warnings
   section "cargo doc (-D warnings: broken links, undocumented public items)"
   RUSTDOCFLAGS="-D warnings" cargo doc -p collegedb -p collegedb-derive --no-deps --quiet
 fi
 
 section "cargo test (native: unit, integration, compile-fail UI, doc tests)"
-cargo test --workspace --all-targets --quiet
-cargo test --workspace --doc --quiet
+cargo test --all-targets --quiet
+cargo test --doc --quiet
 
 section "quickstart (the README's first command, as a smoke test)"
 cargo run --quiet --example quickstart > target/quickstart.log

@@ -177,6 +177,18 @@ impl StrategyOverride {
     }
 }
 
+/// What `round-robin` placement does when the coordinator cannot hand out a ticket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoordinatorFallback {
+    /// Use a counter local to this process (isolate): placement stays round-robin within the
+    /// process, so still close to even, and the write succeeds. The default.
+    #[default]
+    LocalCounter,
+    /// Fail the write with `COORDINATOR_UNAVAILABLE`.
+    Error,
+}
+
 /// One shard: a D1 database (on Cloudflare) or a SQLite file (embedded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +270,9 @@ pub struct Config {
     /// Whether [`flush`](crate::CollegeDb::flush) may delete data. Never enable in production.
     #[serde(default)]
     pub allow_flush: bool,
+    /// What round-robin placement does when the coordinator fails.
+    #[serde(default)]
+    pub coordinator_fallback: CoordinatorFallback,
 }
 
 fn default_cache_capacity() -> usize {
@@ -279,6 +294,7 @@ impl Config {
             target_region: None,
             directory_cache_capacity: default_cache_capacity(),
             allow_flush: false,
+            coordinator_fallback: CoordinatorFallback::default(),
         }
     }
 
@@ -339,6 +355,13 @@ impl Config {
     #[must_use]
     pub fn allow_flush(mut self, allow: bool) -> Self {
         self.allow_flush = allow;
+        self
+    }
+
+    /// Sets what round-robin placement does when the coordinator fails.
+    #[must_use]
+    pub fn with_coordinator_fallback(mut self, fallback: CoordinatorFallback) -> Self {
+        self.coordinator_fallback = fallback;
         self
     }
 

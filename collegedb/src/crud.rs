@@ -101,8 +101,9 @@ pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
     db.shard(shard)
         .execute(&M::sql().insert, &values)
         .await
-        .map(drop)
-        .map_err(|e| duplicate_or::<M, B>(db, shard, e))
+        .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
+    db.note_rows(shard, M::TABLE, 1);
+    Ok(())
 }
 
 /// Finds a row by key. Reads never create directory entries.
@@ -188,6 +189,7 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
     let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
     loop {
         if db.shard(lookup.shard).execute(sql, &params).await? > 0 {
+            db.note_rows(lookup.shard, M::TABLE, -1);
             return Ok(true);
         }
         if !lookup.next(db, M::TABLE, &key).await? {
@@ -229,6 +231,7 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
     let per_statement = rows_per_statement::<M>();
     let full_sql = insert_rows::<M>(per_statement);
     for (shard, values) in by_shard {
+        let count = (values.len() / width) as i64;
         let statements: Vec<Statement> = values
             .chunks(per_statement * width)
             .map(|chunk| {
@@ -245,6 +248,7 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             .batch(&statements)
             .await
             .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
+        db.note_rows(shard, M::TABLE, count);
     }
     Ok(rows.len())
 }

@@ -24,8 +24,9 @@ use crate::key::Key;
 pub struct DirectoryPage {
     /// `(key, shard name)` pairs, in key order.
     pub entries: Vec<(Key, String)>,
-    /// Pass to the next `list` call to continue; `None` when this was the last page.
-    pub cursor: Option<Key>,
+    /// Pass to the next `list` call to continue; `None` when this was the last page. Opaque: its
+    /// form depends on the store.
+    pub cursor: Option<String>,
 }
 
 /// The key-to-shard store. Entries are scoped per table: `users/1` and `orders/1` are distinct.
@@ -59,11 +60,11 @@ pub trait Directory: MaybeSync + 'static {
     /// Removes the entry for `key`, if any.
     fn remove(&self, table: &str, key: &Key) -> impl Future<Output = Result<()>> + MaybeSend;
 
-    /// Lists a table's entries in key order, `limit` at a time, after `cursor`.
+    /// Lists a table's entries, `limit` at a time, continuing after `cursor`.
     fn list(
         &self,
         table: &str,
-        cursor: Option<&Key>,
+        cursor: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<DirectoryPage>> + MaybeSend;
 

@@ -152,6 +152,27 @@ impl Error {
         }
     }
 
+    /// The HTTP status that fits this error when a service answers with it: 4xx for what the
+    /// caller can fix, 5xx for what the service must.
+    ///
+    /// ```
+    /// assert_eq!(collegedb::Error::FlushDisabled.http_status(), 403);
+    /// ```
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::KeyTooLarge { .. }
+            | Error::KeyInvalid { .. }
+            | Error::IntegerOutOfRange { .. }
+            | Error::TooManyParameters { .. }
+            | Error::Decode { .. } => 400,
+            Error::FlushDisabled => 403,
+            Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
+            Error::DuplicateKey { .. } => 409,
+            Error::Directory(_) | Error::CoordinatorUnavailable(_) => 503,
+            Error::QueryFailed { .. } | Error::ConfigInvalid(_) | Error::Io(_) => 500,
+        }
+    }
+
     /// Whether the caller may succeed by retrying the same call unchanged.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -57,12 +57,12 @@ pub mod value;
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub use backend::embedded::Embedded;
 pub use backend::{Backend, Row, Statement};
-pub use config::{Config, Region, ShardConfig, Strategies, Strategy};
+pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, Strategy};
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use model::{Model, MAX_BOUND_PARAMETERS};
 pub use raw::{Scatter, ShardStats, TableScope};
-pub use router::CollegeDb;
+pub use router::{CollegeDb, DirectoryOps};
 pub use value::{ColumnValue, Value};
 
 /// Derives a sharded model. See the crate README for every attribute.

@@ -21,10 +21,11 @@
 //! * Reads never write: a lookup of an unknown key performs at most one directory *read*.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::backend::{Backend, Coordinator};
-use crate::config::{Config, Region, Strategies, Strategy};
+use crate::backend::{Backend, Coordinator, RowDelta};
+use crate::config::{Config, CoordinatorFallback, Region, Strategies, Strategy};
 use crate::directory::{Directory, DirectoryCache};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -63,9 +64,25 @@ struct Inner<B: Backend> {
     shards: Vec<B::Shard>,
     shard_index: HashMap<String, usize>,
     directory: B::Directory,
-    cache: DirectoryCache,
+    cache: Arc<DirectoryCache>,
     coordinator: B::Coordinator,
     placer: Placer,
+    /// Round-robin tickets used while the coordinator is down (see [`CoordinatorFallback`]).
+    fallback_tickets: AtomicU64,
+    /// Row-count changes not yet sent to the coordinator, by `(shard, table)`.
+    pending_rows: Mutex<HashMap<(usize, String), i64>>,
+    /// Calls to the directory store (cache hits excluded).
+    directory_reads: AtomicU64,
+    directory_writes: AtomicU64,
+}
+
+/// Calls a handle made to its directory store; cache hits are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectoryOps {
+    /// Lookups that reached the store.
+    pub reads: u64,
+    /// Claims that reached the store.
+    pub writes: u64,
 }
 
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
@@ -97,6 +114,19 @@ impl<B: Backend> CollegeDb<B> {
         directory: B::Directory,
         coordinator: B::Coordinator,
     ) -> Result<Self> {
+        let cache = Arc::new(DirectoryCache::new(config.directory_cache_capacity));
+        Self::from_parts_with_cache(config, shards, directory, coordinator, cache)
+    }
+
+    /// Like [`CollegeDb::from_parts`], with a directory cache shared with other handles: on
+    /// Workers, one cache per isolate outlives the per-request handles built from `env`.
+    pub fn from_parts_with_cache(
+        config: Config,
+        shards: Vec<B::Shard>,
+        directory: B::Directory,
+        coordinator: B::Coordinator,
+        cache: Arc<DirectoryCache>,
+    ) -> Result<Self> {
         config.validate()?;
         if shards.len() != config.shards.len() {
             return Err(Error::config(format!(
@@ -114,8 +144,12 @@ impl<B: Backend> CollegeDb<B> {
         let region = config.target_region;
         Ok(CollegeDb {
             inner: Arc::new(Inner {
-                cache: DirectoryCache::new(config.directory_cache_capacity),
+                cache,
                 placer: Placer::new(&config),
+                fallback_tickets: AtomicU64::new(0),
+                directory_reads: AtomicU64::new(0),
+                directory_writes: AtomicU64::new(0),
+                pending_rows: Mutex::new(HashMap::new()),
                 config,
                 shards,
                 shard_index,
@@ -201,6 +235,7 @@ impl<B: Backend> CollegeDb<B> {
         if let Some(shard) = self.inner.cache.get(table, key) {
             return Ok(Some(shard));
         }
+        self.inner.directory_reads.fetch_add(1, Ordering::Relaxed);
         match self.inner.directory.lookup(table, key).await? {
             Some(name) => {
                 let shard = self.directory_shard(&name)?;
@@ -228,13 +263,20 @@ impl<B: Backend> CollegeDb<B> {
             Strategy::Random => inner.placer.random(),
             Strategy::Location => inner.placer.location(self.region)?,
             Strategy::RoundRobin => {
-                let ticket = inner.coordinator.next_ticket(table).await?;
+                let ticket = match inner.coordinator.next_ticket(table).await {
+                    Ok(ticket) => ticket,
+                    Err(_) if inner.config.coordinator_fallback == CoordinatorFallback::LocalCounter => {
+                        inner.fallback_tickets.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(error) => return Err(error),
+                };
                 inner.placer.round_robin(ticket)
             }
         };
         if let Some(shard) = inner.cache.get(table, key) {
             return Ok(shard);
         }
+        inner.directory_writes.fetch_add(1, Ordering::Relaxed);
         let winner = inner
             .directory
             .claim(table, key, self.shard_name(candidate))
@@ -242,6 +284,57 @@ impl<B: Backend> CollegeDb<B> {
         let shard = self.directory_shard(&winner)?;
         inner.cache.insert(table, key, shard);
         Ok(shard)
+    }
+
+    /// How many directory store calls this handle (and its clones) made.
+    pub fn directory_ops(&self) -> DirectoryOps {
+        DirectoryOps {
+            reads: self.inner.directory_reads.load(Ordering::Relaxed),
+            writes: self.inner.directory_writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The coordinator (for its own API, such as the Cloudflare coordinator's HTTP client).
+    pub fn coordinator(&self) -> &B::Coordinator {
+        &self.inner.coordinator
+    }
+
+    /// Notes a change in `table`'s row count on `shard`, for coordinators that keep statistics.
+    pub(crate) fn note_rows(&self, shard: usize, table: &str, delta: i64) {
+        if delta == 0 || !self.inner.coordinator.tracks_rows() {
+            return;
+        }
+        let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+        *pending.entry((shard, table.to_owned())).or_default() += delta;
+    }
+
+    /// Sends the row-count changes of this handle's writes to the coordinator. On Workers, call it
+    /// after the response is on its way (`ctx.wait_until`). On failure the changes are kept and
+    /// sent by the next call.
+    pub async fn sync_stats(&self) -> Result<()> {
+        let drained: Vec<((usize, String), i64)> = {
+            let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+            pending.drain().collect()
+        };
+        if drained.is_empty() {
+            return Ok(());
+        }
+        let deltas = drained
+            .iter()
+            .map(|((shard, table), delta)| RowDelta {
+                shard: self.shard_name(*shard).to_owned(),
+                table: table.clone(),
+                delta: *delta,
+            })
+            .collect();
+        let result = self.inner.coordinator.record_rows(deltas).await;
+        if result.is_err() {
+            let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, delta) in drained {
+                *pending.entry(key).or_default() += delta;
+            }
+        }
+        result
     }
 
     pub(crate) fn flush_allowed(&self) -> Result<()> {

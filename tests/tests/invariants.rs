@@ -302,7 +302,7 @@ fn directory_listing_pages_with_a_cursor() {
         loop {
             let page = db
                 .directory()
-                .list("users", cursor.as_ref(), 1_000)
+                .list("users", cursor.as_deref(), 1_000)
                 .await
                 .unwrap();
             pages += 1;

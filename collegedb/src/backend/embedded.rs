@@ -293,7 +293,7 @@ impl Directory for SqliteDirectory {
             .map_err(DirectoryFile::failed)
     }
 
-    async fn list(&self, table: &str, cursor: Option<&Key>, limit: usize) -> Result<DirectoryPage> {
+    async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
         let conn = self.file.pool.get();
         let mut stmt = conn
             .prepare_cached(
@@ -301,7 +301,11 @@ impl Directory for SqliteDirectory {
                  ORDER BY key LIMIT ?3",
             )
             .map_err(DirectoryFile::failed)?;
-        let after = cursor.map(Key::directory_bytes).unwrap_or_default();
+        let after = match cursor {
+            Some(cursor) => hex::decode(cursor)
+                .map_err(|_| Error::Directory(format!("malformed cursor {cursor:?}")))?,
+            None => Vec::new(),
+        };
         let rows = stmt
             .query_map((table, after, limit as i64 + 1), |row| {
                 Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
@@ -314,7 +318,9 @@ impl Directory for SqliteDirectory {
         }
         let cursor = if entries.len() > limit {
             entries.truncate(limit);
-            entries.last().map(|(key, _)| key.clone())
+            entries
+                .last()
+                .map(|(key, _)| hex::encode(key.directory_bytes()))
         } else {
             None
         };

@@ -8,6 +8,8 @@
 //! runtimes such as tokio, and carry no `Send` bound on `wasm32`, where JavaScript objects cannot
 //! cross threads. [`MaybeSend`] and [`MaybeSync`] express that.
 
+#[cfg(feature = "cloudflare")]
+pub mod cloudflare;
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub mod embedded;
 
@@ -134,11 +136,35 @@ pub trait ShardConn: MaybeSync + 'static {
     fn size_bytes(&self) -> impl Future<Output = Result<u64>> + MaybeSend;
 }
 
-/// Hands out round-robin tickets. Tickets of one table increase by one per call across every
-/// process sharing the coordinator, so `ticket % shards` spreads new keys evenly.
+/// A change in a table's row count on one shard, reported by the router's writes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowDelta {
+    /// The shard's name.
+    pub shard: String,
+    /// The table.
+    pub table: String,
+    /// Rows added (negative: removed).
+    pub delta: i64,
+}
+
+/// Hands out round-robin tickets and keeps statistics. Tickets of one table increase by one per
+/// call across every process sharing the coordinator, so `ticket % shards` spreads new keys evenly.
 pub trait Coordinator: MaybeSync + 'static {
     /// The next ticket for `table`.
     fn next_ticket(&self, table: &str) -> impl Future<Output = Result<u64>> + MaybeSend;
+
+    /// Whether the router should track row-count changes and send them with
+    /// [`Coordinator::record_rows`]. Coordinators that compute statistics from the shards
+    /// themselves answer `false`, and the router then tracks nothing.
+    fn tracks_rows(&self) -> bool {
+        false
+    }
+
+    /// Applies row-count changes.
+    fn record_rows(&self, deltas: Vec<RowDelta>) -> impl Future<Output = Result<()>> + MaybeSend {
+        let _ = deltas;
+        async { Ok(()) }
+    }
 }
 
 /// A bundle of shard, directory and coordinator implementations for one platform.

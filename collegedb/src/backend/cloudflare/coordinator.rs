@@ -1,0 +1,367 @@
+//! The ShardCoordinator: a Durable Object with SQLite storage that keeps the shard registry, the
+//! round-robin counters and per-shard, per-table row counts, behind the seed's HTTP API:
+//!
+//! | request | body | answer |
+//! | --- | --- | --- |
+//! | `GET /shards` | | `["db-east", ...]` |
+//! | `POST /shards` | `{"shard": "db-east"}` | `{"success": true}` |
+//! | `DELETE /shards` | `{"shard": "db-east"}` | `{"success": true}` |
+//! | `GET /stats` | | `[{"binding", "count", "tables": {..}, "lastUpdated"}]` |
+//! | `POST /stats` | `{"deltas": [{"shard", "table", "delta"}]}` | `{"success": true}` |
+//! | `POST /allocate` | `{"table"?, "count"?, "primaryKey"?, "strategy"?}` | `{"ticket", "count", "shard"?}` |
+//! | `POST /flush` | | `{"success": true}`; refused with 403 unless the object's `COLLEGEDB_ALLOW_FLUSH` var is `"true"` |
+//! | `GET /health` | | `{"status": "ok", "shards": n}` |
+//!
+//! [`CoordinatorClient`] is the typed client; the router uses it for round-robin tickets (reserved
+//! [`TICKET_BLOCK`] at a time and kept per isolate, so the object is not on every insert's path)
+//! and to send the row-count changes of its writes.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use worker::{Env, Method, ObjectNamespace, Request, RequestInit, Response, SqlStorageValue, State};
+
+use crate::backend::{Coordinator, RowDelta};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::placement::hash::jump_consistent_hash;
+
+/// Round-robin tickets reserved per call to the coordinator.
+pub const TICKET_BLOCK: u64 = 16;
+
+/// The object name of the coordinator within its namespace.
+pub const COORDINATOR_NAME: &str = "collegedb-coordinator";
+
+thread_local! {
+    /// Per isolate: per table, the next ticket and the end of the reserved block.
+    static TICKETS: RefCell<HashMap<String, (u64, u64)>> = RefCell::new(HashMap::new());
+}
+
+/// One shard's statistics as the coordinator keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorShardStats {
+    /// The shard (the seed calls it the binding).
+    pub binding: String,
+    /// Rows over all tables.
+    pub count: i64,
+    /// Rows per table.
+    pub tables: BTreeMap<String, i64>,
+    /// Milliseconds since the epoch of the last change.
+    pub last_updated: i64,
+}
+
+/// The answer of `POST /allocate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The first ticket of the reserved block.
+    pub ticket: u64,
+    /// How many tickets were reserved.
+    pub count: u64,
+    /// The registered shard for the first ticket (or key), when shards are registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AllocateRequest {
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    primary_key: Option<String>,
+    #[serde(default)]
+    strategy: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ShardBody {
+    shard: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StatsBody {
+    deltas: Vec<RowDelta>,
+}
+
+/// The typed client of the ShardCoordinator.
+pub struct CoordinatorClient {
+    namespace: ObjectNamespace,
+}
+
+fn failed(error: impl std::fmt::Display) -> Error {
+    Error::CoordinatorUnavailable(error.to_string())
+}
+
+impl CoordinatorClient {
+    /// Wraps the coordinator's Durable Object namespace binding.
+    pub fn new(namespace: ObjectNamespace) -> Self {
+        CoordinatorClient { namespace }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<T> {
+        let stub = self.namespace.get_by_name(COORDINATOR_NAME).map_err(failed)?;
+        let mut init = RequestInit::new();
+        init.with_method(method).with_body(body.map(Into::into));
+        let url = format!("https://collegedb-coordinator{path}");
+        let request = Request::new_with_init(&url, &init).map_err(failed)?;
+        let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
+        if response.status_code() != 200 {
+            let text = response.text().await.unwrap_or_default();
+            return Err(failed(format!("{path}: status {}: {text}", response.status_code())));
+        }
+        response.json().await.map_err(failed)
+    }
+
+    /// `GET /shards`.
+    pub async fn list_shards(&self) -> Result<Vec<String>> {
+        self.call(Method::Get, "/shards", None).await
+    }
+
+    /// `POST /shards`.
+    pub async fn add_shard(&self, shard: &str) -> Result<()> {
+        let body = serde_json::json!({ "shard": shard }).to_string();
+        self.call::<serde_json::Value>(Method::Post, "/shards", Some(body)).await.map(drop)
+    }
+
+    /// `DELETE /shards`.
+    pub async fn remove_shard(&self, shard: &str) -> Result<()> {
+        let body = serde_json::json!({ "shard": shard }).to_string();
+        self.call::<serde_json::Value>(Method::Delete, "/shards", Some(body)).await.map(drop)
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> Result<Vec<CoordinatorShardStats>> {
+        self.call(Method::Get, "/stats", None).await
+    }
+
+    /// `POST /allocate` for `count` round-robin tickets of `table`.
+    pub async fn allocate(&self, table: &str, count: u64) -> Result<Allocation> {
+        let body = serde_json::to_string(&AllocateRequest {
+            table: Some(table.to_owned()),
+            count: Some(count),
+            ..AllocateRequest::default()
+        })
+        .map_err(failed)?;
+        self.call(Method::Post, "/allocate", Some(body)).await
+    }
+
+    /// `POST /flush` (development only).
+    pub async fn flush(&self) -> Result<()> {
+        self.call::<serde_json::Value>(Method::Post, "/flush", None).await.map(drop)
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        self.call(Method::Get, "/health", None).await
+    }
+}
+
+impl Coordinator for CoordinatorClient {
+    async fn next_ticket(&self, table: &str) -> Result<u64> {
+        let cached = TICKETS.with(|t| {
+            let mut tickets = t.borrow_mut();
+            match tickets.get_mut(table) {
+                Some((next, end)) if *next < *end => {
+                    *next += 1;
+                    Some(*next - 1)
+                }
+                _ => None,
+            }
+        });
+        if let Some(ticket) = cached {
+            return Ok(ticket);
+        }
+        let allocation = self.allocate(table, TICKET_BLOCK).await?;
+        TICKETS.with(|t| {
+            t.borrow_mut().insert(
+                table.to_owned(),
+                (allocation.ticket + 1, allocation.ticket + allocation.count),
+            )
+        });
+        Ok(allocation.ticket)
+    }
+
+    fn tracks_rows(&self) -> bool {
+        true
+    }
+
+    async fn record_rows(&self, deltas: Vec<RowDelta>) -> Result<()> {
+        let body = serde_json::to_string(&StatsBody { deltas }).map_err(failed)?;
+        self.call::<serde_json::Value>(Method::Post, "/stats", Some(body)).await.map(drop)
+    }
+}
+
+#[derive(Deserialize)]
+struct NameRow {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ValueRow {
+    value: f64,
+}
+
+#[derive(Deserialize)]
+struct StatsRow {
+    shard: String,
+    table_name: String,
+    row_count: f64,
+    updated_at: f64,
+}
+
+fn text(value: &str) -> SqlStorageValue {
+    SqlStorageValue::String(value.to_owned())
+}
+
+fn success() -> worker::Result<Response> {
+    Response::from_json(&serde_json::json!({ "success": true }))
+}
+
+/// Serves one coordinator request inside the coordinator's Durable Object. Call it from the
+/// class's `fetch` (see [`super::serve_directory`] for the shape).
+pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -> worker::Result<Response> {
+    let sql = state.storage().sql();
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY NOT NULL, added_at INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS stats (
+             shard TEXT NOT NULL, table_name TEXT NOT NULL,
+             row_count INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+             PRIMARY KEY (shard, table_name)
+         );",
+        None,
+    )?;
+    let now = worker::Date::now().as_millis() as i64;
+    let registered = || -> worker::Result<Vec<String>> {
+        let rows: Vec<NameRow> = sql
+            .exec("SELECT name FROM shards ORDER BY added_at, name", None)?
+            .to_array()?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    };
+    let path = request.path();
+    match (request.method(), path.as_str()) {
+        (Method::Get, "/health") => Response::from_json(&serde_json::json!({
+            "status": "ok",
+            "shards": registered()?.len(),
+        })),
+        (Method::Get, "/shards") => Response::from_json(&registered()?),
+        (Method::Post, "/shards") => {
+            let body: ShardBody = request.json().await?;
+            sql.exec(
+                "INSERT OR IGNORE INTO shards (name, added_at) VALUES (?, ?)",
+                vec![text(&body.shard), SqlStorageValue::Integer(now)],
+            )?;
+            success()
+        }
+        (Method::Delete, "/shards") => {
+            let body: ShardBody = request.json().await?;
+            sql.exec("DELETE FROM shards WHERE name = ?", vec![text(&body.shard)])?;
+            success()
+        }
+        (Method::Get, "/stats") => {
+            let rows: Vec<StatsRow> = sql
+                .exec(
+                    "SELECT shard, table_name, row_count, updated_at FROM stats ORDER BY shard, table_name",
+                    None,
+                )?
+                .to_array()?;
+            let mut by_shard: BTreeMap<String, CoordinatorShardStats> = BTreeMap::new();
+            for name in registered()? {
+                by_shard.insert(
+                    name.clone(),
+                    CoordinatorShardStats {
+                        binding: name,
+                        count: 0,
+                        tables: BTreeMap::new(),
+                        last_updated: 0,
+                    },
+                );
+            }
+            for row in rows {
+                let entry = by_shard
+                    .entry(row.shard.clone())
+                    .or_insert_with(|| CoordinatorShardStats {
+                        binding: row.shard.clone(),
+                        count: 0,
+                        tables: BTreeMap::new(),
+                        last_updated: 0,
+                    });
+                entry.count += row.row_count as i64;
+                entry.tables.insert(row.table_name, row.row_count as i64);
+                entry.last_updated = entry.last_updated.max(row.updated_at as i64);
+            }
+            Response::from_json(&by_shard.into_values().collect::<Vec<_>>())
+        }
+        (Method::Post, "/stats") => {
+            let body: StatsBody = request.json().await?;
+            for delta in body.deltas {
+                sql.exec(
+                    "INSERT INTO stats (shard, table_name, row_count, updated_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (shard, table_name)
+                     DO UPDATE SET row_count = row_count + excluded.row_count, updated_at = excluded.updated_at",
+                    vec![
+                        text(&delta.shard),
+                        text(&delta.table),
+                        SqlStorageValue::Integer(delta.delta),
+                        SqlStorageValue::Integer(now),
+                    ],
+                )?;
+            }
+            success()
+        }
+        (Method::Post, "/allocate") => {
+            let body: AllocateRequest = request.json().await.unwrap_or_default();
+            let shards = registered()?;
+            if let (Some(key), Some("hash")) = (&body.primary_key, body.strategy.as_deref()) {
+                let shard = (!shards.is_empty()).then(|| {
+                    let key = Key::Text(key.clone());
+                    shards[jump_consistent_hash(key.placement_hash(), shards.len() as u32) as usize].clone()
+                });
+                return Response::from_json(&Allocation { ticket: 0, count: 0, shard });
+            }
+            if body.strategy.as_deref() == Some("random") {
+                let ticket = fastrand::u64(..);
+                let shard = (!shards.is_empty()).then(|| shards[(ticket % shards.len() as u64) as usize].clone());
+                return Response::from_json(&Allocation { ticket, count: 1, shard });
+            }
+            let table = body.table.unwrap_or_else(|| "default".to_owned());
+            let count = body.count.unwrap_or(1).clamp(1, 1024);
+            let rows: Vec<ValueRow> = sql
+                .exec(
+                    "INSERT INTO counters (name, value) VALUES (?, ?)
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
+                     RETURNING value",
+                    vec![text(&table), SqlStorageValue::Integer(count as i64)],
+                )?
+                .to_array()?;
+            let end = rows.first().map_or(count, |r| r.value as u64);
+            let ticket = end - count;
+            let shard = (!shards.is_empty()).then(|| shards[(ticket % shards.len() as u64) as usize].clone());
+            Response::from_json(&Allocation { ticket, count, shard })
+        }
+        (Method::Post, "/flush") => {
+            let allowed = env
+                .var("COLLEGEDB_ALLOW_FLUSH")
+                .map(|v| v.to_string() == "true")
+                .unwrap_or(false);
+            if !allowed {
+                return Response::error(
+                    "flush is disabled: set the COLLEGEDB_ALLOW_FLUSH var to \"true\" in development only",
+                    403,
+                );
+            }
+            sql.exec("DELETE FROM counters; DELETE FROM stats; DELETE FROM shards;", None)?;
+            success()
+        }
+        _ => Response::error(format!("no route for {:?} {path}", request.method()), 404),
+    }
+}

@@ -1,0 +1,286 @@
+//! The strongly consistent directory: Durable Objects with SQLite storage.
+//!
+//! Entries are spread over [`DIRECTORY_PARTITIONS`] objects named `collegedb-directory-<n>`, chosen
+//! by a hash of `(table, key)`, so no single object carries every lookup. Each object keeps a
+//! `WITHOUT ROWID` table and runs one request at a time, so a claim (insert-if-absent, then read
+//! the winner) is atomic: of concurrent first writes of one key, exactly one shard wins.
+//!
+//! The client side is [`DurableDirectory`]; the object side is [`serve_directory`], which the
+//! Worker's own `#[durable_object]` class calls from its `fetch`.
+
+use serde::{Deserialize, Serialize};
+use worker::{Method, ObjectNamespace, Request, RequestInit, Response, SqlStorageValue, State};
+
+use crate::directory::{Directory, DirectoryPage};
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// How many objects the directory is spread over. Fixed: changing it strands entries.
+pub const DIRECTORY_PARTITIONS: u32 = 16;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Lookup { table: String, key: String },
+    Claim { table: String, key: String, shard: String },
+    Assign { table: String, key: String, shard: String },
+    Remove { table: String, key: String },
+    List { table: String, after: String, limit: usize },
+    Count,
+    Clear,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entries: Vec<(String, String)>,
+    #[serde(default)]
+    count: u64,
+}
+
+/// The client of the Durable Object directory.
+pub struct DurableDirectory {
+    namespace: ObjectNamespace,
+}
+
+fn failed(error: impl std::fmt::Display) -> Error {
+    Error::Directory(format!("Durable Object directory: {error}"))
+}
+
+impl DurableDirectory {
+    /// Wraps the directory's Durable Object namespace binding.
+    pub fn new(namespace: ObjectNamespace) -> Self {
+        DurableDirectory { namespace }
+    }
+
+    fn partition_of(table: &str, key_hex: &str) -> u32 {
+        let mut bytes = Vec::with_capacity(table.len() + 1 + key_hex.len());
+        bytes.extend_from_slice(table.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(key_hex.as_bytes());
+        (xxhash_rust::xxh3::xxh3_64(&bytes) % DIRECTORY_PARTITIONS as u64) as u32
+    }
+
+    async fn call(&self, partition: u32, op: &Op) -> Result<Reply> {
+        let stub = self
+            .namespace
+            .get_by_name(&format!("collegedb-directory-{partition}"))
+            .map_err(failed)?;
+        let body = serde_json::to_string(op).map_err(failed)?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_body(Some(body.into()));
+        let request = Request::new_with_init("https://collegedb-directory/op", &init).map_err(failed)?;
+        let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
+        if response.status_code() != 200 {
+            let text = response.text().await.unwrap_or_default();
+            return Err(failed(format!("status {}: {text}", response.status_code())));
+        }
+        response.json().await.map_err(failed)
+    }
+
+    async fn keyed(&self, table: &str, key: &Key, make: impl FnOnce(String) -> Op) -> Result<Reply> {
+        let key_hex = hex::encode(key.directory_bytes());
+        let partition = Self::partition_of(table, &key_hex);
+        self.call(partition, &make(key_hex)).await
+    }
+}
+
+impl Directory for DurableDirectory {
+    async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
+        let table_name = table.to_owned();
+        Ok(self
+            .keyed(table, key, |key| Op::Lookup { table: table_name, key })
+            .await?
+            .shard)
+    }
+
+    async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
+        let (table_name, shard) = (table.to_owned(), shard.to_owned());
+        self.keyed(table, key, |key| Op::Claim { table: table_name, key, shard })
+            .await?
+            .shard
+            .ok_or_else(|| failed("claim returned no shard"))
+    }
+
+    async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
+        let (table_name, shard) = (table.to_owned(), shard.to_owned());
+        self.keyed(table, key, |key| Op::Assign { table: table_name, key, shard })
+            .await
+            .map(drop)
+    }
+
+    async fn remove(&self, table: &str, key: &Key) -> Result<()> {
+        let table_name = table.to_owned();
+        self.keyed(table, key, |key| Op::Remove { table: table_name, key })
+            .await
+            .map(drop)
+    }
+
+    /// Walks the partitions in order; the cursor is `<partition>:<last key hex>`.
+    async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
+        let (mut partition, mut after) = match cursor {
+            None => (0, String::new()),
+            Some(cursor) => {
+                let (p, k) = cursor
+                    .split_once(':')
+                    .ok_or_else(|| failed(format!("malformed cursor {cursor:?}")))?;
+                (p.parse().map_err(|_| failed("malformed cursor"))?, k.to_owned())
+            }
+        };
+        let mut entries = Vec::new();
+        while partition < DIRECTORY_PARTITIONS && entries.len() < limit {
+            let want = limit - entries.len();
+            let op = Op::List {
+                table: table.to_owned(),
+                after: after.clone(),
+                limit: want,
+            };
+            let reply = self.call(partition, &op).await?;
+            let full = reply.entries.len() == want;
+            for (key_hex, shard) in reply.entries {
+                let bytes = hex::decode(&key_hex).map_err(failed)?;
+                after = key_hex;
+                entries.push((Key::from_directory_bytes(&bytes)?, shard));
+            }
+            if !full {
+                partition += 1;
+                after.clear();
+            }
+        }
+        let cursor = (partition < DIRECTORY_PARTITIONS).then(|| format!("{partition}:{after}"));
+        Ok(DirectoryPage { entries, cursor })
+    }
+
+    async fn count(&self) -> Result<u64> {
+        let mut total = 0;
+        for partition in 0..DIRECTORY_PARTITIONS {
+            total += self.call(partition, &Op::Count).await?.count;
+        }
+        Ok(total)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        for partition in 0..DIRECTORY_PARTITIONS {
+            self.call(partition, &Op::Clear).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct ShardRow {
+    shard: String,
+}
+
+#[derive(Deserialize)]
+struct EntryRow {
+    key: String,
+    shard: String,
+}
+
+#[derive(Deserialize)]
+struct CountRow {
+    n: f64,
+}
+
+fn text(value: &str) -> SqlStorageValue {
+    SqlStorageValue::String(value.to_owned())
+}
+
+/// Serves one directory request inside the directory's Durable Object. Call it from the class's
+/// `fetch`:
+///
+/// ```ignore
+/// #[durable_object]
+/// pub struct Directory { state: State }
+///
+/// impl DurableObject for Directory {
+///     fn new(state: State, _env: Env) -> Self { Self { state } }
+///     async fn fetch(&self, req: Request) -> Result<Response> {
+///         collegedb::backend::cloudflare::serve_directory(&self.state, req).await
+///     }
+/// }
+/// ```
+pub async fn serve_directory(state: &State, mut request: Request) -> worker::Result<Response> {
+    let op: Op = match request.json().await {
+        Ok(op) => op,
+        Err(e) => return Response::error(format!("bad directory request: {e}"), 400),
+    };
+    let sql = state.storage().sql();
+    sql.exec(
+        "CREATE TABLE IF NOT EXISTS directory (
+             scope TEXT NOT NULL, key TEXT NOT NULL, shard TEXT NOT NULL,
+             PRIMARY KEY (scope, key)
+         ) WITHOUT ROWID",
+        None,
+    )?;
+    let shard_of = |table: &str, key: &str| -> worker::Result<Option<String>> {
+        let rows: Vec<ShardRow> = sql
+            .exec(
+                "SELECT shard FROM directory WHERE scope = ? AND key = ?",
+                vec![text(table), text(key)],
+            )?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.shard))
+    };
+    let reply = match op {
+        Op::Lookup { table, key } => Reply {
+            shard: shard_of(&table, &key)?,
+            ..Reply::default()
+        },
+        Op::Claim { table, key, shard } => {
+            // One request at a time per object, and no await in between: atomic.
+            sql.exec(
+                "INSERT OR IGNORE INTO directory (scope, key, shard) VALUES (?, ?, ?)",
+                vec![text(&table), text(&key), text(&shard)],
+            )?;
+            Reply {
+                shard: shard_of(&table, &key)?,
+                ..Reply::default()
+            }
+        }
+        Op::Assign { table, key, shard } => {
+            sql.exec(
+                "INSERT INTO directory (scope, key, shard) VALUES (?, ?, ?)
+                 ON CONFLICT (scope, key) DO UPDATE SET shard = excluded.shard",
+                vec![text(&table), text(&key), text(&shard)],
+            )?;
+            Reply::default()
+        }
+        Op::Remove { table, key } => {
+            sql.exec(
+                "DELETE FROM directory WHERE scope = ? AND key = ?",
+                vec![text(&table), text(&key)],
+            )?;
+            Reply::default()
+        }
+        Op::List { table, after, limit } => {
+            let rows: Vec<EntryRow> = sql
+                .exec(
+                    "SELECT key, shard FROM directory WHERE scope = ? AND key > ? ORDER BY key LIMIT ?",
+                    vec![text(&table), text(&after), SqlStorageValue::Integer(limit as i64)],
+                )?
+                .to_array()?;
+            Reply {
+                entries: rows.into_iter().map(|r| (r.key, r.shard)).collect(),
+                ..Reply::default()
+            }
+        }
+        Op::Count => {
+            let rows: Vec<CountRow> = sql
+                .exec("SELECT COUNT(*) AS n FROM directory", None)?
+                .to_array()?;
+            Reply {
+                count: rows.first().map_or(0, |r| r.n as u64),
+                ..Reply::default()
+            }
+        }
+        Op::Clear => {
+            sql.exec("DELETE FROM directory", None)?;
+            Reply::default()
+        }
+    };
+    Response::from_json(&reply)
+}

@@ -1,0 +1,161 @@
+//! The Cloudflare backend: D1 shards, a KV or Durable Object directory, and the ShardCoordinator
+//! Durable Object. Compiled with the `cloudflare` feature for `wasm32-unknown-unknown`.
+//!
+//! Build one handle per request from `env` with [`open`]; the directory cache behind it lives for
+//! the isolate and is shared by every request the isolate serves.
+//!
+//! Which directory:
+//!
+//! | | [`DirectoryChoice::DurableObject`] | [`DirectoryChoice::Kv`] |
+//! | --- | --- | --- |
+//! | consistency | strong: a claim is atomic, every reader sees it at once | eventual: up to ~60 s to other locations |
+//! | concurrent first writes of one key | settle on one shard | may land on two shards |
+//! | cost per directory read | a Durable Object request | a KV read (cached at the edge) |
+//! | choose when | keys can be created concurrently, or read right after being written elsewhere | keys are created once, by one writer, and read a lot |
+//!
+//! Hash placement needs neither: choose `hash` for models that do not need placement control.
+
+mod coordinator;
+mod d1;
+mod durable;
+mod kv;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use coordinator::{
+    serve_coordinator, Allocation, CoordinatorClient, CoordinatorShardStats, COORDINATOR_NAME, TICKET_BLOCK,
+};
+pub use d1::{from_js, to_js, D1Shard};
+pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
+pub use kv::KvDirectory;
+
+use worker::Env;
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::directory::{Directory, DirectoryCache, DirectoryPage};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::router::CollegeDb;
+
+/// The Cloudflare backend bundle.
+#[derive(Debug)]
+pub enum Cloudflare {}
+
+impl Backend for Cloudflare {
+    type Shard = D1Shard;
+    type Directory = CloudflareDirectory;
+    type Coordinator = CoordinatorClient;
+}
+
+/// Where the directory lives, by binding name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryChoice {
+    /// A KV namespace binding.
+    Kv(String),
+    /// A Durable Object namespace binding whose class calls [`serve_directory`].
+    DurableObject(String),
+}
+
+/// The directory chosen by [`DirectoryChoice`].
+pub enum CloudflareDirectory {
+    /// On KV.
+    Kv(KvDirectory),
+    /// On Durable Objects.
+    DurableObject(DurableDirectory),
+}
+
+impl Directory for CloudflareDirectory {
+    async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
+        match self {
+            Self::Kv(d) => d.lookup(table, key).await,
+            Self::DurableObject(d) => d.lookup(table, key).await,
+        }
+    }
+    async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
+        match self {
+            Self::Kv(d) => d.claim(table, key, shard).await,
+            Self::DurableObject(d) => d.claim(table, key, shard).await,
+        }
+    }
+    async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
+        match self {
+            Self::Kv(d) => d.assign(table, key, shard).await,
+            Self::DurableObject(d) => d.assign(table, key, shard).await,
+        }
+    }
+    async fn remove(&self, table: &str, key: &Key) -> Result<()> {
+        match self {
+            Self::Kv(d) => d.remove(table, key).await,
+            Self::DurableObject(d) => d.remove(table, key).await,
+        }
+    }
+    async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
+        match self {
+            Self::Kv(d) => d.list(table, cursor, limit).await,
+            Self::DurableObject(d) => d.list(table, cursor, limit).await,
+        }
+    }
+    async fn count(&self) -> Result<u64> {
+        match self {
+            Self::Kv(d) => d.count().await,
+            Self::DurableObject(d) => d.count().await,
+        }
+    }
+    async fn clear(&self) -> Result<()> {
+        match self {
+            Self::Kv(d) => d.clear().await,
+            Self::DurableObject(d) => d.clear().await,
+        }
+    }
+}
+
+thread_local! {
+    /// One directory cache per directory binding, for the life of the isolate.
+    static CACHES: RefCell<HashMap<String, Arc<DirectoryCache>>> = RefCell::new(HashMap::new());
+}
+
+fn binding(error: worker::Error, name: &str) -> Error {
+    Error::config(format!("binding `{name}` is missing or of the wrong type: {error}"))
+}
+
+/// Opens a handle for this request: one D1 binding per configured shard (the shard's name is the
+/// binding's name), the chosen directory, and the coordinator's Durable Object namespace.
+pub fn open(
+    env: &Env,
+    config: Config,
+    directory: DirectoryChoice,
+    coordinator_binding: &str,
+) -> Result<CollegeDb<Cloudflare>> {
+    config.validate()?;
+    let shards = config
+        .shards
+        .iter()
+        .map(|s| env.d1(&s.name).map(|db| D1Shard::new(&s.name, db)).map_err(|e| binding(e, &s.name)))
+        .collect::<Result<Vec<_>>>()?;
+    let (cache_key, directory) = match directory {
+        DirectoryChoice::Kv(name) => {
+            let kv = env.kv(&name).map_err(|e| binding(e, &name))?;
+            (name, CloudflareDirectory::Kv(KvDirectory::new(kv)))
+        }
+        DirectoryChoice::DurableObject(name) => {
+            let ns = env.durable_object(&name).map_err(|e| binding(e, &name))?;
+            (name, CloudflareDirectory::DurableObject(DurableDirectory::new(ns)))
+        }
+    };
+    let coordinator = env
+        .durable_object(coordinator_binding)
+        .map(CoordinatorClient::new)
+        .map_err(|e| binding(e, coordinator_binding))?;
+    let capacity = config.directory_cache_capacity;
+    let cache = CACHES.with(|caches| {
+        caches
+            .borrow_mut()
+            .entry(cache_key)
+            .or_insert_with(|| Arc::new(DirectoryCache::new(capacity)))
+            .clone()
+    });
+    CollegeDb::from_parts_with_cache(config, shards, directory, coordinator, cache)
+}
