@@ -202,17 +202,18 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
 pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     let key = row.key().clone().into_key()?;
-    let shard = match find_shard::<M, B>(db, &key).await? {
-        Some(shard) => shard,
+    let (shard, new) = match find_shard::<M, B>(db, &key).await? {
+        Some(shard) => (shard, false),
         None => {
             let write = db.strategies(M::STRATEGY).write;
-            db.place(M::TABLE, &key, write).await?
+            (db.place(M::TABLE, &key, write).await?, true)
         }
     };
-    db.shard(shard)
-        .execute(&M::sql().upsert, &values)
-        .await
-        .map(drop)
+    db.shard(shard).execute(&M::sql().upsert, &values).await?;
+    if new {
+        db.note_rows(shard, M::TABLE, 1);
+    }
+    Ok(())
 }
 
 /// Inserts many rows: grouped by owner shard, chunked to stay within D1's 100 bound parameters

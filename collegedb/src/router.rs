@@ -265,7 +265,10 @@ impl<B: Backend> CollegeDb<B> {
             Strategy::RoundRobin => {
                 let ticket = match inner.coordinator.next_ticket(table).await {
                     Ok(ticket) => ticket,
-                    Err(_) if inner.config.coordinator_fallback == CoordinatorFallback::LocalCounter => {
+                    Err(_)
+                        if inner.config.coordinator_fallback
+                            == CoordinatorFallback::LocalCounter =>
+                    {
                         inner.fallback_tickets.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(error) => return Err(error),
@@ -304,7 +307,11 @@ impl<B: Backend> CollegeDb<B> {
         if delta == 0 || !self.inner.coordinator.tracks_rows() {
             return;
         }
-        let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self
+            .inner
+            .pending_rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *pending.entry((shard, table.to_owned())).or_default() += delta;
     }
 
@@ -313,7 +320,11 @@ impl<B: Backend> CollegeDb<B> {
     /// sent by the next call.
     pub async fn sync_stats(&self) -> Result<()> {
         let drained: Vec<((usize, String), i64)> = {
-            let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self
+                .inner
+                .pending_rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             pending.drain().collect()
         };
         if drained.is_empty() {
@@ -329,7 +340,11 @@ impl<B: Backend> CollegeDb<B> {
             .collect();
         let result = self.inner.coordinator.record_rows(deltas).await;
         if result.is_err() {
-            let mut pending = self.inner.pending_rows.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = self
+                .inner
+                .pending_rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for (key, delta) in drained {
                 *pending.entry(key).or_default() += delta;
             }

@@ -1,5 +1,8 @@
 //! Shared models and helpers for collegedb's integration tests.
 
+#[cfg(feature = "workerd")]
+pub mod workerd;
+
 use collegedb::{CollegeDb, Config, Embedded};
 use serde::{Deserialize, Serialize};
 

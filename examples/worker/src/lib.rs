@@ -1,1 +1,413 @@
-//! placeholder
+//! collegedb in a Cloudflare Worker: three D1 shards, a KV and a Durable Object directory, the
+//! ShardCoordinator, and four models with their own strategies, behind a small JSON API.
+//!
+//! | request | does |
+//! | --- | --- |
+//! | `POST /setup` | creates every model's table on every shard, registers the shards with the coordinator |
+//! | `POST /{model}` | inserts (`users`, `posts`, `sessions`, `events`); `PUT /{model}/{id}` updates; `DELETE` deletes |
+//! | `GET /{model}/{id}` | finds by key; `GET /{model}/{id}/shard` names the shard holding it |
+//! | `POST /{model}/batch` | `insert_many` |
+//! | `POST /{model}/upsert` | `upsert` |
+//! | `GET /shards/{shard}/{model}` | every row of that model on that shard |
+//! | `POST /raw/{shard}` | `{"sql", "params"}` on one shard, for value-mapping checks |
+//! | `GET /stats` | rows per table and size per shard, counted on the shards |
+//! | `GET /coordinator/stats`, `GET /coordinator/health` | the coordinator's own view |
+//! | `POST /coordinator/fault` | `{"fail": true}` makes the coordinator object refuse `/allocate` (fault injection) |
+//! | `GET /directory/count` | directory entries |
+//! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
+//!
+//! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
+//! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
+//! `?region=weur` sets the target region of `location` placement (default `enam`).
+
+use collegedb::backend::cloudflare::{self, Cloudflare, DirectoryChoice};
+use collegedb::directory::Directory;
+use collegedb::{CollegeDb, Config, Model, Region, ShardConfig, Sharded, Strategy, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use worker::{
+    durable_object, event, Context, DurableObject, Env, Method, Request, Response, Result, State,
+};
+
+type Db = CollegeDb<Cloudflare>;
+
+/// Hash placement for reads and writes: no directory operation at all.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "users", strategy = "hash")]
+pub struct User {
+    #[sharded(key)]
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub karma: i64,
+    pub active: bool,
+    pub avatar: Option<Vec<u8>>,
+    pub profile: serde_json::Value,
+}
+
+/// Round-robin through the coordinator; read directory-first.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "posts", strategy = "round-robin")]
+pub struct Post {
+    #[sharded(key)]
+    pub id: i64,
+    pub author: String,
+    pub title: String,
+    pub score: f64,
+}
+
+/// Mixed: placed near the request's region, read hash-first.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "sessions", read = "hash", write = "location")]
+pub struct Session {
+    #[sharded(key)]
+    pub token: String,
+    pub user_id: String,
+}
+
+/// Random placement.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "events", strategy = "random")]
+pub struct Event {
+    #[sharded(key)]
+    pub id: u32,
+    pub kind: String,
+}
+
+const MODELS: [&str; 4] = ["users", "posts", "sessions", "events"];
+
+fn config(region: Region) -> Config {
+    Config::new()
+        .shard(ShardConfig::new("DB_EAST").region(Region::Enam))
+        .shard(ShardConfig::new("DB_WEST").region(Region::Wnam))
+        .shard(ShardConfig::new("DB_EU").region(Region::Weur))
+        .with_strategy(Strategy::Hash)
+        .with_target_region(region)
+        .allow_flush(true)
+}
+
+fn open(env: &Env, req: &Request) -> collegedb::Result<Db> {
+    let url = req
+        .url()
+        .map_err(|e| collegedb::Error::ConfigInvalid(e.to_string()))?;
+    let (mut directory, mut region) = (
+        DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
+        Region::Enam,
+    );
+    for (name, value) in url.query_pairs() {
+        match (name.as_ref(), value.as_ref()) {
+            ("dir", "kv") => directory = DirectoryChoice::Kv("DIRECTORY_KV".into()),
+            ("dir", _) => {}
+            ("region", r) => region = r.parse()?,
+            _ => {}
+        }
+    }
+    cloudflare::open(env, config(region), directory, "COORDINATOR")
+}
+
+fn json_error(error: &collegedb::Error) -> Result<Response> {
+    Ok(Response::from_json(&serde_json::json!({
+        "error": error.to_string(),
+        "code": error.code(),
+    }))?
+    .with_status(error.http_status()))
+}
+
+fn bad_request(code: &str, message: impl std::fmt::Display) -> Result<Response> {
+    Ok(
+        Response::from_json(&serde_json::json!({ "error": message.to_string(), "code": code }))?
+            .with_status(400),
+    )
+}
+
+/// JSON to a bound value: integers stay integers (the router refuses those beyond 2^53),
+/// `{"blob": [..]}` is a BLOB.
+fn value_from_json(value: &serde_json::Value) -> std::result::Result<Value, String> {
+    Ok(match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Integer(*b as i64),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Real(n.as_f64().ok_or("number out of range")?),
+        },
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        serde_json::Value::Object(o) if o.contains_key("blob") => {
+            Value::Blob(serde_json::from_value(o["blob"].clone()).map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("unsupported parameter {other}")),
+    })
+}
+
+fn value_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => serde_json::json!(i),
+        Value::Real(f) => serde_json::json!(f),
+        Value::Text(s) => serde_json::json!(s),
+        Value::Blob(b) => serde_json::json!({ "blob": b }),
+    }
+}
+
+fn rows_to_json(rows: &[collegedb::Row]) -> serde_json::Value {
+    rows.iter()
+        .map(|row| {
+            row.columns()
+                .iter()
+                .zip(row.values())
+                .map(|(c, v)| (c.clone(), value_to_json(v)))
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .collect()
+}
+
+/// Parses a JSON body with serde_json from its text. (`Request::json` parses in JavaScript, where
+/// integers beyond 2^53 are silently rounded before collegedb could refuse them.)
+async fn body<T: DeserializeOwned>(req: &mut Request) -> std::result::Result<T, String> {
+    let text = req.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// The CRUD routes of one model.
+async fn model_route<M>(db: &Db, mut req: Request, rest: &[&str]) -> Result<Response>
+where
+    M: Model + Serialize + DeserializeOwned,
+    M::Key: std::str::FromStr,
+{
+    use collegedb::crud;
+    let parse_key = |raw: &str| raw.parse::<M::Key>().map_err(|_| ());
+    let result = match (req.method(), rest) {
+        (Method::Post, []) => match body::<M>(&mut req).await {
+            Ok(row) => crud::insert::<M, Cloudflare>(db, &row)
+                .await
+                .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
+            Ok(rows) => crud::insert_many::<M, Cloudflare>(db, &rows)
+                .await
+                .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (Method::Post, ["upsert"]) => match body::<M>(&mut req).await {
+            Ok(row) => crud::upsert::<M, Cloudflare>(db, &row)
+                .await
+                .map(|_| Response::from_json(&row)),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (method, [id, tail @ ..]) => {
+            let Ok(key) = parse_key(id) else {
+                return bad_request("KEY_INVALID", format!("`{id}` is not a valid key"));
+            };
+            match (method, tail) {
+                (Method::Get, []) => crud::find::<M, Cloudflare>(db, key).await.map(
+                    |row| match row {
+                        Some(row) => Response::from_json(&row),
+                        None => Response::from_json(
+                            &serde_json::json!({ "error": "not found", "code": "ROW_NOT_FOUND" }),
+                        )
+                        .map(|r| r.with_status(404)),
+                    },
+                ),
+                (Method::Get, ["shard"]) => crud::locate::<M, Cloudflare>(db, key)
+                    .await
+                    .map(|shard| Response::from_json(&serde_json::json!({ "shard": shard }))),
+                (Method::Put, []) => match body::<M>(&mut req).await {
+                    Ok(row) => crud::update::<M, Cloudflare>(db, &row)
+                        .await
+                        .map(|_| Response::from_json(&row)),
+                    Err(e) => return bad_request("BAD_BODY", e),
+                },
+                (Method::Delete, []) => crud::delete::<M, Cloudflare>(db, key)
+                    .await
+                    .map(|deleted| Response::from_json(&serde_json::json!({ "deleted": deleted }))),
+                _ => return Response::error("no such route", 404),
+            }
+        }
+        _ => return Response::error("no such route", 404),
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => json_error(&error),
+    }
+}
+
+async fn create_tables(db: &Db) -> collegedb::Result<()> {
+    User::create_table(db).await?;
+    Post::create_table(db).await?;
+    Session::create_table(db).await?;
+    Event::create_table(db).await?;
+    for shard in db.list_known_shards() {
+        db.coordinator().add_shard(shard).await?;
+    }
+    Ok(())
+}
+
+async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
+    let path = req.path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let outcome: collegedb::Result<Response> = match (req.method(), segments.as_slice()) {
+        (Method::Post, ["setup"]) => create_tables(db).await.and_then(|_| {
+            Response::from_json(&serde_json::json!({ "shards": db.list_known_shards() }))
+                .map_err(|e| collegedb::Error::Io(e.to_string()))
+        }),
+        (_, ["users", rest @ ..]) => return model_route::<User>(db, req, rest).await,
+        (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
+        (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
+        (_, ["events", rest @ ..]) => return model_route::<Event>(db, req, rest).await,
+        (Method::Get, ["shards", shard, table]) => {
+            if !MODELS.contains(table) {
+                return bad_request("UNKNOWN_TABLE", format!("unknown table `{table}`"));
+            }
+            let sql = format!("SELECT * FROM {table} ORDER BY 1");
+            db.all_shard(shard, &sql, &[]).await.map(|rows| {
+                Response::from_json(&rows_to_json(&rows)).expect("JSON of rows")
+            })
+        }
+        (Method::Post, ["raw", shard]) => {
+            #[derive(Deserialize)]
+            struct Raw {
+                sql: String,
+                #[serde(default)]
+                params: Vec<serde_json::Value>,
+            }
+            let raw: Raw = match body(&mut req).await {
+                Ok(raw) => raw,
+                Err(e) => return bad_request("BAD_BODY", e),
+            };
+            let params = match raw.params.iter().map(value_from_json).collect::<std::result::Result<Vec<_>, _>>() {
+                Ok(params) => params,
+                Err(e) => return bad_request("BAD_PARAMS", e),
+            };
+            db.all_shard(shard, &raw.sql, &params)
+                .await
+                .map(|rows| Response::from_json(&rows_to_json(&rows)).expect("JSON of rows"))
+        }
+        (Method::Get, ["stats"]) => db.get_shard_stats().await.map(|stats| {
+            let body: Vec<_> = stats
+                .iter()
+                .map(|s| serde_json::json!({ "shard": s.shard, "rows": s.rows, "tables": s.tables, "sizeBytes": s.size_bytes }))
+                .collect();
+            Response::from_json(&body).expect("JSON of stats")
+        }),
+        (Method::Get, ["coordinator", "stats"]) => db
+            .coordinator()
+            .stats()
+            .await
+            .map(|s| Response::from_json(&s).expect("JSON of stats")),
+        (Method::Get, ["coordinator", "health"]) => db
+            .coordinator()
+            .health()
+            .await
+            .map(|h| Response::from_json(&h).expect("JSON")),
+        (Method::Post, ["coordinator", "fault"]) => {
+            let body: serde_json::Value = req.json().await.unwrap_or_default();
+            let stub = env.durable_object("COORDINATOR")?.get_by_name(cloudflare::COORDINATOR_NAME)?;
+            let mut init = worker::RequestInit::new();
+            init.with_method(Method::Post).with_body(Some(body.to_string().into()));
+            let forwarded = Request::new_with_init("https://collegedb-coordinator/fault", &init)?;
+            // A fetched response's headers are immutable: copy it into a fresh response.
+            let mut upstream = stub.fetch_with_request(forwarded).await?;
+            let status = upstream.status_code();
+            return Ok(Response::ok(upstream.text().await?)?.with_status(status));
+        }
+        (Method::Get, ["directory", "count"]) => db
+            .directory()
+            .count()
+            .await
+            .map(|n| Response::from_json(&serde_json::json!({ "entries": n })).expect("JSON")),
+        (Method::Post, ["flush"]) => match db.flush().await {
+            Ok(()) => db
+                .coordinator()
+                .flush()
+                .await
+                .map(|_| Response::from_json(&serde_json::json!({ "success": true })).expect("JSON")),
+            Err(e) => Err(e),
+        },
+        _ => return Response::error("no such route", 404),
+    };
+    match outcome {
+        Ok(response) => Ok(response),
+        Err(error) => json_error(&error),
+    }
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let db = match open(&env, &req) {
+        Ok(db) => db,
+        Err(error) => return json_error(&error),
+    };
+    let mut response = route(&db, &env, req).await?;
+    let ops = db.directory_ops();
+    response.headers_mut().set(
+        "x-collegedb-directory-ops",
+        &format!("{},{}", ops.reads, ops.writes),
+    )?;
+    // Row-count changes reach the coordinator after the response is on its way.
+    ctx.wait_until(async move {
+        if let Err(error) = db.sync_stats().await {
+            worker::console_error!("collegedb: stats not synced: {error}");
+        }
+    });
+    Ok(response)
+}
+
+/// The ShardCoordinator. Wraps the library's handler with a fault switch for tests: after
+/// `POST /fault {"fail": true}`, `/allocate` answers 503, as an unreachable coordinator would.
+#[durable_object]
+pub struct ShardCoordinator {
+    state: State,
+    env: Env,
+}
+
+impl DurableObject for ShardCoordinator {
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        match self.serve(req).await {
+            Ok(response) => Ok(response),
+            Err(error) => Response::error(format!("coordinator: {error}"), 500),
+        }
+    }
+}
+
+impl ShardCoordinator {
+    async fn serve(&self, mut req: Request) -> Result<Response> {
+        let path = req.path();
+        if path == "/fault" {
+            let body: serde_json::Value = req.json().await?;
+            let fail = body.get("fail").and_then(|f| f.as_bool()).unwrap_or(false);
+            self.state.storage().put("fault", fail).await?;
+            return Response::from_json(&serde_json::json!({ "fail": fail }));
+        }
+        if path == "/allocate"
+            && self
+                .state
+                .storage()
+                .get::<bool>("fault")
+                .await?
+                .unwrap_or(false)
+        {
+            return Response::error("coordinator fault injected", 503);
+        }
+        cloudflare::serve_coordinator(&self.state, &self.env, req).await
+    }
+}
+
+/// The strongly consistent directory's objects.
+#[durable_object]
+pub struct ShardDirectory {
+    state: State,
+}
+
+impl DurableObject for ShardDirectory {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        cloudflare::serve_directory(&self.state, req).await
+    }
+}

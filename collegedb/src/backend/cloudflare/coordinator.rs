@@ -20,7 +20,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use worker::{Env, Method, ObjectNamespace, Request, RequestInit, Response, SqlStorageValue, State};
+use worker::{
+    Env, Method, ObjectNamespace, Request, RequestInit, Response, SqlStorageValue, State,
+};
 
 use crate::backend::{Coordinator, RowDelta};
 use crate::error::{Error, Result};
@@ -108,7 +110,10 @@ impl CoordinatorClient {
         path: &str,
         body: Option<String>,
     ) -> Result<T> {
-        let stub = self.namespace.get_by_name(COORDINATOR_NAME).map_err(failed)?;
+        let stub = self
+            .namespace
+            .get_by_name(COORDINATOR_NAME)
+            .map_err(failed)?;
         let mut init = RequestInit::new();
         init.with_method(method).with_body(body.map(Into::into));
         let url = format!("https://collegedb-coordinator{path}");
@@ -116,7 +121,10 @@ impl CoordinatorClient {
         let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
         if response.status_code() != 200 {
             let text = response.text().await.unwrap_or_default();
-            return Err(failed(format!("{path}: status {}: {text}", response.status_code())));
+            return Err(failed(format!(
+                "{path}: status {}: {text}",
+                response.status_code()
+            )));
         }
         response.json().await.map_err(failed)
     }
@@ -129,13 +137,17 @@ impl CoordinatorClient {
     /// `POST /shards`.
     pub async fn add_shard(&self, shard: &str) -> Result<()> {
         let body = serde_json::json!({ "shard": shard }).to_string();
-        self.call::<serde_json::Value>(Method::Post, "/shards", Some(body)).await.map(drop)
+        self.call::<serde_json::Value>(Method::Post, "/shards", Some(body))
+            .await
+            .map(drop)
     }
 
     /// `DELETE /shards`.
     pub async fn remove_shard(&self, shard: &str) -> Result<()> {
         let body = serde_json::json!({ "shard": shard }).to_string();
-        self.call::<serde_json::Value>(Method::Delete, "/shards", Some(body)).await.map(drop)
+        self.call::<serde_json::Value>(Method::Delete, "/shards", Some(body))
+            .await
+            .map(drop)
     }
 
     /// `GET /stats`.
@@ -156,7 +168,9 @@ impl CoordinatorClient {
 
     /// `POST /flush` (development only).
     pub async fn flush(&self) -> Result<()> {
-        self.call::<serde_json::Value>(Method::Post, "/flush", None).await.map(drop)
+        self.call::<serde_json::Value>(Method::Post, "/flush", None)
+            .await
+            .map(drop)
     }
 
     /// `GET /health`.
@@ -196,7 +210,9 @@ impl Coordinator for CoordinatorClient {
 
     async fn record_rows(&self, deltas: Vec<RowDelta>) -> Result<()> {
         let body = serde_json::to_string(&StatsBody { deltas }).map_err(failed)?;
-        self.call::<serde_json::Value>(Method::Post, "/stats", Some(body)).await.map(drop)
+        self.call::<serde_json::Value>(Method::Post, "/stats", Some(body))
+            .await
+            .map(drop)
     }
 }
 
@@ -228,7 +244,11 @@ fn success() -> worker::Result<Response> {
 
 /// Serves one coordinator request inside the coordinator's Durable Object. Call it from the
 /// class's `fetch` (see [`super::serve_directory`] for the shape).
-pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -> worker::Result<Response> {
+pub async fn serve_coordinator(
+    state: &State,
+    env: &Env,
+    mut request: Request,
+) -> worker::Result<Response> {
     let sql = state.storage().sql();
     sql.exec(
         "CREATE TABLE IF NOT EXISTS shards (name TEXT PRIMARY KEY NOT NULL, added_at INTEGER NOT NULL);
@@ -287,14 +307,15 @@ pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -
                 );
             }
             for row in rows {
-                let entry = by_shard
-                    .entry(row.shard.clone())
-                    .or_insert_with(|| CoordinatorShardStats {
-                        binding: row.shard.clone(),
-                        count: 0,
-                        tables: BTreeMap::new(),
-                        last_updated: 0,
-                    });
+                let entry =
+                    by_shard
+                        .entry(row.shard.clone())
+                        .or_insert_with(|| CoordinatorShardStats {
+                            binding: row.shard.clone(),
+                            count: 0,
+                            tables: BTreeMap::new(),
+                            last_updated: 0,
+                        });
                 entry.count += row.row_count as i64;
                 entry.tables.insert(row.table_name, row.row_count as i64);
                 entry.last_updated = entry.last_updated.max(row.updated_at as i64);
@@ -324,14 +345,24 @@ pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -
             if let (Some(key), Some("hash")) = (&body.primary_key, body.strategy.as_deref()) {
                 let shard = (!shards.is_empty()).then(|| {
                     let key = Key::Text(key.clone());
-                    shards[jump_consistent_hash(key.placement_hash(), shards.len() as u32) as usize].clone()
+                    shards[jump_consistent_hash(key.placement_hash(), shards.len() as u32) as usize]
+                        .clone()
                 });
-                return Response::from_json(&Allocation { ticket: 0, count: 0, shard });
+                return Response::from_json(&Allocation {
+                    ticket: 0,
+                    count: 0,
+                    shard,
+                });
             }
             if body.strategy.as_deref() == Some("random") {
                 let ticket = fastrand::u64(..);
-                let shard = (!shards.is_empty()).then(|| shards[(ticket % shards.len() as u64) as usize].clone());
-                return Response::from_json(&Allocation { ticket, count: 1, shard });
+                let shard = (!shards.is_empty())
+                    .then(|| shards[(ticket % shards.len() as u64) as usize].clone());
+                return Response::from_json(&Allocation {
+                    ticket,
+                    count: 1,
+                    shard,
+                });
             }
             let table = body.table.unwrap_or_else(|| "default".to_owned());
             let count = body.count.unwrap_or(1).clamp(1, 1024);
@@ -345,8 +376,13 @@ pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -
                 .to_array()?;
             let end = rows.first().map_or(count, |r| r.value as u64);
             let ticket = end - count;
-            let shard = (!shards.is_empty()).then(|| shards[(ticket % shards.len() as u64) as usize].clone());
-            Response::from_json(&Allocation { ticket, count, shard })
+            let shard = (!shards.is_empty())
+                .then(|| shards[(ticket % shards.len() as u64) as usize].clone());
+            Response::from_json(&Allocation {
+                ticket,
+                count,
+                shard,
+            })
         }
         (Method::Post, "/flush") => {
             let allowed = env
@@ -359,7 +395,10 @@ pub async fn serve_coordinator(state: &State, env: &Env, mut request: Request) -
                     403,
                 );
             }
-            sql.exec("DELETE FROM counters; DELETE FROM stats; DELETE FROM shards;", None)?;
+            sql.exec(
+                "DELETE FROM counters; DELETE FROM stats; DELETE FROM shards;",
+                None,
+            )?;
             success()
         }
         _ => Response::error(format!("no route for {:?} {path}", request.method()), 404),

@@ -11,8 +11,10 @@
 //! | `Blob(b)` | `ArrayBuffer` | `Array` of bytes, `ArrayBuffer` or `Uint8Array` |
 //! | (booleans are `Integer` 0/1) | | `boolean` reads as `Integer` 0/1 |
 //!
-//! D1 returns every number as a double, so a `REAL` column holding `2.0` reads back as
-//! `Integer(2)`; `f64` fields accept both. An integer beyond 2^53 stored by other means reads back
+//! D1 carries every number as a double both ways. Binding: a bare integer parameter is `REAL` in
+//! SQL (`typeof(?)` is `'real'`), but a column declared `INTEGER` (every integer model field is)
+//! converts integral values back to `INTEGER` on storage, so stored integers stay integers.
+//! Reading: a `REAL` column holding `2.0` reads back as `Integer(2)`; `f64` fields accept both. An integer beyond 2^53 stored by other means reads back
 //! as `Real`, and an integer field refuses it with `DECODE_FAILED` instead of a wrong value.
 
 use std::sync::Arc;
@@ -85,7 +87,10 @@ pub fn from_js(value: &JsValue, column: &str) -> Result<Value> {
     if let Some(view) = value.dyn_ref::<Uint8Array>() {
         return Ok(Value::Blob(view.to_vec()));
     }
-    Err(Error::decode(column, format!("unsupported D1 value {value:?}")))
+    Err(Error::decode(
+        column,
+        format!("unsupported D1 value {value:?}"),
+    ))
 }
 
 impl D1Shard {

@@ -21,11 +21,29 @@ pub const DIRECTORY_PARTITIONS: u32 = 16;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Op {
-    Lookup { table: String, key: String },
-    Claim { table: String, key: String, shard: String },
-    Assign { table: String, key: String, shard: String },
-    Remove { table: String, key: String },
-    List { table: String, after: String, limit: usize },
+    Lookup {
+        table: String,
+        key: String,
+    },
+    Claim {
+        table: String,
+        key: String,
+        shard: String,
+    },
+    Assign {
+        table: String,
+        key: String,
+        shard: String,
+    },
+    Remove {
+        table: String,
+        key: String,
+    },
+    List {
+        table: String,
+        after: String,
+        limit: usize,
+    },
     Count,
     Clear,
 }
@@ -71,7 +89,8 @@ impl DurableDirectory {
         let body = serde_json::to_string(op).map_err(failed)?;
         let mut init = RequestInit::new();
         init.with_method(Method::Post).with_body(Some(body.into()));
-        let request = Request::new_with_init("https://collegedb-directory/op", &init).map_err(failed)?;
+        let request =
+            Request::new_with_init("https://collegedb-directory/op", &init).map_err(failed)?;
         let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
         if response.status_code() != 200 {
             let text = response.text().await.unwrap_or_default();
@@ -80,7 +99,12 @@ impl DurableDirectory {
         response.json().await.map_err(failed)
     }
 
-    async fn keyed(&self, table: &str, key: &Key, make: impl FnOnce(String) -> Op) -> Result<Reply> {
+    async fn keyed(
+        &self,
+        table: &str,
+        key: &Key,
+        make: impl FnOnce(String) -> Op,
+    ) -> Result<Reply> {
         let key_hex = hex::encode(key.directory_bytes());
         let partition = Self::partition_of(table, &key_hex);
         self.call(partition, &make(key_hex)).await
@@ -91,31 +115,45 @@ impl Directory for DurableDirectory {
     async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
         let table_name = table.to_owned();
         Ok(self
-            .keyed(table, key, |key| Op::Lookup { table: table_name, key })
+            .keyed(table, key, |key| Op::Lookup {
+                table: table_name,
+                key,
+            })
             .await?
             .shard)
     }
 
     async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
         let (table_name, shard) = (table.to_owned(), shard.to_owned());
-        self.keyed(table, key, |key| Op::Claim { table: table_name, key, shard })
-            .await?
-            .shard
-            .ok_or_else(|| failed("claim returned no shard"))
+        self.keyed(table, key, |key| Op::Claim {
+            table: table_name,
+            key,
+            shard,
+        })
+        .await?
+        .shard
+        .ok_or_else(|| failed("claim returned no shard"))
     }
 
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
         let (table_name, shard) = (table.to_owned(), shard.to_owned());
-        self.keyed(table, key, |key| Op::Assign { table: table_name, key, shard })
-            .await
-            .map(drop)
+        self.keyed(table, key, |key| Op::Assign {
+            table: table_name,
+            key,
+            shard,
+        })
+        .await
+        .map(drop)
     }
 
     async fn remove(&self, table: &str, key: &Key) -> Result<()> {
         let table_name = table.to_owned();
-        self.keyed(table, key, |key| Op::Remove { table: table_name, key })
-            .await
-            .map(drop)
+        self.keyed(table, key, |key| Op::Remove {
+            table: table_name,
+            key,
+        })
+        .await
+        .map(drop)
     }
 
     /// Walks the partitions in order; the cursor is `<partition>:<last key hex>`.
@@ -126,7 +164,10 @@ impl Directory for DurableDirectory {
                 let (p, k) = cursor
                     .split_once(':')
                     .ok_or_else(|| failed(format!("malformed cursor {cursor:?}")))?;
-                (p.parse().map_err(|_| failed("malformed cursor"))?, k.to_owned())
+                (
+                    p.parse().map_err(|_| failed("malformed cursor"))?,
+                    k.to_owned(),
+                )
             }
         };
         let mut entries = Vec::new();
@@ -256,7 +297,11 @@ pub async fn serve_directory(state: &State, mut request: Request) -> worker::Res
             )?;
             Reply::default()
         }
-        Op::List { table, after, limit } => {
+        Op::List {
+            table,
+            after,
+            limit,
+        } => {
             let rows: Vec<EntryRow> = sql
                 .exec(
                     "SELECT key, shard FROM directory WHERE scope = ? AND key > ? ORDER BY key LIMIT ?",

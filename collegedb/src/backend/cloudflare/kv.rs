@@ -141,7 +141,11 @@ impl Directory for KvDirectory {
         }
         Ok(DirectoryPage {
             entries,
-            cursor: if page.list_complete { None } else { page.cursor },
+            cursor: if page.list_complete {
+                None
+            } else {
+                page.cursor
+            },
         })
     }
 

@@ -25,7 +25,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use coordinator::{
-    serve_coordinator, Allocation, CoordinatorClient, CoordinatorShardStats, COORDINATOR_NAME, TICKET_BLOCK,
+    serve_coordinator, Allocation, CoordinatorClient, CoordinatorShardStats, COORDINATOR_NAME,
+    TICKET_BLOCK,
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
@@ -118,7 +119,9 @@ thread_local! {
 }
 
 fn binding(error: worker::Error, name: &str) -> Error {
-    Error::config(format!("binding `{name}` is missing or of the wrong type: {error}"))
+    Error::config(format!(
+        "binding `{name}` is missing or of the wrong type: {error}"
+    ))
 }
 
 /// Opens a handle for this request: one D1 binding per configured shard (the shard's name is the
@@ -133,7 +136,11 @@ pub fn open(
     let shards = config
         .shards
         .iter()
-        .map(|s| env.d1(&s.name).map(|db| D1Shard::new(&s.name, db)).map_err(|e| binding(e, &s.name)))
+        .map(|s| {
+            env.d1(&s.name)
+                .map(|db| D1Shard::new(&s.name, db))
+                .map_err(|e| binding(e, &s.name))
+        })
         .collect::<Result<Vec<_>>>()?;
     let (cache_key, directory) = match directory {
         DirectoryChoice::Kv(name) => {
@@ -142,7 +149,10 @@ pub fn open(
         }
         DirectoryChoice::DurableObject(name) => {
             let ns = env.durable_object(&name).map_err(|e| binding(e, &name))?;
-            (name, CloudflareDirectory::DurableObject(DurableDirectory::new(ns)))
+            (
+                name,
+                CloudflareDirectory::DurableObject(DurableDirectory::new(ns)),
+            )
         }
     };
     let coordinator = env

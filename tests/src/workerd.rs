@@ -1,0 +1,228 @@
+//! A local workerd (`wrangler dev --local`) running the Worker example, for end-to-end tests and
+//! the load benchmark. Every address is on 127.0.0.1; the server runs in its own process group
+//! and is stopped, group and all, when the [`Workerd`] value is dropped, whatever the outcome.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running local workerd with the Worker example.
+pub struct Workerd {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+    _persist: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The body, parsed as JSON (`Null` when it is not JSON).
+    pub json: serde_json::Value,
+    /// The raw body.
+    pub text: String,
+    /// `(reads, writes)` from `x-collegedb-directory-ops`.
+    pub directory_ops: (u64, u64),
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Workerd {
+    /// Starts `wrangler dev --local` on a free port with persistence in a fresh temporary folder
+    /// and waits (at most 90 s) until it answers.
+    pub fn start() -> Workerd {
+        let root = repository_root();
+        let shim = root.join("examples/worker/build/worker/shim.mjs");
+        assert!(
+            shim.exists(),
+            "the Worker example is not built: run scripts/build-worker.sh (after scripts/install-wasm-toolchain.sh)"
+        );
+        let wrangler = root.join("node_modules/.bin/wrangler");
+        assert!(
+            wrangler.exists(),
+            "wrangler is not installed: run scripts/install-wasm-toolchain.sh"
+        );
+        let persist = tempfile::tempdir().expect("temporary folder");
+        let port = free_port();
+        let log = persist.path().join("wrangler.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let tools = std::env::var("COLLEGEDB_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(root.join(".tools"));
+        let path = format!(
+            "{}:{}",
+            tools.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new(&wrangler)
+            .args([
+                "dev",
+                "--local",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--persist-to")
+            .arg(persist.path().join("state"))
+            .args([
+                "--show-interactive-dev-session=false",
+                "--log-level",
+                "warn",
+            ])
+            .current_dir(&root)
+            .env("PATH", path)
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+            .env("XDG_CONFIG_HOME", persist.path().join("xdg-config"))
+            .env("XDG_CACHE_HOME", persist.path().join("xdg-cache"))
+            .env("WRANGLER_LOG_PATH", persist.path().join("wrangler-logs"))
+            .env_remove("CLOUDFLARE_API_TOKEN")
+            .env_remove("CLOUDFLARE_ACCOUNT_ID")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .expect("start wrangler dev");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut server = Workerd {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            agent,
+            _persist: persist,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(reply) = server.try_request("GET", "/coordinator/health", None) {
+                if reply.status == 200 {
+                    return server;
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("wrangler dev exited with {status}:\n{}", server.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wrangler dev did not answer within 90 s:\n{}",
+                server.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The last lines of wrangler's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Reply, ureq::Error> {
+        let url = format!("{}{path}", self.base);
+        let mut response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call()?,
+            ("DELETE", _) => self.agent.delete(&url).call()?,
+            ("POST", body) => self
+                .agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or(""))?,
+            ("PUT", body) => self
+                .agent
+                .put(&url)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or(""))?,
+            _ => panic!("unsupported method {method}"),
+        };
+        let status = response.status().as_u16();
+        let directory_ops = response
+            .headers()
+            .get("x-collegedb-directory-ops")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(','))
+            .map(|(r, w)| (r.parse().unwrap_or(u64::MAX), w.parse().unwrap_or(u64::MAX)))
+            .unwrap_or((u64::MAX, u64::MAX));
+        let mut text = String::new();
+        response
+            .body_mut()
+            .as_reader()
+            .read_to_string(&mut text)
+            .map_err(ureq::Error::from)?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok(Reply {
+            status,
+            json,
+            text,
+            directory_ops,
+        })
+    }
+
+    /// Sends a request; panics (with wrangler's log) if it cannot be sent.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.log_tail()))
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
+        self.request("POST", path, Some(&body.to_string()))
+    }
+}
+
+impl Drop for Workerd {
+    fn drop(&mut self) {
+        // wrangler starts workerd as a child: stop the whole process group.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
