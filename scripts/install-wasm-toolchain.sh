@@ -69,10 +69,11 @@ exec /usr/bin/rustc --sysroot "$SYSROOT" "\$@"
 SH
 chmod +x "$TOOLS/bin/rustc-wasm"
 # clippy-driver of the same Debian toolchain, as RUSTC_WORKSPACE_WRAPPER for wasm32 lints.
+# clippy-driver recognizes wrapper mode by a first argument named `rustc`.
 cat > "$TOOLS/bin/clippy-driver-wasm" <<SH
 #!/bin/sh
-rustc="\$1"; shift
-exec /usr/bin/clippy-driver "\$rustc" --sysroot "$SYSROOT" "\$@"
+shift
+exec /usr/bin/clippy-driver /usr/bin/rustc --sysroot "$SYSROOT" "\$@"
 SH
 chmod +x "$TOOLS/bin/clippy-driver-wasm"
 

@@ -83,6 +83,16 @@ fn hash_rows_spread_over_every_shard_with_no_directory_operation(server: &Worker
             "hash read touched the directory"
         );
     }
+    // Same key, same shard on wasm32 (in the Worker) and on x86_64 (here).
+    for i in 0..45 {
+        let id = format!("user-{i}");
+        let native = collegedb::placement::hash::hash_shard(
+            &collegedb::Key::text(id.as_str()).unwrap(),
+            SHARDS.len(),
+        );
+        let reply = server.get(&format!("/users/{id}/shard"));
+        assert_eq!(reply.json["shard"], SHARDS[native], "{id}");
+    }
     let counts = rows_per_shard(server, "users");
     assert_eq!(counts.values().sum::<u64>(), 45);
     assert!(

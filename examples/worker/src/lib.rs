@@ -175,56 +175,59 @@ where
 {
     use collegedb::crud;
     let parse_key = |raw: &str| raw.parse::<M::Key>().map_err(|_| ());
-    let result = match (req.method(), rest) {
-        (Method::Post, []) => match body::<M>(&mut req).await {
-            Ok(row) => crud::insert::<M, Cloudflare>(db, &row)
-                .await
-                .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
-            Err(e) => return bad_request("BAD_BODY", e),
-        },
-        (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
-            Ok(rows) => crud::insert_many::<M, Cloudflare>(db, &rows)
-                .await
-                .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
-            Err(e) => return bad_request("BAD_BODY", e),
-        },
-        (Method::Post, ["upsert"]) => match body::<M>(&mut req).await {
-            Ok(row) => crud::upsert::<M, Cloudflare>(db, &row)
-                .await
-                .map(|_| Response::from_json(&row)),
-            Err(e) => return bad_request("BAD_BODY", e),
-        },
-        (method, [id, tail @ ..]) => {
-            let Ok(key) = parse_key(id) else {
-                return bad_request("KEY_INVALID", format!("`{id}` is not a valid key"));
-            };
-            match (method, tail) {
-                (Method::Get, []) => crud::find::<M, Cloudflare>(db, key).await.map(
-                    |row| match row {
+    let result =
+        match (req.method(), rest) {
+            (Method::Post, []) => match body::<M>(&mut req).await {
+                Ok(row) => crud::insert::<M, Cloudflare>(db, &row)
+                    .await
+                    .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
+                Err(e) => return bad_request("BAD_BODY", e),
+            },
+            (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
+                Ok(rows) => crud::insert_many::<M, Cloudflare>(db, &rows)
+                    .await
+                    .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
+                Err(e) => return bad_request("BAD_BODY", e),
+            },
+            (Method::Post, ["upsert"]) => match body::<M>(&mut req).await {
+                Ok(row) => crud::upsert::<M, Cloudflare>(db, &row)
+                    .await
+                    .map(|_| Response::from_json(&row)),
+                Err(e) => return bad_request("BAD_BODY", e),
+            },
+            (method, [id, tail @ ..]) => {
+                let Ok(key) = parse_key(id) else {
+                    return bad_request("KEY_INVALID", format!("`{id}` is not a valid key"));
+                };
+                match (method, tail) {
+                    (Method::Get, []) => crud::find::<M, Cloudflare>(db, key).await.map(|row| {
+                        match row {
                         Some(row) => Response::from_json(&row),
                         None => Response::from_json(
                             &serde_json::json!({ "error": "not found", "code": "ROW_NOT_FOUND" }),
                         )
                         .map(|r| r.with_status(404)),
-                    },
-                ),
-                (Method::Get, ["shard"]) => crud::locate::<M, Cloudflare>(db, key)
-                    .await
-                    .map(|shard| Response::from_json(&serde_json::json!({ "shard": shard }))),
-                (Method::Put, []) => match body::<M>(&mut req).await {
-                    Ok(row) => crud::update::<M, Cloudflare>(db, &row)
+                    }
+                    }),
+                    (Method::Get, ["shard"]) => crud::locate::<M, Cloudflare>(db, key)
                         .await
-                        .map(|_| Response::from_json(&row)),
-                    Err(e) => return bad_request("BAD_BODY", e),
-                },
-                (Method::Delete, []) => crud::delete::<M, Cloudflare>(db, key)
-                    .await
-                    .map(|deleted| Response::from_json(&serde_json::json!({ "deleted": deleted }))),
-                _ => return Response::error("no such route", 404),
+                        .map(|shard| Response::from_json(&serde_json::json!({ "shard": shard }))),
+                    (Method::Put, []) => match body::<M>(&mut req).await {
+                        Ok(row) => crud::update::<M, Cloudflare>(db, &row)
+                            .await
+                            .map(|_| Response::from_json(&row)),
+                        Err(e) => return bad_request("BAD_BODY", e),
+                    },
+                    (Method::Delete, []) => {
+                        crud::delete::<M, Cloudflare>(db, key).await.map(|deleted| {
+                            Response::from_json(&serde_json::json!({ "deleted": deleted }))
+                        })
+                    }
+                    _ => return Response::error("no such route", 404),
+                }
             }
-        }
-        _ => return Response::error("no such route", 404),
-    };
+            _ => return Response::error("no such route", 404),
+        };
     match result {
         Ok(response) => response,
         Err(error) => json_error(&error),

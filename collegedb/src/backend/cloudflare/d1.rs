@@ -122,7 +122,7 @@ impl D1Shard {
     async fn raw_with_columns(&self, statement: &D1PreparedStatement) -> Result<Vec<Row>> {
         let inner: &JsValue = statement.inner().as_ref();
         let raw: Function = Reflect::get(inner, &"raw".into())
-            .and_then(|f| f.dyn_into::<Function>().map_err(JsValue::from))
+            .and_then(|f| f.dyn_into::<Function>())
             .map_err(|e| self.failed(format!("{e:?}")))?;
         let options = Object::new();
         Reflect::set(&options, &"columnNames".into(), &JsValue::TRUE)
