@@ -96,10 +96,7 @@ pub mod __private {
         values: &mut std::vec::IntoIter<Value>,
         name: &'static str,
     ) -> Result<T> {
-        let value = values
-            .next()
-            .ok_or_else(|| crate::Error::decode(name, "missing from the row"))?;
-        T::from_value(value).map_err(|e| rename_column(e, name))
+        next_value(values, name).and_then(|v| T::from_value(v).map_err(|e| rename_column(e, name)))
     }
 
     /// Reads the next column as JSON, naming it in decode errors.
@@ -107,10 +104,14 @@ pub mod __private {
         values: &mut std::vec::IntoIter<Value>,
         name: &'static str,
     ) -> Result<T> {
-        let value = values
+        next_value(values, name)
+            .and_then(|v| json::from_value(v).map_err(|e| rename_column(e, name)))
+    }
+
+    fn next_value(values: &mut std::vec::IntoIter<Value>, name: &'static str) -> Result<Value> {
+        values
             .next()
-            .ok_or_else(|| crate::Error::decode(name, "missing from the row"))?;
-        json::from_value(value).map_err(|e| rename_column(e, name))
+            .ok_or_else(|| crate::Error::decode(name, "missing from the row"))
     }
 
     fn rename_column(error: Error, name: &'static str) -> Error {

@@ -245,3 +245,35 @@ fn stats_count_real_rows_per_table_and_shard() {
         assert_eq!(stats.iter().map(|s| s.rows).sum::<u64>(), 90);
     });
 }
+
+#[test]
+fn values_that_do_not_fit_the_field_are_decode_errors_naming_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1);
+    block_on(async {
+        Order::create_table(&db).await.unwrap();
+        db.run_shard(
+            "s0",
+            "INSERT INTO orders (id, customer, quantity, units, total, paid, receipt, note_id, meta, preferences) \
+             VALUES (1, 'c', 'not a number', 1, 1.0, 0, x'00', NULL, 'null', '{\"theme\":\"x\",\"tags\":[]}'), \
+                    (2, 'c', 1, -5, 1.0, 0, x'00', NULL, 'null', '{\"theme\":\"x\",\"tags\":[]}'), \
+                    (3, 'c', 1, 1, 1.0, 7, x'00', NULL, 'null', '{\"theme\":\"x\",\"tags\":[]}'), \
+                    (4, 'c', 1, 1, 1.0, 0, x'00', NULL, 'null', 'not json')",
+            &[],
+        )
+        .await
+        .unwrap();
+        for (id, column, code) in [
+            (1, "quantity", "DECODE_FAILED"),
+            (2, "units", "INTEGER_OUT_OF_RANGE"),
+            (3, "paid", "DECODE_FAILED"),
+            (4, "preferences", "DECODE_FAILED"),
+        ] {
+            let err = Order::find(&db, id).await.unwrap_err();
+            assert_eq!(err.code(), code, "{err}");
+            if code == "DECODE_FAILED" {
+                assert!(err.to_string().contains(column), "{err}");
+            }
+        }
+    });
+}
