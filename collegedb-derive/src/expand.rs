@@ -98,6 +98,9 @@ pub fn model(model: &Model) -> TokenStream {
     let doc_create = format!("Creates the `{table}` table on every shard if it does not exist.");
     let doc_count = format!("Counts `{table}` rows over every shard.");
     let doc_locate = format!("The name of the shard that holds this `{table}` key's row, if any.");
+    let doc_scan = format!(
+        "Reads `{table}` rows in key order across every shard, `limit` at a time, after the key `after`."
+    );
 
     quote! {
         const _: () = {
@@ -196,6 +199,15 @@ pub fn model(model: &Model) -> TokenStream {
                     db: &__cdb::CollegeDb<B>,
                 ) -> __cdb::Result<u64> {
                     __cdb::crud::count::<Self, B>(db).await
+                }
+
+                #[doc = #doc_scan]
+                pub async fn scan<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    after: ::core::option::Option<#key_ty>,
+                    limit: usize,
+                ) -> __cdb::Result<__cdb::crud::Page<Self>> {
+                    __cdb::crud::scan::<Self, B>(db, after, limit).await
                 }
 
                 #[doc = #doc_locate]

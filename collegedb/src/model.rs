@@ -57,8 +57,10 @@ pub trait Model: Sized + MaybeSync + 'static {
 pub struct ModelSql {
     /// `SELECT <columns> FROM t WHERE key = ?`.
     pub select_by_key: String,
-    /// `SELECT <columns> FROM t ORDER BY key` (cross-shard scans append `LIMIT`).
-    pub select_all: String,
+    /// `SELECT <columns> FROM t ORDER BY key LIMIT ?`: the first page of a scan.
+    pub scan_first: String,
+    /// `SELECT <columns> FROM t WHERE key > ? ORDER BY key LIMIT ?`: the pages after it.
+    pub scan_after: String,
     /// `SELECT COUNT(*) FROM t`.
     pub count: String,
     /// `INSERT INTO t (<columns>) VALUES (?, ...)`: parameters in column order.
@@ -93,10 +95,20 @@ impl ModelSql {
             .to_owned()
             .build(SqliteQueryBuilder)
             .0;
-        let select_all = Query::select()
+        let scan_first = Query::select()
             .columns(columns.iter().copied())
             .from(table)
             .order_by(key, Order::Asc)
+            .limit(1)
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let scan_after = Query::select()
+            .columns(columns.iter().copied())
+            .from(table)
+            .and_where(Expr::col(key).gt(placeholder()))
+            .order_by(key, Order::Asc)
+            .limit(1)
             .to_owned()
             .build(SqliteQueryBuilder)
             .0;
@@ -159,7 +171,8 @@ impl ModelSql {
 
         ModelSql {
             select_by_key,
-            select_all,
+            scan_first,
+            scan_after,
             count,
             insert,
             upsert,

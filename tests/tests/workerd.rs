@@ -93,6 +93,26 @@ fn hash_rows_spread_over_every_shard_with_no_directory_operation(server: &Worker
         let reply = server.get(&format!("/users/{id}/shard"));
         assert_eq!(reply.json["shard"], SHARDS[native], "{id}");
     }
+    // A cross-shard scan in pages of 10 returns every user once, in key order.
+    let (mut seen, mut after) = (Vec::new(), String::new());
+    loop {
+        let page = server.get(&format!("/users?limit=10{after}"));
+        assert_eq!(page.status, 200, "{}", page.text);
+        seen.extend(
+            page.json["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned()),
+        );
+        match page.json["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..45).map(|i| format!("user-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
     let counts = rows_per_shard(server, "users");
     assert_eq!(counts.values().sum::<u64>(), 45);
     assert!(

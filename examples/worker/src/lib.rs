@@ -6,6 +6,7 @@
 //! | `POST /setup` | creates every model's table on every shard, registers the shards with the coordinator |
 //! | `POST /{model}` | inserts (`users`, `posts`, `sessions`, `events`); `PUT /{model}/{id}` updates; `DELETE` deletes |
 //! | `GET /{model}/{id}` | finds by key; `GET /{model}/{id}/shard` names the shard holding it |
+//! | `GET /{model}?after=&limit=` | a page of rows in key order across every shard (`scan`) |
 //! | `POST /{model}/batch` | `insert_many` |
 //! | `POST /{model}/upsert` | `upsert` |
 //! | `GET /shards/{shard}/{model}` | every row of that model on that shard |
@@ -171,7 +172,7 @@ async fn body<T: DeserializeOwned>(req: &mut Request) -> std::result::Result<T, 
 async fn model_route<M>(db: &Db, mut req: Request, rest: &[&str]) -> Result<Response>
 where
     M: Model + Serialize + DeserializeOwned,
-    M::Key: std::str::FromStr,
+    M::Key: std::str::FromStr + Serialize,
 {
     use collegedb::crud;
     let parse_key = |raw: &str| raw.parse::<M::Key>().map_err(|_| ());
@@ -183,6 +184,33 @@ where
                     .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
                 Err(e) => return bad_request("BAD_BODY", e),
             },
+            (Method::Get, []) => {
+                // `?after=<key>&limit=<n>`: a page in key order across every shard.
+                let url = req.url()?;
+                let (mut after, mut limit) = (None, 100);
+                for (name, value) in url.query_pairs() {
+                    match name.as_ref() {
+                        "after" => match parse_key(&value) {
+                            Ok(key) => after = Some(key),
+                            Err(()) => {
+                                return bad_request(
+                                    "KEY_INVALID",
+                                    format!("`{value}` is not a valid key"),
+                                )
+                            }
+                        },
+                        "limit" => limit = value.parse().unwrap_or(100),
+                        _ => {}
+                    }
+                }
+                crud::scan::<M, Cloudflare>(db, after, limit)
+                    .await
+                    .map(|page| {
+                        Response::from_json(
+                            &serde_json::json!({ "rows": page.rows, "next": page.next }),
+                        )
+                    })
+            }
             (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
                 Ok(rows) => crud::insert_many::<M, Cloudflare>(db, &rows)
                     .await
