@@ -51,6 +51,7 @@ fn worker_example_end_to_end() {
     hash_rows_spread_over_every_shard_with_no_directory_operation(&server);
     round_robin_is_even_and_recorded_in_the_durable_object_directory(&server);
     kv_directory_places_and_finds_rows(&server);
+    directory_listings_page_with_cursors(&server);
     location_places_near_the_requested_region(&server);
     random_placement_and_chunked_batches(&server);
     concurrent_first_writes_settle_on_one_shard(&server);
@@ -164,6 +165,45 @@ fn kv_directory_places_and_finds_rows(server: &Workerd) {
             shard.text
         );
     }
+}
+
+fn directory_listings_page_with_cursors(server: &Workerd) {
+    for (query, expected) in [("", 30), ("&dir=kv", 12)] {
+        let (mut keys, mut cursor, mut pages) = (Vec::new(), String::new(), 0);
+        loop {
+            let page = server.get(&format!("/directory/list/posts?limit=5{cursor}{query}"));
+            assert_eq!(page.status, 200, "{}", page.text);
+            pages += 1;
+            let entries = page.json["entries"].as_array().unwrap();
+            assert!(entries.len() <= 5, "{}", page.text);
+            keys.extend(entries.iter().map(|e| e[0].as_str().unwrap().to_owned()));
+            match page.json["cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={}", next.replace(':', "%3A")),
+                None => break,
+            }
+            assert!(pages < 100, "listing does not end");
+        }
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), expected, "{query}: every entry once");
+        assert!(pages >= expected / 5, "{query}: paged ({pages} pages)");
+    }
+    // A key too long for a KV name next to its table prefix is stored under a hash of the key,
+    // and still found and listed.
+    let token = "t".repeat(505);
+    let reply = server.post(
+        "/sessions?dir=kv",
+        &json!({ "token": token, "user_id": "long" }),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(
+        server.get(&format!("/sessions/{token}?dir=kv")).json["user_id"],
+        "long"
+    );
+    let listed = server.get("/directory/list/sessions?dir=kv");
+    let entries = listed.json["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", listed.text);
+    assert_eq!(entries[0][0], format!("{token:?}"));
 }
 
 fn location_places_near_the_requested_region(server: &Workerd) {

@@ -15,6 +15,7 @@
 //! | `GET /coordinator/stats`, `GET /coordinator/health` | the coordinator's own view |
 //! | `POST /coordinator/fault` | `{"fail": true}` makes the coordinator object refuse `/allocate` (fault injection) |
 //! | `GET /directory/count` | directory entries |
+//! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
@@ -340,6 +341,23 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             let mut upstream = stub.fetch_with_request(forwarded).await?;
             let status = upstream.status_code();
             return Ok(Response::ok(upstream.text().await?)?.with_status(status));
+        }
+        (Method::Get, ["directory", "list", table]) => {
+            // `?cursor=<opaque>&limit=<n>`: one page of the table's directory entries.
+            let url = req.url()?;
+            let (mut cursor, mut limit) = (None, 100);
+            for (name, value) in url.query_pairs() {
+                match name.as_ref() {
+                    "cursor" => cursor = Some(value.into_owned()),
+                    "limit" => limit = value.parse().unwrap_or(100),
+                    _ => {}
+                }
+            }
+            db.directory().list(table, cursor.as_deref(), limit).await.map(|page| {
+                let entries: Vec<_> = page.entries.iter().map(|(k, s)| (k.to_string(), s)).collect();
+                Response::from_json(&serde_json::json!({ "entries": entries, "cursor": page.cursor }))
+                    .expect("JSON of a directory page")
+            })
         }
         (Method::Get, ["directory", "count"]) => db
             .directory()
