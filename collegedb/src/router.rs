@@ -258,6 +258,12 @@ impl<B: Backend> CollegeDb<B> {
     /// a directory entry; if another writer claimed first, its shard is returned.
     pub async fn place(&self, table: &str, key: &Key, strategy: Strategy) -> Result<usize> {
         let inner = &self.inner;
+        // A key this process has placed or seen keeps its shard: no ticket, no claim.
+        if strategy != Strategy::Hash {
+            if let Some(shard) = inner.cache.get(table, key) {
+                return Ok(shard);
+            }
+        }
         let candidate = match strategy {
             Strategy::Hash => return Ok(self.hash_shard(key)),
             Strategy::Random => inner.placer.random(),
@@ -276,9 +282,6 @@ impl<B: Backend> CollegeDb<B> {
                 inner.placer.round_robin(ticket)
             }
         };
-        if let Some(shard) = inner.cache.get(table, key) {
-            return Ok(shard);
-        }
         inner.directory_writes.fetch_add(1, Ordering::Relaxed);
         let winner = inner
             .directory
