@@ -278,3 +278,46 @@ fn scan_does_not_stop_early_when_one_shard_holds_the_rest() {
         assert_eq!(seen, ["a", "b", "c"]);
     });
 }
+
+#[test]
+fn scatter_gather_reports_failing_shards_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        // The table exists on s0 and s2 only: s1 fails the query.
+        for shard in ["s0", "s2"] {
+            db.run_shard(
+                shard,
+                "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)",
+                &[],
+            )
+            .await
+            .unwrap();
+            db.run_shard(
+                shard,
+                "INSERT INTO notes VALUES (?, ?)",
+                &[shard.into(), "x".into()],
+            )
+            .await
+            .unwrap();
+        }
+        let scatter = db.all_shards("SELECT id FROM notes", &[]).await.unwrap();
+        let shards: Vec<&str> = scatter
+            .rows
+            .iter()
+            .map(|(shard, _)| shard.as_str())
+            .collect();
+        assert_eq!(shards, ["s0", "s2"]);
+        assert_eq!(scatter.failures.len(), 1);
+        assert_eq!(scatter.failures[0].0, "s1");
+        assert_eq!(scatter.failures[0].1.code(), "QUERY_FAILED");
+        assert_eq!(scatter.complete().unwrap_err().code(), "QUERY_FAILED");
+        let whole = db
+            .all_shards("SELECT 1 AS one", &[])
+            .await
+            .unwrap()
+            .complete()
+            .unwrap();
+        assert_eq!(whole.len(), 3);
+    });
+}
