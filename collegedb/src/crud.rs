@@ -257,9 +257,11 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
 /// Counts the model's rows on every shard.
 pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
     let mut total = 0;
-    for shard in db.shards() {
-        let rows = shard.query(&M::sql().count, &[]).await?;
-        total += rows
+    for rows in db
+        .on_every_shard(|shard| shard.query(&M::sql().count, &[]))
+        .await
+    {
+        total += rows?
             .first()
             .and_then(|row| row.values().first())
             .map_or(Ok(0), |v| match v {
@@ -303,8 +305,8 @@ pub async fn scan<M: Model, B: Backend>(
         None => (&M::sql().scan_first, vec![limit_value]),
     };
     let mut merged: Vec<(Key, M)> = Vec::new();
-    for shard in db.shards() {
-        for row in shard.query(sql, &params).await? {
+    for rows in db.on_every_shard(|shard| shard.query(sql, &params)).await {
+        for row in rows? {
             let row = M::from_values(row.into_values())?;
             merged.push((row.key().clone().into_key()?, row));
         }

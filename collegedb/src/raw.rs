@@ -98,8 +98,9 @@ impl<B: Backend> CollegeDb<B> {
     pub async fn all_shards(&self, sql: &str, params: &[Value]) -> Result<Scatter> {
         check_params(params)?;
         let mut scatter = Scatter::default();
-        for (index, shard) in self.shards().iter().enumerate() {
-            match shard.query(sql, params).await {
+        let results = self.on_every_shard(|shard| shard.query(sql, params)).await;
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
                 Ok(rows) => scatter.rows.extend(
                     rows.into_iter()
                         .map(|row| (self.shard_name(index).to_owned(), row)),
@@ -114,26 +115,34 @@ impl<B: Backend> CollegeDb<B> {
 
     /// Row counts per table and size, for every shard, read from the shards themselves.
     pub async fn get_shard_stats(&self) -> Result<Vec<ShardStats>> {
-        let mut stats = Vec::with_capacity(self.shards().len());
-        for (index, shard) in self.shards().iter().enumerate() {
-            let mut tables = BTreeMap::new();
-            for table in user_tables(shard).await? {
-                let sql = format!("SELECT COUNT(*) FROM \"{}\"", table.replace('"', "\"\""));
-                let rows = shard.query(&sql, &[]).await?;
-                let count = match rows.first().and_then(|r| r.values().first()) {
-                    Some(Value::Integer(n)) => *n as u64,
-                    _ => 0,
-                };
-                tables.insert(table, count);
-            }
-            stats.push(ShardStats {
-                shard: self.shard_name(index).to_owned(),
-                rows: tables.values().sum(),
-                tables,
-                size_bytes: shard.size_bytes().await?,
-            });
-        }
-        Ok(stats)
+        let per_shard = self
+            .on_every_shard(|shard| async move {
+                let mut tables = BTreeMap::new();
+                for table in user_tables(shard).await? {
+                    let sql = format!("SELECT COUNT(*) FROM \"{}\"", table.replace('"', "\"\""));
+                    let rows = shard.query(&sql, &[]).await?;
+                    let count = match rows.first().and_then(|r| r.values().first()) {
+                        Some(Value::Integer(n)) => *n as u64,
+                        _ => 0,
+                    };
+                    tables.insert(table, count);
+                }
+                Ok((tables, shard.size_bytes().await?))
+            })
+            .await;
+        per_shard
+            .into_iter()
+            .enumerate()
+            .map(|(index, result)| {
+                let (tables, size_bytes) = result?;
+                Ok(ShardStats {
+                    shard: self.shard_name(index).to_owned(),
+                    rows: tables.values().sum(),
+                    tables,
+                    size_bytes,
+                })
+            })
+            .collect()
     }
 
     /// Deletes every row of every table on every shard and clears the directory.

@@ -198,6 +198,18 @@ impl<B: Backend> CollegeDb<B> {
         &self.inner.shards
     }
 
+    /// Runs `work` on every shard concurrently (on D1 the latency is the slowest shard's, not the
+    /// sum) and returns each shard's result in configuration order.
+    pub(crate) async fn on_every_shard<'a, T, Fut>(
+        &'a self,
+        work: impl FnMut(&'a B::Shard) -> Fut,
+    ) -> Vec<Result<T>>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        futures_util::future::join_all(self.shards().iter().map(work)).await
+    }
+
     pub(crate) fn shard(&self, index: usize) -> &B::Shard {
         &self.inner.shards[index]
     }
