@@ -27,8 +27,12 @@ fn derive(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
 mod tests {
     use quote::quote;
 
+    fn expand_tokens(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+        super::derive(input)
+    }
+
     fn expand(input: proc_macro2::TokenStream) -> String {
-        super::derive(input).to_string()
+        expand_tokens(input).to_string()
     }
 
     #[test]
@@ -40,6 +44,38 @@ mod tests {
         assert!(out.contains("impl __cdb :: Model for User"), "{out}");
         assert!(out.contains("\"users\""), "{out}");
         assert!(out.contains("Strategy :: RoundRobin"), "{out}");
+    }
+
+    /// The whole expansion of a representative model, pretty-printed and compared with
+    /// `tests/expand/user.expanded.rs`, so a change to generated code shows in review. After an
+    /// intended change, rerun with `UPDATE_EXPANSIONS=1` and review the diff.
+    #[test]
+    fn expansion_snapshot() {
+        let out = expand_tokens(quote! {
+            #[sharded(table = "users", read = "hash", write = "location")]
+            struct User {
+                #[sharded(key)]
+                id: String,
+                name: String,
+                #[sharded(column = "mail")]
+                email: Option<String>,
+                #[sharded(json)]
+                prefs: Prefs,
+            }
+        });
+        let file: syn::File = syn::parse2(out).expect("the expansion parses as a file");
+        let pretty = prettyplease::unparse(&file);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/expand/user.expanded.rs");
+        if std::env::var_os("UPDATE_EXPANSIONS").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+            std::fs::write(path, &pretty).unwrap();
+        }
+        let expected =
+            std::fs::read_to_string(path).expect("snapshot exists (UPDATE_EXPANSIONS=1 writes it)");
+        assert_eq!(
+            pretty, expected,
+            "the expansion changed: review it, then UPDATE_EXPANSIONS=1"
+        );
     }
 
     #[test]
