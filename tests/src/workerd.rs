@@ -157,7 +157,8 @@ impl Workerd {
         let url = format!("{}{path}", self.base);
         let mut response = match (method, body) {
             ("GET", _) => self.agent.get(&url).call()?,
-            ("DELETE", _) => self.agent.delete(&url).call()?,
+            ("DELETE", None) => self.agent.delete(&url).call()?,
+            ("DELETE", Some(body)) => self.agent.delete(&url).force_send_body().send(body)?,
             ("POST", body) => self
                 .agent
                 .post(&url)

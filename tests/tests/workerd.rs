@@ -47,6 +47,8 @@ fn worker_example_end_to_end() {
     let setup = server.post("/setup", &json!({}));
     assert_eq!(setup.status, 200, "{}", setup.text);
     assert_eq!(setup.json["shards"], json!(SHARDS));
+    assert_eq!(setup.json["coordinator"]["status"], "ok", "{}", setup.text);
+    assert_eq!(setup.json["coordinator"]["shards"], 3);
 
     hash_rows_spread_over_every_shard_with_no_directory_operation(&server);
     round_robin_is_even_and_recorded_in_the_durable_object_directory(&server);
@@ -60,6 +62,7 @@ fn worker_example_end_to_end() {
     values_map_both_ways_through_d1(&server);
     updates_upserts_and_deletes_route_to_the_owner(&server);
     coordinator_stats_match_the_shards(&server);
+    coordinator_serves_the_seed_http_api(&server);
     coordinator_failure_falls_back_to_a_local_counter(&server);
     flush_empties_everything(&server);
 }
@@ -492,7 +495,7 @@ fn coordinator_stats_match_the_shards(server: &Workerd) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let real = server.get("/stats");
-        let kept = server.get("/coordinator/stats");
+        let kept = server.get("/stats/coordinator");
         let real: BTreeMap<String, Value> = real
             .json
             .as_array()
@@ -533,6 +536,73 @@ fn coordinator_stats_match_the_shards(server: &Workerd) {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+fn coordinator_serves_the_seed_http_api(server: &Workerd) {
+    assert_eq!(
+        server.get("/coordinator/shards").json,
+        json!(SHARDS),
+        "registration order"
+    );
+    assert_eq!(
+        server
+            .post("/coordinator/shards", &json!({ "shard": "DB_EXTRA" }))
+            .json["success"],
+        true
+    );
+    assert_eq!(
+        server
+            .get("/coordinator/shards")
+            .json
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let removed = server.request(
+        "DELETE",
+        "/coordinator/shards",
+        Some(&json!({ "shard": "DB_EXTRA" }).to_string()),
+    );
+    assert_eq!(removed.json["success"], true, "{}", removed.text);
+    assert_eq!(server.get("/coordinator/shards").json, json!(SHARDS));
+    // Hash allocation agrees with the router's own placement.
+    for id in ["user-1", "user-2", "user-3"] {
+        let allocation = server.post(
+            "/coordinator/allocate",
+            &json!({ "primaryKey": id, "strategy": "hash" }),
+        );
+        let native = collegedb::placement::hash::hash_shard(
+            &collegedb::Key::text(id).unwrap(),
+            SHARDS.len(),
+        );
+        assert_eq!(
+            allocation.json["shard"], SHARDS[native],
+            "{}",
+            allocation.text
+        );
+    }
+    // Round-robin allocation cycles through the registered shards.
+    let shards: Vec<Value> = (0..6)
+        .map(|_| {
+            server
+                .post("/coordinator/allocate", &json!({ "table": "seed-api" }))
+                .json["shard"]
+                .clone()
+        })
+        .collect();
+    assert_eq!(shards[..3], shards[3..], "{shards:?}");
+    let distinct: std::collections::BTreeSet<String> =
+        shards.iter().map(|s| s.to_string()).collect();
+    assert_eq!(distinct.len(), 3, "{shards:?}");
+    let random = server.post("/coordinator/allocate", &json!({ "strategy": "random" }));
+    assert!(
+        SHARDS.contains(&random.json["shard"].as_str().unwrap()),
+        "{}",
+        random.text
+    );
+    assert_eq!(server.get("/coordinator/health").json["status"], "ok");
+    assert_eq!(server.get("/coordinator/nowhere").status, 404);
 }
 
 fn coordinator_failure_falls_back_to_a_local_counter(server: &Workerd) {

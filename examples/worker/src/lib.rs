@@ -12,7 +12,8 @@
 //! | `GET /shards/{shard}/{model}` | every row of that model on that shard |
 //! | `POST /raw/{shard}` | `{"sql", "params"}` on one shard, for value-mapping checks |
 //! | `GET /stats` | rows per table and size per shard, counted on the shards |
-//! | `GET /coordinator/stats`, `GET /coordinator/health` | the coordinator's own view |
+//! | `GET /stats/coordinator` | the coordinator's statistics, through the typed client |
+//! | `/coordinator/...` | the coordinator's own HTTP API, passed through (`/shards`, `/stats`, `/allocate`, `/flush`, `/health`) |
 //! | `POST /coordinator/fault` | `{"fail": true}` makes the coordinator object refuse `/allocate` (fault injection) |
 //! | `GET /directory/count` | directory entries |
 //! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
@@ -278,10 +279,21 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
     let path = req.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let outcome: collegedb::Result<Response> = match (req.method(), segments.as_slice()) {
-        (Method::Post, ["setup"]) => create_tables(db).await.and_then(|_| {
-            Response::from_json(&serde_json::json!({ "shards": db.list_known_shards() }))
-                .map_err(|e| collegedb::Error::Io(e.to_string()))
-        }),
+        (Method::Post, ["setup"]) => match create_tables(db).await {
+            Ok(()) => db.coordinator().health().await.map(|health| {
+                Response::from_json(&serde_json::json!({
+                    "shards": db.list_known_shards(),
+                    "coordinator": health,
+                }))
+                .expect("JSON")
+            }),
+            Err(e) => Err(e),
+        },
+        (Method::Get, ["stats", "coordinator"]) => db
+            .coordinator()
+            .stats()
+            .await
+            .map(|s| Response::from_json(&s).expect("JSON of stats")),
         (_, ["users", rest @ ..]) => return model_route::<User>(db, req, rest).await,
         (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
         (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
@@ -321,24 +333,19 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
                 .collect();
             Response::from_json(&body).expect("JSON of stats")
         }),
-        (Method::Get, ["coordinator", "stats"]) => db
-            .coordinator()
-            .stats()
-            .await
-            .map(|s| Response::from_json(&s).expect("JSON of stats")),
-        (Method::Get, ["coordinator", "health"]) => db
-            .coordinator()
-            .health()
-            .await
-            .map(|h| Response::from_json(&h).expect("JSON")),
-        (Method::Post, ["coordinator", "fault"]) => {
-            let body: serde_json::Value = req.json().await.unwrap_or_default();
+        (method, ["coordinator", rest @ ..]) => {
+            // The coordinator's own HTTP API (the seed's), passed through: /coordinator/shards,
+            // /stats, /allocate, /flush, /health, and the test-only /fault.
+            let body = req.text().await.unwrap_or_default();
             let stub = env.durable_object("COORDINATOR")?.get_by_name(cloudflare::COORDINATOR_NAME)?;
             let mut init = worker::RequestInit::new();
-            init.with_method(Method::Post).with_body(Some(body.to_string().into()));
-            let forwarded = Request::new_with_init("https://collegedb-coordinator/fault", &init)?;
+            init.with_method(method);
+            if !body.is_empty() {
+                init.with_body(Some(body.into()));
+            }
+            let url = format!("https://collegedb-coordinator/{}", rest.join("/"));
+            let mut upstream = stub.fetch_with_request(Request::new_with_init(&url, &init)?).await?;
             // A fetched response's headers are immutable: copy it into a fresh response.
-            let mut upstream = stub.fetch_with_request(forwarded).await?;
             let status = upstream.status_code();
             return Ok(Response::ok(upstream.text().await?)?.with_status(status));
         }

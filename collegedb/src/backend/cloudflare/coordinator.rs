@@ -261,9 +261,10 @@ pub async fn serve_coordinator(
         None,
     )?;
     let now = worker::Date::now().as_millis() as i64;
+    // Registration order (rowid), which hash allocation maps keys onto.
     let registered = || -> worker::Result<Vec<String>> {
         let rows: Vec<NameRow> = sql
-            .exec("SELECT name FROM shards ORDER BY added_at, name", None)?
+            .exec("SELECT name FROM shards ORDER BY rowid", None)?
             .to_array()?;
         Ok(rows.into_iter().map(|r| r.name).collect())
     };
