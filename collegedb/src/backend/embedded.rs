@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ fn read_value(value: ValueRef<'_>, column: usize) -> Result<Value> {
 struct Pool {
     label: String,
     connections: Vec<Mutex<Connection>>,
+    /// Which connection to wait for when all are busy, rotated so waiters spread out.
+    next_wait: AtomicUsize,
 }
 
 impl Pool {
@@ -91,17 +94,22 @@ impl Pool {
                 Ok(Mutex::new(conn))
             })
             .collect::<Result<_>>()?;
-        Ok(Pool { label, connections })
+        Ok(Pool {
+            label,
+            connections,
+            next_wait: AtomicUsize::new(0),
+        })
     }
 
-    /// A free connection, or the first one if all are busy.
+    /// A free connection, or, when all are busy, the next one in rotation.
     fn get(&self) -> MutexGuard<'_, Connection> {
         for conn in &self.connections {
             if let Ok(guard) = conn.try_lock() {
                 return guard;
             }
         }
-        self.connections[0]
+        let index = self.next_wait.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
