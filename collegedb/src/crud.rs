@@ -15,16 +15,14 @@ use crate::router::{hash_first, CollegeDb};
 use crate::value::Value;
 
 /// Walks the shards that may own an existing key: the first guess given by the read strategy,
-/// then, after a miss, the directory's answer if it differs.
-pub(crate) struct Lookup {
-    /// The shard to try now.
-    pub shard: usize,
+/// then, after a miss, the directory's answer if it differs. Performs at most one directory read.
+struct Lookup {
+    shard: usize,
     directory_checked: bool,
 }
 
 impl Lookup {
-    /// Starts a lookup with the read strategy's order.
-    pub async fn start<B: Backend>(
+    async fn start<B: Backend>(
         db: &CollegeDb<B>,
         table: &str,
         key: &Key,
@@ -43,9 +41,8 @@ impl Lookup {
         })
     }
 
-    /// After a miss on [`Lookup::shard`]: moves to the next candidate and returns `true`, or
-    /// returns `false` when no shard is left to try. Performs at most one directory read.
-    pub async fn next<B: Backend>(
+    /// After a miss: moves to the next candidate, or returns `false` when none is left.
+    async fn next<B: Backend>(
         &mut self,
         db: &CollegeDb<B>,
         table: &str,
@@ -61,6 +58,50 @@ impl Lookup {
                 Ok(true)
             }
             _ => Ok(false),
+        }
+    }
+}
+
+/// Runs a query on the shards that may own `key`, in the read strategy's lookup order, and
+/// returns the first non-empty result with its shard. `None`: no shard has rows for the key.
+pub(crate) async fn query_owner<B: Backend>(
+    db: &CollegeDb<B>,
+    table: &str,
+    key: &Key,
+    read: Strategy,
+    sql: &str,
+    params: &[Value],
+) -> Result<Option<(usize, Vec<Row>)>> {
+    let mut lookup = Lookup::start(db, table, key, read).await?;
+    loop {
+        let rows = db.shard(lookup.shard).query(sql, params).await?;
+        if !rows.is_empty() {
+            return Ok(Some((lookup.shard, rows)));
+        }
+        if !lookup.next(db, table, key).await? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Runs a statement on the shards that may own `key`, in the read strategy's lookup order, until
+/// one changes rows; returns that shard and the rows changed. `None`: no shard changed anything.
+pub(crate) async fn execute_owner<B: Backend>(
+    db: &CollegeDb<B>,
+    table: &str,
+    key: &Key,
+    read: Strategy,
+    sql: &str,
+    params: &[Value],
+) -> Result<Option<(usize, u64)>> {
+    let mut lookup = Lookup::start(db, table, key, read).await?;
+    loop {
+        let changed = db.shard(lookup.shard).execute(sql, params).await?;
+        if changed > 0 {
+            return Ok(Some((lookup.shard, changed)));
+        }
+        if !lookup.next(db, table, key).await? {
+            return Ok(None);
         }
     }
 }
@@ -111,13 +152,9 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    let sql = &M::sql().select_by_key;
-    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
-    loop {
-        let rows = db.shard(lookup.shard).query(sql, &params).await?;
-        if !rows.is_empty() || !lookup.next(db, M::TABLE, &key).await? {
-            return decode(rows);
-        }
+    match query_owner(db, M::TABLE, &key, read, &M::sql().select_by_key, &params).await? {
+        Some((_, rows)) => decode(rows),
+        None => Ok(None),
     }
 }
 
@@ -135,16 +172,8 @@ pub async fn locate<M: Model, B: Backend>(
 async fn find_shard<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<Option<usize>> {
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    let sql = &M::sql().select_by_key;
-    let mut lookup = Lookup::start(db, M::TABLE, key, read).await?;
-    loop {
-        if !db.shard(lookup.shard).query(sql, &params).await?.is_empty() {
-            return Ok(Some(lookup.shard));
-        }
-        if !lookup.next(db, M::TABLE, key).await? {
-            return Ok(None);
-        }
-    }
+    let found = query_owner(db, M::TABLE, key, read, &M::sql().select_by_key, &params).await?;
+    Ok(found.map(|(shard, _)| shard))
 }
 
 /// Updates every non-key column of an existing row. Fails with [`Error::RowNotFound`] if no
@@ -164,16 +193,11 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
     params.push(key_value);
     let key = row.key().clone().into_key()?;
     let read = db.strategies(M::STRATEGY).read;
-    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
-    loop {
-        if db.shard(lookup.shard).execute(sql, &params).await? > 0 {
-            return Ok(());
-        }
-        if !lookup.next(db, M::TABLE, &key).await? {
-            return Err(Error::RowNotFound {
-                table: M::TABLE.to_owned(),
-            });
-        }
+    match execute_owner(db, M::TABLE, &key, read, sql, &params).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::RowNotFound {
+            table: M::TABLE.to_owned(),
+        }),
     }
 }
 
@@ -185,16 +209,12 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    let sql = &M::sql().delete_by_key;
-    let mut lookup = Lookup::start(db, M::TABLE, &key, read).await?;
-    loop {
-        if db.shard(lookup.shard).execute(sql, &params).await? > 0 {
-            db.note_rows(lookup.shard, M::TABLE, -1);
-            return Ok(true);
+    match execute_owner(db, M::TABLE, &key, read, &M::sql().delete_by_key, &params).await? {
+        Some((shard, _)) => {
+            db.note_rows(shard, M::TABLE, -1);
+            Ok(true)
         }
-        if !lookup.next(db, M::TABLE, &key).await? {
-            return Ok(false);
-        }
+        None => Ok(false),
     }
 }
 

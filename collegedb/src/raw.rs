@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Row, ShardConn};
 use crate::config::{Strategies, Strategy, StrategyOverride};
-use crate::crud::Lookup;
+use crate::crud::{execute_owner, query_owner};
 use crate::error::{Error, Result};
-use crate::key::{AnyKey, Key};
+use crate::key::AnyKey;
 use crate::model::MAX_BOUND_PARAMETERS;
 use crate::router::{hash_first, CollegeDb};
 use crate::value::Value;
@@ -225,13 +225,8 @@ impl<'a, B: Backend> TableScope<'a, B> {
         let key = key.into_any_key()?;
         let Strategies { read, write } = self.strategies;
         if hash_first(read) && write == Strategy::Hash {
-            let mut lookup = Lookup::start(self.db, self.table, &key, read).await?;
-            loop {
-                let changed = self.db.shard(lookup.shard).execute(sql, params).await?;
-                if changed > 0 || !lookup.next(self.db, self.table, &key).await? {
-                    return Ok(changed);
-                }
-            }
+            let changed = execute_owner(self.db, self.table, &key, read, sql, params).await?;
+            return Ok(changed.map_or(0, |(_, n)| n));
         }
         let shard = match self.db.directory_lookup(self.table, &key).await? {
             Some(shard) => shard,
@@ -244,7 +239,9 @@ impl<'a, B: Backend> TableScope<'a, B> {
     pub async fn all<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         check_params(params)?;
         let key = key.into_any_key()?;
-        self.read(&key, sql, params).await
+        let read = self.strategies.read;
+        let found = query_owner(self.db, self.table, &key, read, sql, params).await?;
+        Ok(found.map(|(_, rows)| rows).unwrap_or_default())
     }
 
     /// Like [`TableScope::all`], returning the first row.
@@ -262,15 +259,5 @@ impl<'a, B: Backend> TableScope<'a, B> {
         let key = key.into_any_key()?;
         let shard = self.db.owner(self.table, &key).await?;
         Ok(&self.db.config().shards[shard].name)
-    }
-
-    async fn read(&self, key: &Key, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let mut lookup = Lookup::start(self.db, self.table, key, self.strategies.read).await?;
-        loop {
-            let rows = self.db.shard(lookup.shard).query(sql, params).await?;
-            if !rows.is_empty() || !lookup.next(self.db, self.table, key).await? {
-                return Ok(rows);
-            }
-        }
     }
 }
