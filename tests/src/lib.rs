@@ -90,6 +90,15 @@ pub struct Event {
     pub body: String,
 }
 
+/// A model with nothing but its key.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "tags")]
+pub struct Tag {
+    /// The shard key, and the only column.
+    #[sharded(key)]
+    pub name: String,
+}
+
 /// Opens an embedded database over `shards` shards named `s0`, `s1`, ... in `dir`.
 pub fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
     open_with(dir, shards, |config| config)

@@ -277,3 +277,45 @@ fn values_that_do_not_fit_the_field_are_decode_errors_naming_the_column() {
         }
     });
 }
+
+/// Breaks the real coordinator (its counter table is dropped under it) and checks both fallbacks:
+/// a local counter keeps round-robin writes going; `Error` refuses them with a typed code.
+#[test]
+fn coordinator_failure_follows_the_configured_fallback() {
+    use collegedb::CoordinatorFallback;
+    let dir = tempfile::tempdir().unwrap();
+    // Opening a handle creates the counter table if missing: break it after each opens.
+    let break_coordinator = || {
+        let conn = rusqlite::Connection::open(dir.path().join("_directory.db")).unwrap();
+        conn.execute_batch("DROP TABLE IF EXISTS counters").unwrap();
+    };
+
+    let strict = open_with(dir.path(), 3, |c| {
+        c.with_strategy(Strategy::RoundRobin)
+            .with_coordinator_fallback(CoordinatorFallback::Error)
+    });
+    block_on(User::create_table(&strict)).unwrap();
+    break_coordinator();
+    let err = block_on(User::insert(&strict, &User::new("refused"))).unwrap_err();
+    assert_eq!(err.code(), "COORDINATOR_UNAVAILABLE", "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(directory_entries(dir.path()), 0, "nothing claimed");
+
+    let lenient = open_with(dir.path(), 3, |c| c.with_strategy(Strategy::RoundRobin));
+    break_coordinator();
+    block_on(async {
+        for i in 0..9 {
+            User::insert(&lenient, &User::new(format!("kept-{i}")))
+                .await
+                .unwrap();
+        }
+        for i in 0..9 {
+            assert!(User::find(&lenient, format!("kept-{i}"))
+                .await
+                .unwrap()
+                .is_some());
+        }
+    });
+    // The local counter is still round-robin: 3 per shard.
+    assert_eq!(rows_per_shard(dir.path(), 3, "users"), [3, 3, 3]);
+}

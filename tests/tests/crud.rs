@@ -321,3 +321,83 @@ fn scatter_gather_reports_failing_shards_and_keeps_the_rest() {
         assert_eq!(whole.len(), 3);
     });
 }
+
+#[test]
+fn a_model_with_only_a_key_supports_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        Tag::create_table(&db).await.unwrap();
+        let rust = Tag {
+            name: "rust".into(),
+        };
+        Tag::insert(&db, &rust).await.unwrap();
+        assert_eq!(Tag::find(&db, "rust").await.unwrap(), Some(rust.clone()));
+        Tag::update(&db, &rust).await.unwrap();
+        let err = Tag::update(
+            &db,
+            &Tag {
+                name: "missing".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), "ROW_NOT_FOUND");
+        Tag::upsert(&db, &rust).await.unwrap();
+        Tag::upsert(&db, &Tag { name: "new".into() }).await.unwrap();
+        assert_eq!(Tag::count(&db).await.unwrap(), 2);
+        assert!(Tag::delete(&db, "rust").await.unwrap());
+        assert_eq!(Tag::count(&db).await.unwrap(), 1);
+    });
+}
+
+#[test]
+fn raw_routing_names_the_owner_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        for i in 0..30 {
+            let id = format!("u{i}");
+            User::insert(&db, &User::new(id.as_str())).await.unwrap();
+            let owner = db.table("users").shard_for(id.as_str()).await.unwrap();
+            assert_eq!(
+                Some(owner.to_owned()),
+                User::locate(&db, id.as_str()).await.unwrap()
+            );
+            let row = db
+                .table("users")
+                .first(
+                    id.as_str(),
+                    "SELECT name FROM users WHERE id = ?",
+                    &[id.as_str().into()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                row.unwrap().get::<String>("name").unwrap(),
+                format!("name of {id}")
+            );
+        }
+        let changed = db
+            .table("users")
+            .run(
+                "u3",
+                "UPDATE users SET name = 'x' WHERE id = ?",
+                &["u3".into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, 1);
+        let missing = db
+            .table("users")
+            .run(
+                "nobody",
+                "UPDATE users SET name = 'x' WHERE id = ?",
+                &["nobody".into()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(missing, 0);
+    });
+}
