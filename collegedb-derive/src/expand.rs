@@ -159,7 +159,7 @@ pub fn model(model: &Model) -> TokenStream {
                     db: &__cdb::CollegeDb<B>,
                     rows: &[Self],
                 ) -> __cdb::Result<usize> {
-                    __cdb::crud::insert_many::<Self, B>(db, rows).await
+                    __cdb::bulk::insert_many::<Self, B>(db, rows).await
                 }
 
                 #[doc = #doc_find]
@@ -206,8 +206,8 @@ pub fn model(model: &Model) -> TokenStream {
                     db: &__cdb::CollegeDb<B>,
                     after: ::core::option::Option<#key_ty>,
                     limit: usize,
-                ) -> __cdb::Result<__cdb::crud::Page<Self>> {
-                    __cdb::crud::scan::<Self, B>(db, after, limit).await
+                ) -> __cdb::Result<__cdb::scan::Page<Self>> {
+                    __cdb::scan::scan::<Self, B>(db, after, limit).await
                 }
 
                 #[doc = #doc_locate]

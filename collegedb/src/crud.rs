@@ -4,13 +4,11 @@
 //! Routing follows the rules in [`crate::router`]: new keys are placed by the write strategy;
 //! existing keys are found with the read strategy's lookup order.
 
-use std::collections::BTreeMap;
-
-use crate::backend::{Backend, Row, ShardConn, Statement};
+use crate::backend::{Backend, Row, ShardConn};
 use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::key::{Key, ShardKey};
-use crate::model::{insert_rows, rows_per_statement, Model};
+use crate::model::Model;
 use crate::router::{hash_first, CollegeDb};
 use crate::value::Value;
 
@@ -106,7 +104,11 @@ pub(crate) async fn execute_owner<B: Backend>(
     }
 }
 
-fn duplicate_or<M: Model, B: Backend>(db: &CollegeDb<B>, shard: usize, error: Error) -> Error {
+pub(crate) fn duplicate_or<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    shard: usize,
+    error: Error,
+) -> Error {
     match &error {
         Error::QueryFailed { message, .. } if message.contains("UNIQUE constraint failed") => {
             Error::DuplicateKey {
@@ -236,44 +238,6 @@ pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
     Ok(())
 }
 
-/// Inserts many rows: grouped by owner shard, chunked to stay within D1's 100 bound parameters
-/// per statement, and written to each shard in one transaction (all of that shard's rows or
-/// none). Returns the number of rows inserted.
-pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) -> Result<usize> {
-    let write = db.strategies(M::STRATEGY).write;
-    let mut by_shard: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
-    for row in rows {
-        let values = row.to_values()?;
-        let key = row.key().clone().into_key()?;
-        let shard = db.place(M::TABLE, &key, write).await?;
-        by_shard.entry(shard).or_default().extend(values);
-    }
-    let width = M::COLUMNS.len();
-    let per_statement = rows_per_statement::<M>();
-    let full_sql = insert_rows::<M>(per_statement);
-    for (shard, values) in by_shard {
-        let count = (values.len() / width) as i64;
-        let statements: Vec<Statement> = values
-            .chunks(per_statement * width)
-            .map(|chunk| {
-                let n = chunk.len() / width;
-                let sql = if n == per_statement {
-                    full_sql.clone()
-                } else {
-                    insert_rows::<M>(n)
-                };
-                Statement::new(sql, chunk.to_vec())
-            })
-            .collect();
-        db.shard(shard)
-            .batch(&statements)
-            .await
-            .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
-        db.note_rows(shard, M::TABLE, count);
-    }
-    Ok(rows.len())
-}
-
 /// Counts the model's rows on every shard.
 pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
     let mut total = 0;
@@ -293,54 +257,4 @@ pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
             })?;
     }
     Ok(total)
-}
-
-/// One page of a cross-shard scan in key order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page<M: Model> {
-    /// Up to `limit` rows, in ascending key order over every shard.
-    pub rows: Vec<M>,
-    /// The key to pass as `after` for the next page; `None` after the last page.
-    pub next: Option<M::Key>,
-}
-
-/// Reads rows in ascending key order across every shard, `limit` at a time, after `after`.
-///
-/// Each shard runs `... WHERE key > ? ORDER BY key LIMIT ?` (the order and the limit are pushed
-/// down, so no shard returns more than `limit + 1` rows), and the pages are merged. Fails if any shard
-/// fails: a page with a shard missing would silently skip rows. `limit` is clamped to 1..=1000.
-pub async fn scan<M: Model, B: Backend>(
-    db: &CollegeDb<B>,
-    after: Option<M::Key>,
-    limit: usize,
-) -> Result<Page<M>> {
-    let limit = limit.clamp(1, 1000);
-    // One more than the page, so a shard holding every remaining row still shows there are more.
-    let limit_value = Value::Integer(limit as i64 + 1);
-    let (sql, params) = match after {
-        Some(key) => (
-            &M::sql().scan_after,
-            vec![key.into_key()?.into_value(), limit_value],
-        ),
-        None => (&M::sql().scan_first, vec![limit_value]),
-    };
-    let mut merged: Vec<(Key, M)> = Vec::new();
-    for rows in db.on_every_shard(|shard| shard.query(sql, &params)).await {
-        for row in rows? {
-            let row = M::from_values(row.into_values())?;
-            merged.push((row.key().clone().into_key()?, row));
-        }
-    }
-    merged.sort_by(|a, b| a.0.cmp(&b.0));
-    let more = merged.len() > limit;
-    merged.truncate(limit);
-    let next = if more {
-        merged.last().map(|(_, row)| row.key().clone())
-    } else {
-        None
-    };
-    Ok(Page {
-        rows: merged.into_iter().map(|(_, row)| row).collect(),
-        next,
-    })
 }

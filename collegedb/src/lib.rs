@@ -36,13 +36,16 @@
 //! | [`directory`] | the key-to-shard store trait and its in-memory cache |
 //! | [`router`] | which shard serves a key: the routing rules |
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
-//! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]` |
+//! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
+//! | [`bulk`] | writes of many rows (`insert_many`) |
+//! | [`scan`] | cross-shard scans in key order |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
 //! | [`error`] | the error type and its stable codes |
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bulk;
 pub mod config;
 pub mod crud;
 pub mod directory;
@@ -52,6 +55,7 @@ pub mod model;
 pub mod placement;
 pub mod raw;
 pub mod router;
+pub mod scan;
 pub mod value;
 
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
@@ -63,6 +67,7 @@ pub use key::{Key, MAX_KEY_BYTES};
 pub use model::{Model, MAX_BOUND_PARAMETERS};
 pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
+pub use scan::Page;
 pub use value::{ColumnValue, Value};
 
 /// Derives a sharded model. See the crate README for every attribute.
@@ -82,12 +87,12 @@ pub type EmbeddedDb = CollegeDb<Embedded>;
 pub mod __private {
     pub use crate::backend::Backend;
     pub use crate::config::{Strategy, StrategyOverride};
-    pub use crate::crud;
     pub use crate::error::{Error, Result};
     pub use crate::key::{KeyArg, ShardKey};
     pub use crate::model::{ColumnDef, Model, ModelSql};
     pub use crate::router::CollegeDb;
     pub use crate::value::{json, ColumnType, ColumnValue, Value};
+    pub use crate::{bulk, crud, scan};
     pub use std::sync::OnceLock;
     pub use std::vec::Vec;
 

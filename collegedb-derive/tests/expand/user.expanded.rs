@@ -79,7 +79,7 @@ const _: () = {
             db: &__cdb::CollegeDb<B>,
             rows: &[Self],
         ) -> __cdb::Result<usize> {
-            __cdb::crud::insert_many::<Self, B>(db, rows).await
+            __cdb::bulk::insert_many::<Self, B>(db, rows).await
         }
         ///Finds the `users` row with this key, or `None`.
         pub async fn find<B: __cdb::Backend>(
@@ -125,8 +125,8 @@ const _: () = {
             db: &__cdb::CollegeDb<B>,
             after: ::core::option::Option<String>,
             limit: usize,
-        ) -> __cdb::Result<__cdb::crud::Page<Self>> {
-            __cdb::crud::scan::<Self, B>(db, after, limit).await
+        ) -> __cdb::Result<__cdb::scan::Page<Self>> {
+            __cdb::scan::scan::<Self, B>(db, after, limit).await
         }
         ///The name of the shard that holds this `users` key's row, if any.
         pub async fn locate<B: __cdb::Backend>(

@@ -205,7 +205,7 @@ where
                         _ => {}
                     }
                 }
-                crud::scan::<M, Cloudflare>(db, after, limit)
+                collegedb::scan::scan::<M, Cloudflare>(db, after, limit)
                     .await
                     .map(|page| {
                         Response::from_json(
@@ -214,7 +214,7 @@ where
                     })
             }
             (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
-                Ok(rows) => crud::insert_many::<M, Cloudflare>(db, &rows)
+                Ok(rows) => collegedb::bulk::insert_many::<M, Cloudflare>(db, &rows)
                     .await
                     .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
                 Err(e) => return bad_request("BAD_BODY", e),
