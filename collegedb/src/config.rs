@@ -375,7 +375,7 @@ impl Config {
         if self.shards.len() > u16::MAX as usize {
             return Err(Error::config("more than 65535 shards"));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashMap::new();
         for shard in &self.shards {
             let name = &shard.name;
             let valid = !name.is_empty()
@@ -388,14 +388,43 @@ impl Config {
                     "shard name {name:?} is invalid: use 1 to 64 letters, digits, `_` or `-`"
                 )));
             }
-            if !seen.insert(name.as_str()) {
-                return Err(Error::config(format!("shard name `{name}` appears twice")));
+            // Names become file names natively, and differ only by case on case-insensitive file
+            // systems: `a` and `A` would be one file.
+            if let Some(other) = seen.insert(name.to_ascii_lowercase(), name.as_str()) {
+                return Err(if other == name {
+                    Error::config(format!("shard name `{name}` appears twice"))
+                } else {
+                    Error::config(format!(
+                        "shard names `{other}` and `{name}` differ only in case; they would share one file on case-insensitive file systems: rename one"
+                    ))
+                });
             }
             if shard.priority == 0 {
                 return Err(Error::config(format!(
                     "shard `{name}` has priority 0: priorities are weights and must be at least 1"
                 )));
             }
+        }
+        self.check_location(self.strategy.write)
+    }
+
+    /// Checks that `location` placement can work with this configuration, when `write` is
+    /// `location`: some shard needs a region, and a target region must be set (handles built with
+    /// [`CollegeDb::near`](crate::CollegeDb::near) override it per request). The database checks
+    /// each model's own write strategy the same way on its first write.
+    pub fn check_location(&self, write: Strategy) -> Result<()> {
+        if write != Strategy::Location {
+            return Ok(());
+        }
+        if self.shards.iter().all(|s| s.region.is_none()) {
+            return Err(Error::config(
+                "the `location` write strategy needs shards with a `region`, and no shard has one: set `region` on the shards",
+            ));
+        }
+        if self.target_region.is_none() {
+            return Err(Error::config(
+                "the `location` write strategy needs a `target_region` (the default; `CollegeDb::near` overrides it per request)",
+            ));
         }
         Ok(())
     }

@@ -50,6 +50,11 @@ impl Lookup {
             return Ok(false);
         }
         self.directory_checked = true;
+        // Hash-first: the first guess was the hash shard. Without its off-hash marker the miss
+        // is final, and the directory is not asked (see `crate::marker`).
+        if !db.may_be_elsewhere(table, self.shard).await? {
+            return Ok(false);
+        }
         match db.directory_lookup(table, key).await? {
             Some(shard) if shard != self.shard => {
                 self.shard = shard;
@@ -127,10 +132,12 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
         .transpose()
 }
 
-/// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`).
+/// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`), and the shard's
+/// marker table (see [`crate::marker`]).
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
     for shard in db.shards() {
         shard.execute(&M::sql().create_table, &[]).await?;
+        crate::marker::create(shard).await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! The cache holds only positive entries (a key's shard, which does not change unless the key is
 //! moved). Misses are never cached, so a key another process places later is still found.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -81,6 +81,8 @@ pub trait Directory: MaybeSync + 'static {
 pub struct DirectoryCache {
     capacity: Option<NonZeroUsize>,
     tables: Mutex<HashMap<String, LruCache<Key, u16>>>,
+    /// `(table, shard)` pairs whose off-hash marker is known to be set (see [`crate::marker`]).
+    marked: Mutex<HashMap<String, HashSet<u16>>>,
 }
 
 impl DirectoryCache {
@@ -89,7 +91,25 @@ impl DirectoryCache {
         DirectoryCache {
             capacity: NonZeroUsize::new(capacity),
             tables: Mutex::new(HashMap::new()),
+            marked: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `shard` is known to carry the off-hash marker of `table`.
+    pub fn is_marked(&self, table: &str, shard: usize) -> bool {
+        let marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        marked
+            .get(table)
+            .is_some_and(|shards| shards.contains(&(shard as u16)))
+    }
+
+    /// Records that `shard` carries the off-hash marker of `table`.
+    pub fn set_marked(&self, table: &str, shard: usize) {
+        let mut marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());
+        marked
+            .entry(table.to_owned())
+            .or_default()
+            .insert(shard as u16);
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, HashMap<String, LruCache<Key, u16>>> {
@@ -129,6 +149,10 @@ impl DirectoryCache {
     /// Forgets everything.
     pub fn clear(&self) {
         self.tables().clear();
+        self.marked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The number of cached entries over all tables.

@@ -58,6 +58,13 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A value that cannot be stored without changing it (NaN, which SQLite and D1 store as NULL).
+    #[error("value cannot be stored unchanged: {reason}")]
+    ValueUnsupported {
+        /// Why the value was refused.
+        reason: &'static str,
+    },
+
     /// A statement with more bound parameters than D1 accepts.
     #[error(
         "statement binds {count} parameters; D1 accepts at most {max} per statement: split the statement or use the chunking `insert_many`"
@@ -78,6 +85,16 @@ pub enum Error {
         message: String,
     },
 
+    /// The shard stayed locked by another writer for longer than the busy timeout (embedded), or
+    /// the database reported itself overloaded. Nothing was written; retry later.
+    #[error("shard `{shard}` is busy: {message}; nothing was written, retry later")]
+    Busy {
+        /// The shard (or `_directory`) that was busy.
+        shard: String,
+        /// The database's own message.
+        message: String,
+    },
+
     /// An insert of a key that already exists.
     #[error("a row with this key already exists in `{table}` on shard `{shard}`; use `update` or `upsert`")]
     DuplicateKey {
@@ -85,6 +102,29 @@ pub enum Error {
         table: String,
         /// Where the existing row lives.
         shard: String,
+    },
+
+    /// The same key appears twice among the rows of one `insert_many` call. Nothing was written.
+    #[error(
+        "rows {first} and {second} of the batch for `{table}` have the same key; nothing was written: remove one and retry"
+    )]
+    DuplicateInBatch {
+        /// The model's table.
+        table: String,
+        /// The index of the key's first row in the input.
+        first: usize,
+        /// The index of the repeated row.
+        second: usize,
+    },
+
+    /// One row of a many-row call was refused before anything was written; `source` says why
+    /// and [`Error::code`] is the code of `source`.
+    #[error("row {index} of the batch: {source}; nothing was written")]
+    BatchRow {
+        /// The row's index in the input.
+        index: usize,
+        /// Why the row was refused.
+        source: Box<Error>,
     },
 
     /// An update of a key that has no row.
@@ -110,6 +150,11 @@ pub enum Error {
     /// The key-to-shard directory failed.
     #[error("directory error: {0}")]
     Directory(String),
+
+    /// The directory names a shard that the configuration does not contain. Retrying cannot
+    /// help: restore the shard to the configuration.
+    #[error("directory is inconsistent with the configuration: {0}")]
+    DirectoryInconsistent(String),
 
     /// The round-robin coordinator failed and the configuration allows no fallback.
     #[error("coordinator unavailable: {0}")]
@@ -139,13 +184,17 @@ impl Error {
             Error::KeyTooLarge { .. } => "KEY_TOO_LARGE",
             Error::KeyInvalid { .. } => "KEY_INVALID",
             Error::IntegerOutOfRange { .. } => "INTEGER_OUT_OF_RANGE",
+            Error::ValueUnsupported { .. } => "VALUE_UNSUPPORTED",
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
             Error::QueryFailed { .. } => "QUERY_FAILED",
-            Error::DuplicateKey { .. } => "DUPLICATE_KEY",
+            Error::Busy { .. } => "SHARD_BUSY",
+            Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
+            Error::BatchRow { source, .. } => source.code(),
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
             Error::Decode { .. } => "DECODE_FAILED",
             Error::Directory(_) => "DIRECTORY_FAILED",
+            Error::DirectoryInconsistent(_) => "DIRECTORY_INCONSISTENT",
             Error::CoordinatorUnavailable(_) => "COORDINATOR_UNAVAILABLE",
             Error::FlushDisabled => "FLUSH_DISABLED",
             Error::Io(_) => "IO_ERROR",
@@ -163,22 +212,37 @@ impl Error {
             Error::KeyTooLarge { .. }
             | Error::KeyInvalid { .. }
             | Error::IntegerOutOfRange { .. }
+            | Error::ValueUnsupported { .. }
             | Error::TooManyParameters { .. }
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
-            Error::DuplicateKey { .. } => 409,
-            Error::Directory(_) | Error::CoordinatorUnavailable(_) => 503,
-            Error::QueryFailed { .. } | Error::ConfigInvalid(_) | Error::Io(_) => 500,
+            Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
+            Error::BatchRow { source, .. } => source.http_status(),
+            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Busy { .. } => 503,
+            Error::QueryFailed { .. }
+            | Error::ConfigInvalid(_)
+            | Error::DirectoryInconsistent(_)
+            | Error::Io(_) => 500,
         }
     }
 
-    /// Whether the caller may succeed by retrying the same call unchanged.
+    /// Whether the caller may succeed by retrying the same call unchanged: `true` only for
+    /// transient conditions (a busy shard, an unreachable directory or coordinator). Errors that
+    /// need a change first (bad input, configuration, a missing shard) answer `false`.
+    ///
+    /// ```
+    /// use collegedb::Error;
+    /// let busy = Error::Busy { shard: "a".into(), message: "database is locked".into() };
+    /// assert!(busy.is_retryable());
+    /// assert!(!Error::DirectoryInconsistent("shard `z` is gone".into()).is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Io(_)
-        )
+        match self {
+            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Busy { .. } => true,
+            Error::BatchRow { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 
     pub(crate) fn config(message: impl fmt::Display) -> Self {

@@ -34,6 +34,7 @@
 //! | [`config`] | shards, regions, priorities, default strategies |
 //! | [`placement`] | where a new key goes under each strategy (pure, no I/O) |
 //! | [`directory`] | the key-to-shard store trait and its in-memory cache |
+//! | [`marker`] | off-hash markers: when a hash-first miss is final without a directory read |
 //! | [`router`] | which shard serves a key: the routing rules |
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
@@ -51,6 +52,7 @@ pub mod crud;
 pub mod directory;
 pub mod error;
 pub mod key;
+pub mod marker;
 pub mod model;
 pub mod placement;
 pub mod raw;

@@ -166,6 +166,7 @@ async fn user_tables<S: ShardConn>(shard: &S) -> Result<Vec<String>> {
         .query(
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+             AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' \
              ORDER BY name",
             &[],
         )
@@ -214,23 +215,31 @@ impl<'a, B: Backend> TableScope<'a, B> {
         self
     }
 
-    /// Runs a write for `key` on its owner shard, placing the key with the write strategy if it
-    /// has no owner yet; returns the rows changed.
+    /// Runs a write for `key` on its owner shard; returns the rows changed.
+    ///
+    /// Only a statement that can create the key's first row (`INSERT` or `REPLACE`, also after a
+    /// `WITH` clause) places a key that has no owner yet, with the write strategy. Any other
+    /// statement (`UPDATE`, `DELETE`, ...) goes to the owner found in the read strategy's lookup
+    /// order and never creates a directory entry: an `UPDATE` or `DELETE` of a made-up key
+    /// changes nothing and writes nothing to the directory.
     ///
     /// With hash reads and writes this performs no directory operation for keys on their hash
-    /// shard. Otherwise the key's directory entry decides, and a key with no entry is treated as
-    /// new and placed.
+    /// shard.
     pub async fn run<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<u64> {
         check_params(params)?;
         let key = key.into_any_key()?;
         let Strategies { read, write } = self.strategies;
-        if hash_first(read) && write == Strategy::Hash {
+        if !creates_rows(sql) {
             let changed = execute_owner(self.db, self.table, &key, read, sql, params).await?;
             return Ok(changed.map_or(0, |(_, n)| n));
         }
-        let shard = match self.db.directory_lookup(self.table, &key).await? {
-            Some(shard) => shard,
-            None => self.db.place(self.table, &key, write).await?,
+        let shard = if hash_first(read) && write == Strategy::Hash {
+            self.db.hash_shard(&key)
+        } else {
+            match self.db.directory_lookup(self.table, &key).await? {
+                Some(shard) => shard,
+                None => self.db.place(self.table, &key, write).await?,
+            }
         };
         self.db.shard(shard).execute(sql, params).await
     }
@@ -259,5 +268,128 @@ impl<'a, B: Backend> TableScope<'a, B> {
         let key = key.into_any_key()?;
         let shard = self.db.owner(self.table, &key).await?;
         Ok(&self.db.config().shards[shard].name)
+    }
+}
+
+/// Whether a statement can create rows: its first keyword, after comments and any `WITH` clause,
+/// is `INSERT` or `REPLACE`. Only such statements may place a new key.
+fn creates_rows(sql: &str) -> bool {
+    let words = keywords(sql);
+    let mut depth = 0usize;
+    let mut in_with = false;
+    for word in words {
+        match word {
+            Token::Open => depth += 1,
+            Token::Close => depth = depth.saturating_sub(1),
+            Token::Word(word) if depth == 0 => {
+                if word.eq_ignore_ascii_case("WITH") && !in_with {
+                    in_with = true;
+                    continue;
+                }
+                if word.eq_ignore_ascii_case("INSERT") || word.eq_ignore_ascii_case("REPLACE") {
+                    return true;
+                }
+                // Inside a WITH clause, skip CTE names, `AS`, `RECURSIVE`, `MATERIALIZED`...
+                // until the statement's own verb.
+                let verb = ["SELECT", "UPDATE", "DELETE", "VALUES"]
+                    .iter()
+                    .any(|v| word.eq_ignore_ascii_case(v));
+                if !in_with || verb {
+                    return false;
+                }
+            }
+            Token::Word(_) => {}
+        }
+    }
+    false
+}
+
+enum Token<'a> {
+    Word(&'a str),
+    Open,
+    Close,
+}
+
+/// The words and parentheses of `sql`, skipping comments, string literals and quoted names.
+fn keywords(sql: &str) -> impl Iterator<Item = Token<'_>> {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            match c {
+                b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                    while i < bytes.len() && bytes[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                    i += 2;
+                    while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/'))
+                    {
+                        i += 1;
+                    }
+                    i += 2;
+                }
+                b'\'' | b'"' | b'`' | b'[' => {
+                    let close = if c == b'[' { b']' } else { c };
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != close {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                b'(' => {
+                    i += 1;
+                    return Some(Token::Open);
+                }
+                b')' => {
+                    i += 1;
+                    return Some(Token::Close);
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' => {
+                    let start = i;
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_')
+                    {
+                        i += 1;
+                    }
+                    return Some(Token::Word(&sql[start..i]));
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::creates_rows;
+
+    #[test]
+    fn only_inserting_statements_create_rows() {
+        for sql in [
+            "INSERT INTO t (id) VALUES (?)",
+            "  insert or ignore into t values (?)",
+            "REPLACE INTO t VALUES (?)",
+            "-- note\nINSERT INTO t VALUES (?)",
+            "/* a */ INSERT INTO t VALUES (?)",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "WITH RECURSIVE x(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM x) INSERT INTO t SELECT n FROM x",
+        ] {
+            assert!(creates_rows(sql), "{sql}");
+        }
+        for sql in [
+            "UPDATE t SET a = 'INSERT' WHERE id = ?",
+            "DELETE FROM t WHERE id = ?",
+            "SELECT * FROM t",
+            "-- INSERT\nDELETE FROM t",
+            "/* INSERT */ UPDATE t SET a = 1",
+            "WITH x AS (SELECT 'INSERT') DELETE FROM t WHERE id IN (SELECT * FROM x)",
+            "UPDATE \"insert\" SET a = 1",
+            "",
+        ] {
+            assert!(!creates_rows(sql), "{sql}");
+        }
     }
 }

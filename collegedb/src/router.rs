@@ -98,10 +98,29 @@ impl CollegeDb<crate::backend::embedded::Embedded> {
     /// # Ok::<(), collegedb::Error>(())
     /// ```
     pub fn open_embedded(config: Config, folder: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::open_embedded_with(config, folder, Default::default())
+    }
+
+    /// Like [`CollegeDb::open_embedded`], with options for the files (busy timeout, connections).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use collegedb::backend::embedded::EmbeddedOptions;
+    /// use collegedb::{CollegeDb, Config};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let options = EmbeddedOptions::default().busy_timeout(Duration::from_secs(1));
+    /// let db = CollegeDb::open_embedded_with(Config::with_shard_names(["a"]), dir.path(), options)?;
+    /// # Ok::<(), collegedb::Error>(())
+    /// ```
+    pub fn open_embedded_with(
+        config: Config,
+        folder: impl AsRef<std::path::Path>,
+        options: crate::backend::embedded::EmbeddedOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
         let (shards, directory, coordinator) =
-            crate::backend::embedded::open(folder.as_ref(), &names)?;
+            crate::backend::embedded::open(folder.as_ref(), &names, &options)?;
         Self::from_parts(config, shards, directory, coordinator)
     }
 }
@@ -276,8 +295,9 @@ impl<B: Backend> CollegeDb<B> {
                 return Ok(shard);
             }
         }
+        let hash_shard = self.hash_shard(key);
         let candidate = match strategy {
-            Strategy::Hash => return Ok(self.hash_shard(key)),
+            Strategy::Hash => return Ok(hash_shard),
             Strategy::Random => inner.placer.random(),
             Strategy::Location => inner.placer.location(self.region)?,
             Strategy::RoundRobin => {
@@ -294,6 +314,10 @@ impl<B: Backend> CollegeDb<B> {
                 inner.placer.round_robin(ticket)
             }
         };
+        if candidate != hash_shard {
+            // Marker first, then entry, then row: see `crate::marker`.
+            self.mark_off_hash(table, hash_shard).await?;
+        }
         inner.directory_writes.fetch_add(1, Ordering::Relaxed);
         let winner = inner
             .directory
@@ -302,6 +326,30 @@ impl<B: Backend> CollegeDb<B> {
         let shard = self.directory_shard(&winner)?;
         inner.cache.insert(table, key, shard);
         Ok(shard)
+    }
+
+    /// Sets the off-hash marker of `table` on `hash_shard`, unless this isolate has seen it set.
+    /// Must precede every directory write that names a shard other than the key's hash shard.
+    pub(crate) async fn mark_off_hash(&self, table: &str, hash_shard: usize) -> Result<()> {
+        if self.inner.cache.is_marked(table, hash_shard) {
+            return Ok(());
+        }
+        crate::marker::set(self.shard(hash_shard), table).await?;
+        self.inner.cache.set_marked(table, hash_shard);
+        Ok(())
+    }
+
+    /// After a miss on `hash_shard`: whether a directory entry may still place the key elsewhere
+    /// (the off-hash marker is set). `false` means the miss is final.
+    pub(crate) async fn may_be_elsewhere(&self, table: &str, hash_shard: usize) -> Result<bool> {
+        if self.inner.cache.is_marked(table, hash_shard) {
+            return Ok(true);
+        }
+        let marked = crate::marker::get(self.shard(hash_shard), table).await?;
+        if marked {
+            self.inner.cache.set_marked(table, hash_shard);
+        }
+        Ok(marked)
     }
 
     /// How many directory store calls this handle (and its clones) made.
@@ -382,7 +430,7 @@ impl<B: Backend> CollegeDb<B> {
 
     fn directory_shard(&self, name: &str) -> Result<usize> {
         self.shard_by_name(name).map_err(|_| {
-            Error::Directory(format!(
+            Error::DirectoryInconsistent(format!(
                 "the directory names shard `{name}`, which is not configured; restore it to the shard list"
             ))
         })

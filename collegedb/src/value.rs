@@ -27,9 +27,13 @@ pub enum Value {
 }
 
 impl Value {
-    /// Checks that this value can be bound on every backend (integers within ±(2^53 - 1)).
+    /// Checks that this value can be bound on every backend: integers within ±(2^53 - 1), and no
+    /// NaN (SQLite stores NaN as NULL, which would silently change the value).
     pub fn check_bindable(&self) -> Result<()> {
         match self {
+            Value::Real(f) if f.is_nan() => Err(Error::ValueUnsupported {
+                reason: "NaN cannot be stored: SQLite and D1 turn it into NULL",
+            }),
             Value::Integer(i) if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => {
                 Err(Error::integer_out_of_range(
                     i,
@@ -164,7 +168,9 @@ impl ColumnValue for i64 {
 impl ColumnValue for f64 {
     const COLUMN_TYPE: ColumnType = ColumnType::Real;
     fn to_value(&self) -> Result<Value> {
-        Ok(Value::Real(*self))
+        let value = Value::Real(*self);
+        value.check_bindable()?;
+        Ok(value)
     }
     fn from_value(value: Value) -> Result<Self> {
         match value {
@@ -179,7 +185,7 @@ impl ColumnValue for f64 {
 impl ColumnValue for f32 {
     const COLUMN_TYPE: ColumnType = ColumnType::Real;
     fn to_value(&self) -> Result<Value> {
-        Ok(Value::Real(*self as f64))
+        (*self as f64).to_value()
     }
     fn from_value(value: Value) -> Result<Self> {
         f64::from_value(value).map(|f| f as f32)

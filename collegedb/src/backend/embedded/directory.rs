@@ -1,0 +1,239 @@
+//! The embedded directory and round-robin coordinator, sharing one SQLite file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::pool::{EmbeddedOptions, Pool};
+use crate::backend::Coordinator;
+use crate::directory::{Directory, DirectoryPage};
+use crate::error::{Error, Result};
+use crate::key::Key;
+
+/// Round-robin tickets reserved from the counter table at a time.
+const TICKET_BLOCK: u64 = 64;
+
+/// Opens the directory file, creating its tables.
+pub(super) fn open(
+    path: &Path,
+    options: &EmbeddedOptions,
+) -> Result<(SqliteDirectory, LocalCoordinator)> {
+    let pool = Pool::open(path, "_directory".into(), options)?;
+    pool.run_blocking_sync(|conn| {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS directory (
+                 scope TEXT NOT NULL,
+                 key   BLOB NOT NULL,
+                 shard TEXT NOT NULL,
+                 PRIMARY KEY (scope, key)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS counters (
+                 name  TEXT PRIMARY KEY NOT NULL,
+                 value INTEGER NOT NULL
+             ) WITHOUT ROWID;",
+        )
+    })
+    .map_err(|e| Error::Io(format!("cannot create directory tables: {e}")))?;
+    let directory = SqliteDirectory { pool: pool.clone() };
+    let coordinator = LocalCoordinator {
+        pool,
+        blocks: Mutex::new(HashMap::new()),
+    };
+    Ok((directory, coordinator))
+}
+
+/// Directory failures keep their kind: a lock timeout is [`Error::Busy`], anything else is
+/// [`Error::Directory`].
+fn directory_error(error: Error) -> Error {
+    match error {
+        Error::QueryFailed { message, .. } => Error::Directory(message),
+        other => other,
+    }
+}
+
+/// The embedded directory: a `WITHOUT ROWID` table keyed by `(table, key)`. Claims are a single
+/// `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`, atomic under SQLite's write lock.
+#[derive(Debug)]
+pub struct SqliteDirectory {
+    pool: Arc<Pool>,
+}
+
+impl SqliteDirectory {
+    /// Runs one statement through the pool (inline when quick), owning its inputs only when it
+    /// must hand off.
+    async fn run<T, A>(
+        &self,
+        args: A,
+        work: fn(&Connection, &A) -> rusqlite::Result<T>,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        A: Clone + Send + 'static,
+    {
+        self.pool
+            .run(
+                |conn| work(conn, &args),
+                || {
+                    let args = args.clone();
+                    move |conn: &Connection| work(conn, &args)
+                },
+            )
+            .await
+            .map_err(directory_error)
+    }
+}
+
+impl Directory for SqliteDirectory {
+    async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
+        let args = (table.to_owned(), key.directory_bytes());
+        self.run(args, |conn, (table, key)| {
+            conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
+                .query_row((table, key), |row| row.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
+        let args = (table.to_owned(), key.directory_bytes(), shard.to_owned());
+        self.run(args, |conn, (table, key, shard)| {
+            conn.prepare_cached(
+                "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope, key) DO UPDATE SET shard = directory.shard
+                 RETURNING shard",
+            )?
+            .query_row((table, key, shard), |row| row.get(0))
+        })
+        .await
+    }
+
+    async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
+        let args = (table.to_owned(), key.directory_bytes(), shard.to_owned());
+        self.run(args, |conn, (table, key, shard)| {
+            conn.prepare_cached(
+                "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (scope, key) DO UPDATE SET shard = excluded.shard",
+            )?
+            .execute((table, key, shard))
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn remove(&self, table: &str, key: &Key) -> Result<()> {
+        let args = (table.to_owned(), key.directory_bytes());
+        self.run(args, |conn, (table, key)| {
+            conn.prepare_cached("DELETE FROM directory WHERE scope = ?1 AND key = ?2")?
+                .execute((table, key))
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
+        let after = match cursor {
+            Some(cursor) => hex::decode(cursor)
+                .map_err(|_| Error::Directory(format!("malformed cursor {cursor:?}")))?,
+            None => Vec::new(),
+        };
+        let args = (table.to_owned(), after, limit as i64 + 1);
+        let rows = self
+            .run(args, |conn, (table, after, limit)| {
+                conn.prepare_cached(
+                    "SELECT key, shard FROM directory WHERE scope = ?1 AND key > ?2
+                     ORDER BY key LIMIT ?3",
+                )?
+                .query_map((table, after, limit), |row| {
+                    Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        let mut entries = rows
+            .into_iter()
+            .map(|(key, shard)| Ok((Key::from_directory_bytes(&key)?, shard)))
+            .collect::<Result<Vec<_>>>()?;
+        let cursor = if entries.len() > limit {
+            entries.truncate(limit);
+            entries
+                .last()
+                .map(|(key, _)| hex::encode(key.directory_bytes()))
+        } else {
+            None
+        };
+        Ok(DirectoryPage { entries, cursor })
+    }
+
+    async fn count(&self) -> Result<u64> {
+        self.run((), |conn, ()| {
+            conn.query_row("SELECT COUNT(*) FROM directory", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        self.run((), |conn, ()| {
+            conn.execute_batch("DELETE FROM directory; DELETE FROM counters;")
+        })
+        .await
+    }
+}
+
+/// The in-process round-robin coordinator. Counters persist in the directory file; each process
+/// reserves tickets in blocks of 64, so concurrent processes interleave whole blocks and placement
+/// stays even (within one block per process) without a write per insert.
+#[derive(Debug)]
+pub struct LocalCoordinator {
+    pool: Arc<Pool>,
+    /// Per table: the next ticket to hand out and the end of the reserved block.
+    blocks: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl LocalCoordinator {
+    fn take(&self, table: &str) -> Option<u64> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, end) = blocks.get_mut(table)?;
+        (*next < *end).then(|| {
+            *next += 1;
+            *next - 1
+        })
+    }
+}
+
+impl Coordinator for LocalCoordinator {
+    async fn next_ticket(&self, table: &str) -> Result<u64> {
+        if let Some(ticket) = self.take(table) {
+            return Ok(ticket);
+        }
+        let reserve = |conn: &Connection, table: &str| {
+            conn.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value
+                 RETURNING value",
+            )?
+            .query_row((table, TICKET_BLOCK as i64), |row| row.get::<_, i64>(0))
+        };
+        let end = self
+            .pool
+            .run(
+                |conn| reserve(conn, table),
+                || {
+                    let table = table.to_owned();
+                    move |conn: &Connection| reserve(conn, &table)
+                },
+            )
+            .await
+            .map_err(|e| Error::CoordinatorUnavailable(e.to_string()))? as u64;
+        let start = end - TICKET_BLOCK;
+        // Another task may have reserved a block meanwhile; the newer block replaces it, and the
+        // older block's unused tickets are skipped (a gap, never a repeat).
+        let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        blocks.insert(table.to_owned(), (start + 1, end));
+        Ok(start)
+    }
+}

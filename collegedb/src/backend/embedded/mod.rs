@@ -1,0 +1,102 @@
+//! The native embedded backend: one SQLite file per shard, and the directory and round-robin
+//! counters in one more SQLite file, all in one folder.
+//!
+//! ```text
+//! <folder>/<shard>.sqlite    one per configured shard (D1's SQL dialect: it is SQLite)
+//! <folder>/_directory.db     key-to-shard entries and round-robin counters
+//! ```
+//!
+//! Every file runs in WAL mode. Each file keeps a small pool of connections, each with its own
+//! prepared-statement cache, so shards (and readers of one shard) work in parallel across
+//! threads. Quick statements run inline on the caller's thread; anything that would wait (for a
+//! lock, for a connection) or run long goes to a blocking thread pool, so async runtimes keep
+//! their threads: see [`pool`] for the exact rule.
+
+mod directory;
+pub mod pool;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use directory::{LocalCoordinator, SqliteDirectory};
+pub use pool::EmbeddedOptions;
+
+use super::{Backend, Row, ShardConn, Statement};
+use crate::error::{Error, Result};
+use crate::value::Value;
+use pool::Pool;
+
+/// The embedded backend bundle. Open a database with
+/// [`CollegeDb::open_embedded`](crate::CollegeDb::open_embedded).
+#[derive(Debug)]
+pub enum Embedded {}
+
+impl Backend for Embedded {
+    type Shard = SqliteShard;
+    type Directory = SqliteDirectory;
+    type Coordinator = LocalCoordinator;
+}
+
+/// One shard: a SQLite file.
+#[derive(Debug)]
+pub struct SqliteShard {
+    pool: Arc<Pool>,
+    path: PathBuf,
+}
+
+impl SqliteShard {
+    /// Opens (creating if needed) the shard file at `path`; `name` labels errors.
+    pub fn open(path: impl Into<PathBuf>, name: &str, options: &EmbeddedOptions) -> Result<Self> {
+        let path = path.into();
+        Ok(SqliteShard {
+            pool: Pool::open(&path, name.to_owned(), options)?,
+            path,
+        })
+    }
+
+    /// The shard's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl ShardConn for SqliteShard {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.pool.execute(sql, params).await
+    }
+
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.pool.query(sql, params).await
+    }
+
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
+        self.pool.batch(statements).await
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        let size = |conn: &rusqlite::Connection| {
+            conn.query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        };
+        self.pool.run(size, || size).await.map(|n| n as u64)
+    }
+}
+
+/// Opens every file of an embedded database in `folder`, creating what is missing.
+pub(crate) fn open(
+    folder: &Path,
+    shard_names: &[String],
+    options: &EmbeddedOptions,
+) -> Result<(Vec<SqliteShard>, SqliteDirectory, LocalCoordinator)> {
+    std::fs::create_dir_all(folder)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", folder.display())))?;
+    let shards = shard_names
+        .iter()
+        .map(|name| SqliteShard::open(folder.join(format!("{name}.sqlite")), name, options))
+        .collect::<Result<Vec<_>>>()?;
+    let (directory, coordinator) = directory::open(&folder.join("_directory.db"), options)?;
+    Ok((shards, directory, coordinator))
+}
