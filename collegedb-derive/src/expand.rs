@@ -89,7 +89,10 @@ pub fn model(model: &Model) -> TokenStream {
     let doc_find = format!("Finds the `{table}` row with this key, or `None`.");
     let doc_insert = format!("Inserts a new `{table}` row, placed by the model's write strategy.");
     let doc_insert_many = format!(
-        "Inserts many `{table}` rows, grouped per shard, within D1's 100 bound parameters per statement, one transaction per shard."
+        "Inserts many new `{table}` rows: every row is validated first, then each shard's rows are written in one transaction. See `collegedb::bulk` for what is atomic."
+    );
+    let doc_insert_many_idempotent = format!(
+        "Inserts the `{table}` rows not present yet, skipping rows already present with equal content; safe to run again with the same input to finish an interrupted import."
     );
     let doc_update = format!("Updates every column of an existing `{table}` row.");
     let doc_upsert = format!("Inserts the `{table}` row, or updates it where it lives.");
@@ -160,6 +163,14 @@ pub fn model(model: &Model) -> TokenStream {
                     rows: &[Self],
                 ) -> __cdb::Result<usize> {
                     __cdb::bulk::insert_many::<Self, B>(db, rows).await
+                }
+
+                #[doc = #doc_insert_many_idempotent]
+                pub async fn insert_many_idempotent<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    rows: &[Self],
+                ) -> __cdb::Result<__cdb::bulk::InsertReport> {
+                    __cdb::bulk::insert_many_idempotent::<Self, B>(db, rows).await
                 }
 
                 #[doc = #doc_find]

@@ -49,6 +49,23 @@ pub trait Directory: MaybeSync + 'static {
         shard: &str,
     ) -> impl Future<Output = Result<String>> + MaybeSend;
 
+    /// Claims many keys of one table, as [`Directory::claim`] does each; returns the entry that
+    /// holds afterwards for each, in order. Stores that can group the claims override this; the
+    /// default claims one key after another.
+    fn claim_many(
+        &self,
+        table: &str,
+        claims: &[(Key, String)],
+    ) -> impl Future<Output = Result<Vec<String>>> + MaybeSend {
+        async move {
+            let mut winners = Vec::with_capacity(claims.len());
+            for (key, shard) in claims {
+                winners.push(self.claim(table, key, shard).await?);
+            }
+            Ok(winners)
+        }
+    }
+
     /// Records `shard` for `key`, replacing any entry (used when a key moves).
     fn assign(
         &self,

@@ -90,6 +90,21 @@ impl Key {
         }
     }
 
+    /// The key read back from a key column: an INTEGER or a TEXT value.
+    pub fn from_value(value: Value) -> Result<Self> {
+        match value {
+            Value::Integer(i) => Key::int(i),
+            Value::Text(s) => Key::text(s),
+            other => Err(Error::decode(
+                "key",
+                format!(
+                    "a shard key is INTEGER or TEXT, found {}",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+
     /// The key as a value to bind in a statement.
     pub fn to_value(&self) -> Value {
         match self {

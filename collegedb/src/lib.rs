@@ -63,6 +63,7 @@ pub mod value;
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub use backend::embedded::Embedded;
 pub use backend::{Backend, Row, Statement};
+pub use bulk::InsertReport;
 pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, Strategy};
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
 pub use key::{Key, MAX_KEY_BYTES};

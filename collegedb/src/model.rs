@@ -195,6 +195,34 @@ pub(crate) fn insert_rows<M: Model>(rows: usize) -> String {
     insert.build(SqliteQueryBuilder).0
 }
 
+/// Like [`insert_rows`], skipping rows whose key exists: `... ON CONFLICT (key) DO NOTHING`.
+pub(crate) fn insert_rows_or_ignore<M: Model>(rows: usize) -> String {
+    let mut insert = Query::insert();
+    insert
+        .into_table(M::TABLE)
+        .columns(M::COLUMNS.iter().map(|c| c.name))
+        .on_conflict(
+            OnConflict::column(M::COLUMNS[M::KEY_INDEX].name)
+                .do_nothing()
+                .to_owned(),
+        );
+    for _ in 0..rows {
+        insert.values_panic(M::COLUMNS.iter().map(|_| placeholder().into()));
+    }
+    insert.build(SqliteQueryBuilder).0
+}
+
+/// `SELECT <columns> FROM t WHERE key IN (?, ...)` for `keys` keys.
+pub(crate) fn select_by_keys<M: Model>(keys: usize) -> String {
+    Query::select()
+        .columns(M::COLUMNS.iter().map(|c| c.name))
+        .from(M::TABLE)
+        .and_where(Expr::col(M::COLUMNS[M::KEY_INDEX].name).is_in((0..keys).map(|_| placeholder())))
+        .to_owned()
+        .build(SqliteQueryBuilder)
+        .0
+}
+
 /// How many rows of `M` fit in one statement under [`MAX_BOUND_PARAMETERS`].
 pub(crate) fn rows_per_statement<M: Model>() -> usize {
     (MAX_BOUND_PARAMETERS / M::COLUMNS.len()).max(1)

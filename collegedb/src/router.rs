@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::placement::Placer;
 
+/// Directory claims sent together by [`CollegeDb::place_many`].
+const CLAIM_BATCH: usize = 500;
+
 /// A sharded database: the entry point of the library.
 ///
 /// Cheap to clone (an `Arc` inside); share one per process (per isolate on Workers) so the
@@ -288,16 +291,63 @@ impl<B: Backend> CollegeDb<B> {
     /// Places a new key with `strategy` and returns its owner. Non-deterministic strategies claim
     /// a directory entry; if another writer claimed first, its shard is returned.
     pub async fn place(&self, table: &str, key: &Key, strategy: Strategy) -> Result<usize> {
+        Ok(self
+            .place_many(table, std::slice::from_ref(key), strategy)
+            .await?[0])
+    }
+
+    /// Places many new keys, as [`CollegeDb::place`] does each, with the directory claims sent in
+    /// batches (one transaction per batch on the embedded store). Returns each key's owner, in
+    /// order.
+    pub async fn place_many(
+        &self,
+        table: &str,
+        keys: &[Key],
+        strategy: Strategy,
+    ) -> Result<Vec<usize>> {
         let inner = &self.inner;
-        // A key this process has placed or seen keeps its shard: no ticket, no claim.
-        if strategy != Strategy::Hash {
+        if strategy == Strategy::Hash {
+            return Ok(keys.iter().map(|key| self.hash_shard(key)).collect());
+        }
+        let mut owners = vec![usize::MAX; keys.len()];
+        let mut claims = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            // A key this process has placed or seen keeps its shard: no ticket, no claim.
             if let Some(shard) = inner.cache.get(table, key) {
-                return Ok(shard);
+                owners[index] = shard;
+                continue;
+            }
+            let candidate = self.candidate(table, strategy).await?;
+            let hash_shard = self.hash_shard(key);
+            if candidate != hash_shard {
+                // Marker first, then entry, then row: see `crate::marker`.
+                self.mark_off_hash(table, hash_shard).await?;
+            }
+            claims.push((index, key.clone(), self.shard_name(candidate).to_owned()));
+        }
+        for batch in claims.chunks(CLAIM_BATCH) {
+            let entries: Vec<(Key, String)> = batch
+                .iter()
+                .map(|(_, key, shard)| (key.clone(), shard.clone()))
+                .collect();
+            inner
+                .directory_writes
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            let winners = inner.directory.claim_many(table, &entries).await?;
+            for ((index, key, _), winner) in batch.iter().zip(winners) {
+                let shard = self.directory_shard(&winner)?;
+                inner.cache.insert(table, key, shard);
+                owners[*index] = shard;
             }
         }
-        let hash_shard = self.hash_shard(key);
-        let candidate = match strategy {
-            Strategy::Hash => return Ok(hash_shard),
+        Ok(owners)
+    }
+
+    /// The shard a non-deterministic strategy proposes for a new key.
+    async fn candidate(&self, table: &str, strategy: Strategy) -> Result<usize> {
+        let inner = &self.inner;
+        Ok(match strategy {
+            Strategy::Hash => unreachable!("hash placement proposes no candidate"),
             Strategy::Random => inner.placer.random(),
             Strategy::Location => inner.placer.location(self.region)?,
             Strategy::RoundRobin => {
@@ -313,19 +363,7 @@ impl<B: Backend> CollegeDb<B> {
                 };
                 inner.placer.round_robin(ticket)
             }
-        };
-        if candidate != hash_shard {
-            // Marker first, then entry, then row: see `crate::marker`.
-            self.mark_off_hash(table, hash_shard).await?;
-        }
-        inner.directory_writes.fetch_add(1, Ordering::Relaxed);
-        let winner = inner
-            .directory
-            .claim(table, key, self.shard_name(candidate))
-            .await?;
-        let shard = self.directory_shard(&winner)?;
-        inner.cache.insert(table, key, shard);
-        Ok(shard)
+        })
     }
 
     /// Sets the off-hash marker of `table` on `hash_shard`, unless this isolate has seen it set.

@@ -90,6 +90,30 @@ pub struct Event {
     pub body: String,
 }
 
+/// A round-robin model with a text key, for bulk writes.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "notes", strategy = "round-robin")]
+pub struct Note {
+    /// The shard key.
+    #[sharded(key)]
+    pub id: String,
+    /// Text.
+    pub body: String,
+    /// REAL.
+    pub score: f64,
+}
+
+impl Note {
+    /// Note number `i`, with content derived from `i`.
+    pub fn numbered(i: usize) -> Self {
+        Note {
+            id: format!("note-{i:07}"),
+            body: format!("body of note {i}"),
+            score: i as f64 / 4.0,
+        }
+    }
+}
+
 /// A model with nothing but its key.
 #[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
 #[sharded(table = "tags")]
@@ -127,6 +151,25 @@ pub fn rows_per_shard(dir: &std::path::Path, shards: usize, table: &str) -> Vec<
             .expect("count rows")
         })
         .collect()
+}
+
+/// Every key of `table` with the shard file holding it, read through plain rusqlite connections:
+/// `(key, shard index)` pairs, sorted. A key held by two shards appears twice.
+pub fn keys_per_shard(dir: &std::path::Path, shards: usize, table: &str) -> Vec<(String, usize)> {
+    let mut keys = Vec::new();
+    for i in 0..shards {
+        let conn =
+            rusqlite::Connection::open(dir.join(format!("s{i}.sqlite"))).expect("open shard file");
+        let mut stmt = conn
+            .prepare(&format!("SELECT CAST(id AS TEXT) FROM {table}"))
+            .expect("prepare");
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .expect("query");
+        keys.extend(rows.map(|key| (key.expect("key"), i)));
+    }
+    keys.sort();
+    keys
 }
 
 /// Entries in the embedded directory file, counted through a plain rusqlite connection.

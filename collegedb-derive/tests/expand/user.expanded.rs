@@ -74,12 +74,19 @@ const _: () = {
         ) -> __cdb::Result<()> {
             __cdb::crud::insert::<Self, B>(db, row).await
         }
-        ///Inserts many `users` rows, grouped per shard, within D1's 100 bound parameters per statement, one transaction per shard.
+        ///Inserts many new `users` rows: every row is validated first, then each shard's rows are written in one transaction. See `collegedb::bulk` for what is atomic.
         pub async fn insert_many<B: __cdb::Backend>(
             db: &__cdb::CollegeDb<B>,
             rows: &[Self],
         ) -> __cdb::Result<usize> {
             __cdb::bulk::insert_many::<Self, B>(db, rows).await
+        }
+        ///Inserts the `users` rows not present yet, skipping rows already present with equal content; safe to run again with the same input to finish an interrupted import.
+        pub async fn insert_many_idempotent<B: __cdb::Backend>(
+            db: &__cdb::CollegeDb<B>,
+            rows: &[Self],
+        ) -> __cdb::Result<__cdb::bulk::InsertReport> {
+            __cdb::bulk::insert_many_idempotent::<Self, B>(db, rows).await
         }
         ///Finds the `users` row with this key, or `None`.
         pub async fn find<B: __cdb::Backend>(

@@ -12,6 +12,11 @@ use crate::directory::{Directory, DirectoryPage};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
+/// Insert-if-absent, returning the entry that holds afterwards: atomic under SQLite's write lock.
+const CLAIM: &str = "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
+     ON CONFLICT (scope, key) DO UPDATE SET shard = directory.shard
+     RETURNING shard";
+
 /// Round-robin tickets reserved from the counter table at a time.
 const TICKET_BLOCK: u64 = 64;
 
@@ -99,14 +104,37 @@ impl Directory for SqliteDirectory {
     async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
         let args = (table.to_owned(), key.directory_bytes(), shard.to_owned());
         self.run(args, |conn, (table, key, shard)| {
-            conn.prepare_cached(
-                "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (scope, key) DO UPDATE SET shard = directory.shard
-                 RETURNING shard",
-            )?
-            .query_row((table, key, shard), |row| row.get(0))
+            conn.prepare_cached(CLAIM)?
+                .query_row((table, key, shard), |row| row.get(0))
         })
         .await
+    }
+
+    async fn claim_many(&self, table: &str, claims: &[(Key, String)]) -> Result<Vec<String>> {
+        let table = table.to_owned();
+        let claims: Vec<(Vec<u8>, String)> = claims
+            .iter()
+            .map(|(key, shard)| (key.directory_bytes(), shard.clone()))
+            .collect();
+        // One transaction for the whole batch, on the thread pool: it may take a while.
+        self.pool
+            .run_blocking(move |conn| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    conn,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let mut winners = Vec::with_capacity(claims.len());
+                {
+                    let mut stmt = tx.prepare_cached(CLAIM)?;
+                    for (key, shard) in &claims {
+                        winners.push(stmt.query_row((&table, key, shard), |row| row.get(0))?);
+                    }
+                }
+                tx.commit()?;
+                Ok(winners)
+            })
+            .await
+            .map_err(directory_error)
     }
 
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
