@@ -193,7 +193,8 @@ pub enum CoordinatorFallback {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConfig {
-    /// Unique name: the D1 binding on Cloudflare, the file stem on the embedded backend.
+    /// Unique name, ignoring ASCII case: the D1 binding on Cloudflare, the file stem on the
+    /// embedded backend.
     /// Letters, digits, `_` and `-`, at most 64 characters.
     pub name: String,
     /// Where the shard lives, for the `location` strategy.

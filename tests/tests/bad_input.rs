@@ -319,3 +319,106 @@ fn coordinator_failure_follows_the_configured_fallback() {
     // The local counter is still round-robin: 3 per shard.
     assert_eq!(rows_per_shard(dir.path(), 3, "users"), [3, 3, 3]);
 }
+
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "readings")]
+struct Reading {
+    #[sharded(key)]
+    id: i64,
+    maybe: Option<f64>,
+    exact: f64,
+}
+
+#[test]
+fn nan_is_refused_everywhere_and_negative_zero_reads_back_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        Reading::create_table(&db).await.unwrap();
+        for (maybe, exact) in [(Some(f64::NAN), 1.0), (None, f64::NAN)] {
+            let err = Reading::insert(
+                &db,
+                &Reading {
+                    id: 1,
+                    maybe,
+                    exact,
+                },
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.code(), "VALUE_UNSUPPORTED", "{err}");
+            assert_eq!(err.http_status(), 400);
+            assert!(!err.is_retryable());
+        }
+        let err = db
+            .run_shard("s0", "SELECT ?", &[Value::Real(f64::NAN)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "VALUE_UNSUPPORTED");
+        assert_eq!(Reading::count(&db).await.unwrap(), 0, "nothing was stored");
+
+        // Infinities are kept; -0.0 comes back as 0.0 (SQLite stores it as zero), as documented.
+        let row = Reading {
+            id: 2,
+            maybe: Some(f64::INFINITY),
+            exact: -0.0,
+        };
+        Reading::insert(&db, &row).await.unwrap();
+        let back = Reading::find(&db, 2).await.unwrap().unwrap();
+        assert_eq!(back.maybe, Some(f64::INFINITY));
+        assert_eq!(back.exact, 0.0);
+        assert!(
+            !back.exact.is_sign_negative(),
+            "the sign of zero is not kept"
+        );
+    });
+}
+
+#[test]
+fn a_directory_entry_naming_an_unconfigured_shard_is_not_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with(dir.path(), 2, |c| c.with_strategy(Strategy::RoundRobin));
+    block_on(User::create_table(&db)).unwrap();
+    rusqlite::Connection::open(dir.path().join("_directory.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO directory (scope, key, shard) VALUES ('users', CAST('sghost' AS BLOB), 'gone')",
+            [],
+        )
+        .unwrap();
+    let err = block_on(User::find(&db, "ghost")).unwrap_err();
+    assert_eq!(err.code(), "DIRECTORY_INCONSISTENT", "{err}");
+    assert!(!err.is_retryable(), "retrying can never succeed");
+    assert_eq!(err.http_status(), 500);
+    assert!(err.to_string().contains("`gone`"), "{err}");
+}
+
+#[test]
+fn config_that_cannot_work_is_refused_at_open() {
+    use collegedb::{Config, Region, ShardConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |config: Config| collegedb::CollegeDb::open_embedded(config, dir.path());
+
+    let err = open(Config::with_shard_names(["a", "A"])).unwrap_err();
+    assert_eq!(err.code(), "CONFIG_INVALID");
+    assert!(err.to_string().contains("differ only in case"), "{err}");
+
+    let err =
+        open(Config::with_shard_names(["a", "b"]).with_strategy(Strategy::Location)).unwrap_err();
+    assert_eq!(err.code(), "CONFIG_INVALID");
+    assert!(err.to_string().contains("region"), "{err}");
+
+    let regional = Config::new()
+        .shard(ShardConfig::new("east").region(Region::Enam))
+        .with_strategies(Strategy::Hash, Strategy::Location);
+    let err = open(regional.clone()).unwrap_err();
+    assert!(err.to_string().contains("target_region"), "{err}");
+    assert!(open(regional.with_target_region(Region::Weur)).is_ok());
+    assert!(
+        dir.path().read_dir().unwrap().all(|f| {
+            let name = f.unwrap().file_name();
+            name != "a.sqlite" && name != "A.sqlite"
+        }),
+        "refused configurations create no shard files"
+    );
+}

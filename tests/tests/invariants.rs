@@ -318,3 +318,134 @@ fn directory_listing_pages_with_a_cursor() {
         assert_eq!(seen.len(), 2_345);
     });
 }
+
+/// Invariant 2 for raw writes: an `UPDATE` or `DELETE` of a made-up key, under any strategy,
+/// writes nothing to the directory; only an `INSERT` places a key.
+#[test]
+fn raw_updates_and_deletes_of_unknown_keys_create_no_directory_entries() {
+    for write in STRATEGIES {
+        let dir = tempfile::tempdir().unwrap();
+        let db = CollegeDb::open_embedded(regional(write, write), dir.path()).unwrap();
+        block_on(async {
+            db.run_all_shards("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)", &[])
+                .await
+                .unwrap();
+            let notes = db.table("notes").with_strategies(write, write);
+            for i in 0..1_000 {
+                let id = format!("made-up-{i}");
+                let deleted = notes
+                    .run(
+                        id.as_str(),
+                        "DELETE FROM notes WHERE id = ?",
+                        &[id.as_str().into()],
+                    )
+                    .await
+                    .unwrap();
+                let updated = notes
+                    .run(
+                        id.as_str(),
+                        "/* no INSERT here */ UPDATE notes SET body = 'x' WHERE id = ?",
+                        &[id.as_str().into()],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!((deleted, updated), (0, 0));
+            }
+            assert_eq!(directory_entries(dir.path()), 0, "write strategy {write:?}");
+            assert_eq!(db.directory_ops().writes, 0);
+
+            // An INSERT places the key; a later UPDATE reaches it on its shard.
+            notes
+                .run(
+                    "real",
+                    "INSERT INTO notes (id, body) VALUES (?, ?)",
+                    &["real".into(), "v1".into()],
+                )
+                .await
+                .unwrap();
+            let changed = notes
+                .run(
+                    "real",
+                    "UPDATE notes SET body = 'v2' WHERE id = ?",
+                    &["real".into()],
+                )
+                .await
+                .unwrap();
+            assert_eq!(changed, 1, "write strategy {write:?}");
+            let expected = if write == Strategy::Hash { 0 } else { 1 };
+            assert_eq!(directory_entries(dir.path()), expected);
+        });
+    }
+}
+
+/// A miss on a table that only ever had hash placement is final on the hash shard: no directory
+/// read. Once a key of the table is placed off its hash shard, misses ask the directory again,
+/// and such rows are found from cold handles.
+#[test]
+fn hash_misses_skip_the_directory_until_a_key_is_placed_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        for i in 0..100 {
+            User::insert(&db, &User::new(format!("real-{i}")))
+                .await
+                .unwrap();
+        }
+        for i in 0..10_000 {
+            let id = format!("made-up-{i}");
+            assert_eq!(User::find(&db, &id).await.unwrap(), None);
+            if i % 10 == 0 {
+                assert!(!User::delete(&db, &id).await.unwrap());
+            }
+        }
+        assert_eq!(
+            db.directory_ops().reads,
+            0,
+            "10,000 misses, no directory read"
+        );
+        for i in 0..100 {
+            assert!(User::find(&db, format!("real-{i}"))
+                .await
+                .unwrap()
+                .is_some());
+        }
+
+        // Now rows of `users` placed by round-robin (another writer with other strategies).
+        let users = db
+            .table("users")
+            .with_strategies(Strategy::RoundRobin, Strategy::RoundRobin);
+        for i in 0..60 {
+            let id = format!("placed-{i}");
+            users
+                .run(
+                    id.as_str(),
+                    "INSERT INTO users (id, name, email) VALUES (?, ?, NULL)",
+                    &[id.as_str().into(), "placed".into()],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // A cold handle (another process) finds every one of them hash-first.
+    let cold = open(dir.path(), 3);
+    block_on(async {
+        for i in 0..60 {
+            let id = format!("placed-{i}");
+            assert!(User::find(&cold, &id).await.unwrap().is_some(), "{id}");
+        }
+        let reads_before = cold.directory_ops().reads;
+        assert!(
+            reads_before > 0,
+            "off-hash rows were found through the directory"
+        );
+        // And misses on marked shards consult the directory again.
+        for i in 0..100 {
+            assert_eq!(
+                User::find(&cold, format!("made-up-{i}")).await.unwrap(),
+                None
+            );
+        }
+        assert!(cold.directory_ops().reads > reads_before);
+    });
+}

@@ -10,10 +10,10 @@
 //! prepared-statement cache, so shards (and readers of one shard) work in parallel across
 //! threads. Quick statements run inline on the caller's thread; anything that would wait (for a
 //! lock, for a connection) or run long goes to a blocking thread pool, so async runtimes keep
-//! their threads: see [`pool`] for the exact rule.
+//! their threads: [`EmbeddedOptions`] and the README's "Performance" section give the exact rule.
 
 mod directory;
-pub mod pool;
+mod pool;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

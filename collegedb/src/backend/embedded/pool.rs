@@ -7,12 +7,12 @@
 //! connection is taken, another writer holds the file's lock (`SQLITE_BUSY`), or the statement
 //! runs past its budget (it is interrupted and rolled back, so nothing has changed), the call is
 //! sent to the [`blocking`] thread pool and runs there with the configured busy timeout, while
-//! the caller's future waits without holding an executor thread. Transactions ([`Pool::batch`])
+//! the caller's future waits without holding an executor thread. Transactions (`Pool::batch`)
 //! always go to the thread pool. A lock held past the busy timeout becomes
 //! [`Error::Busy`], which is retryable.
 //!
 //! Futures that complete without waiting never yield on their own, so a task looping over
-//! embedded calls could keep an executor thread forever. Every [`YIELD_EVERY`] inline calls on
+//! embedded calls could keep an executor thread forever. Every `YIELD_EVERY` (32) inline calls on
 //! a thread, the call yields once to the executor first (as tokio's cooperative budget does).
 
 use std::cell::Cell;
