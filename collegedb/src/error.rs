@@ -95,6 +95,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The shard's database failed for a reason that passes (D1: the connection was lost, the
+    /// database was reset or overloaded). A read can be retried as it is; a write may or may not
+    /// have been applied, so retry writes that are idempotent (`upsert`,
+    /// `insert_many_idempotent`) or check first.
+    #[error("shard `{shard}` is temporarily unavailable: {message}; a write may or may not have been applied")]
+    Unavailable {
+        /// The shard.
+        shard: String,
+        /// The database's own message.
+        message: String,
+    },
+
     /// An insert of a key that already exists.
     #[error("a row with this key already exists in `{table}` on shard `{shard}`; use `update` or `upsert`")]
     DuplicateKey {
@@ -188,6 +200,7 @@ impl Error {
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::Busy { .. } => "SHARD_BUSY",
+            Error::Unavailable { .. } => "SHARD_UNAVAILABLE",
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
             Error::BatchRow { source, .. } => source.code(),
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
@@ -219,7 +232,10 @@ impl Error {
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
             Error::BatchRow { source, .. } => source.http_status(),
-            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Busy { .. } => 503,
+            Error::Directory(_)
+            | Error::CoordinatorUnavailable(_)
+            | Error::Busy { .. }
+            | Error::Unavailable { .. } => 503,
             Error::QueryFailed { .. }
             | Error::ConfigInvalid(_)
             | Error::DirectoryInconsistent(_)
@@ -239,9 +255,37 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Directory(_) | Error::CoordinatorUnavailable(_) | Error::Busy { .. } => true,
+            Error::Directory(_)
+            | Error::CoordinatorUnavailable(_)
+            | Error::Busy { .. }
+            | Error::Unavailable { .. } => true,
             Error::BatchRow { source, .. } => source.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// A database failure on `shard`: [`Error::Unavailable`] for the transient failures D1
+    /// reports (the messages Cloudflare's own retry guidance lists), else [`Error::QueryFailed`].
+    #[cfg_attr(not(feature = "cloudflare"), allow(dead_code))]
+    pub(crate) fn from_database(shard: &str, message: String) -> Self {
+        const TRANSIENT: [&str; 6] = [
+            "Network connection lost",
+            "storage caused object to be reset",
+            "reset because its code was updated",
+            "D1 DB is overloaded",
+            "transient issue",
+            "Too many requests queued",
+        ];
+        if TRANSIENT.iter().any(|t| message.contains(t)) {
+            Error::Unavailable {
+                shard: shard.to_owned(),
+                message,
+            }
+        } else {
+            Error::QueryFailed {
+                shard: shard.to_owned(),
+                message,
+            }
         }
     }
 
@@ -261,5 +305,26 @@ impl Error {
             value: value.to_string(),
             reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn transient_d1_failures_are_retryable_and_the_rest_are_not() {
+        let lost = Error::from_database("a", "D1_ERROR: Network connection lost.".into());
+        assert_eq!(lost.code(), "SHARD_UNAVAILABLE");
+        assert!(lost.is_retryable());
+        let reset = Error::from_database(
+            "a",
+            "D1_ERROR: Internal error while starting up D1 DB storage caused object to be reset."
+                .into(),
+        );
+        assert!(reset.is_retryable());
+        let syntax = Error::from_database("a", "D1_ERROR: near \"SELEC\": syntax error".into());
+        assert_eq!(syntax.code(), "QUERY_FAILED");
+        assert!(!syntax.is_retryable());
     }
 }

@@ -103,10 +103,7 @@ impl D1Shard {
     }
 
     fn failed(&self, error: impl std::fmt::Display) -> Error {
-        Error::QueryFailed {
-            shard: self.name.clone(),
-            message: error.to_string(),
-        }
+        Error::from_database(&self.name, error.to_string())
     }
 
     fn prepare(&self, sql: &str, params: &[Value]) -> Result<D1PreparedStatement> {
