@@ -160,10 +160,48 @@ pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<Option<M>> {
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
-    let params = [key.to_value()];
-    match query_owner(db, M::TABLE, &key, read, &M::sql().select_by_key, &params).await? {
-        Some((_, rows)) => decode(rows),
-        None => Ok(None),
+    if !hash_first(read) {
+        let params = [key.to_value()];
+        return match query_owner(db, M::TABLE, &key, read, &M::sql().select_by_key, &params).await?
+        {
+            Some((_, rows)) => decode(rows),
+            None => Ok(None),
+        };
+    }
+    // Hash-first: one statement on the hash shard returns the row, or tells whether the miss is
+    // final (no off-hash marker) or the directory must be asked.
+    let hash_shard = db.hash_shard(&key);
+    let params = [key.to_value(), Value::Text(M::TABLE.to_owned())];
+    let rows = crate::marker::query_with(
+        db.shard(hash_shard),
+        &M::sql().select_by_key_or_marker,
+        &params,
+    )
+    .await?;
+    let mut marked = false;
+    for row in rows {
+        if row
+            .values()
+            .get(M::KEY_INDEX)
+            .is_some_and(|v| *v != Value::Null)
+        {
+            return M::from_values(row.into_values()).map(Some);
+        }
+        marked = true;
+    }
+    if !marked {
+        return Ok(None);
+    }
+    db.note_marked(M::TABLE, hash_shard);
+    match db.directory_lookup(M::TABLE, &key).await? {
+        Some(owner) if owner != hash_shard => {
+            let rows = db
+                .shard(owner)
+                .query(&M::sql().select_by_key, &[key.into_value()])
+                .await?;
+            decode(rows)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -52,6 +52,22 @@ pub(crate) async fn set<S: ShardConn>(shard: &S, table: &str) -> Result<()> {
     }
 }
 
+/// Runs a query that reads the marker table (such as `select_by_key_or_marker`), creating the
+/// marker table first if the shard has none.
+pub(crate) async fn query_with<S: ShardConn>(
+    shard: &S,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<crate::backend::Row>> {
+    match shard.query(sql, params).await {
+        Err(error) if missing_table(&error) => {
+            create(shard).await?;
+            shard.query(sql, params).await
+        }
+        result => result,
+    }
+}
+
 /// Whether the marker for `table` is set on `shard`. A shard without the marker table has no
 /// marker.
 pub(crate) async fn get<S: ShardConn>(shard: &S, table: &str) -> Result<bool> {

@@ -57,6 +57,10 @@ pub trait Model: Sized + MaybeSync + 'static {
 pub struct ModelSql {
     /// `SELECT <columns> FROM t WHERE key = ?`.
     pub select_by_key: String,
+    /// `select_by_key UNION ALL` one all-NULL row if the table's off-hash marker is set on the
+    /// shard (see [`crate::marker`]); parameters: the key, then the table name. A hash-first
+    /// lookup learns in one statement whether it found the row, and whether a miss is final.
+    pub select_by_key_or_marker: String,
     /// `SELECT <columns> FROM t ORDER BY key LIMIT ?`: the first page of a scan.
     pub scan_first: String,
     /// `SELECT <columns> FROM t WHERE key > ? ORDER BY key LIMIT ?`: the pages after it.
@@ -95,6 +99,11 @@ impl ModelSql {
             .to_owned()
             .build(SqliteQueryBuilder)
             .0;
+        let select_by_key_or_marker = format!(
+            "{select_by_key} UNION ALL SELECT {} FROM \"{}\" WHERE \"scope\" = ?",
+            vec!["NULL"; columns.len()].join(", "),
+            crate::marker::TABLE
+        );
         let scan_first = Query::select()
             .columns(columns.iter().copied())
             .from(table)
@@ -171,6 +180,7 @@ impl ModelSql {
 
         ModelSql {
             select_by_key,
+            select_by_key_or_marker,
             scan_first,
             scan_after,
             count,

@@ -377,6 +377,11 @@ impl<B: Backend> CollegeDb<B> {
         Ok(())
     }
 
+    /// Records that `hash_shard` carries the off-hash marker of `table`, seen in a query result.
+    pub(crate) fn note_marked(&self, table: &str, hash_shard: usize) {
+        self.inner.cache.set_marked(table, hash_shard);
+    }
+
     /// After a miss on `hash_shard`: whether a directory entry may still place the key elsewhere
     /// (the off-hash marker is set). `false` means the miss is final.
     pub(crate) async fn may_be_elsewhere(&self, table: &str, hash_shard: usize) -> Result<bool> {
