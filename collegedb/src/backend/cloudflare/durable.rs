@@ -30,6 +30,11 @@ enum Op {
         key: String,
         shard: String,
     },
+    /// Claims of keys that share this object, in one request: atomic together.
+    ClaimMany {
+        table: String,
+        claims: Vec<(String, String)>,
+    },
     Assign {
         table: String,
         key: String,
@@ -133,6 +138,44 @@ impl Directory for DurableDirectory {
         .await?
         .shard
         .ok_or_else(|| failed("claim returned no shard"))
+    }
+
+    /// One request per directory object that holds some of the keys (at most
+    /// [`DIRECTORY_PARTITIONS`], sent concurrently) instead of one per key, so that a large
+    /// `insert_many` stays far below the Workers limit of 1,000 subrequests.
+    async fn claim_many(&self, table: &str, claims: &[(Key, String)]) -> Result<Vec<String>> {
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<(usize, String, String)>> =
+            Default::default();
+        for (index, (key, shard)) in claims.iter().enumerate() {
+            let key_hex = hex::encode(key.directory_bytes());
+            by_partition
+                .entry(Self::partition_of(table, &key_hex))
+                .or_default()
+                .push((index, key_hex, shard.clone()));
+        }
+        let replies =
+            futures_util::future::join_all(by_partition.iter().map(|(partition, batch)| {
+                let op = Op::ClaimMany {
+                    table: table.to_owned(),
+                    claims: batch
+                        .iter()
+                        .map(|(_, key, shard)| (key.clone(), shard.clone()))
+                        .collect(),
+                };
+                async move { self.call(*partition, &op).await }
+            }))
+            .await;
+        let mut winners = vec![String::new(); claims.len()];
+        for (batch, reply) in by_partition.values().zip(replies) {
+            let reply = reply?;
+            if reply.entries.len() != batch.len() {
+                return Err(failed("claim_many returned the wrong number of entries"));
+            }
+            for ((index, _, _), (_, winner)) in batch.iter().zip(reply.entries) {
+                winners[*index] = winner;
+            }
+        }
+        Ok(winners)
     }
 
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
@@ -279,6 +322,22 @@ pub async fn serve_directory(state: &State, mut request: Request) -> worker::Res
             )?;
             Reply {
                 shard: shard_of(&table, &key)?,
+                ..Reply::default()
+            }
+        }
+        Op::ClaimMany { table, claims } => {
+            // No await between the statements: the whole batch commits atomically.
+            let mut entries = Vec::with_capacity(claims.len());
+            for (key, shard) in claims {
+                sql.exec(
+                    "INSERT OR IGNORE INTO directory (scope, key, shard) VALUES (?, ?, ?)",
+                    vec![text(&table), text(&key), text(&shard)],
+                )?;
+                let winner = shard_of(&table, &key)?.unwrap_or(shard);
+                entries.push((key, winner));
+            }
+            Reply {
+                entries,
                 ..Reply::default()
             }
         }
