@@ -534,8 +534,12 @@ fn counting(dir: &std::path::Path, shards: usize) -> (CollegeDb<Counting>, Arc<W
     });
     let parts = (0..shards)
         .map(|index| CountingShard {
-            inner: SqliteShard::open(dir.join(format!("s{index}.sqlite")), &format!("s{index}"))
-                .unwrap(),
+            inner: SqliteShard::open(
+                dir.join(format!("s{index}.sqlite")),
+                &format!("s{index}"),
+                &Default::default(),
+            )
+            .unwrap(),
             index,
             wire: wire.clone(),
         })

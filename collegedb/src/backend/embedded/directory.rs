@@ -171,7 +171,7 @@ impl Directory for SqliteDirectory {
             .run(args, |conn, (table, after, limit)| {
                 conn.prepare_cached(
                     "SELECT key, shard FROM directory WHERE scope = ?1 AND key > ?2
-                     ORDER BY key LIMIT ?3",
+                     ORDER BY key LIMIT ?3 + 0",
                 )?
                 .query_map((table, after, limit), |row| {
                     Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
