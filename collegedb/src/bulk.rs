@@ -110,6 +110,26 @@ async fn existing<M: Model, S: ShardConn>(
     Ok(found)
 }
 
+/// Whether a stored row holds the values an input row would write. Numbers compare by value (D1
+/// returns an integral REAL as an integer), and text that is JSON compares as JSON (a map may
+/// serialize its keys in another order).
+fn same_row(stored: &[Value], input: &[Value]) -> bool {
+    stored.len() == input.len() && stored.iter().zip(input).all(|(a, b)| same_value(a, b))
+}
+
+fn same_value(stored: &Value, input: &Value) -> bool {
+    match (stored, input) {
+        (Value::Integer(i), Value::Real(f)) | (Value::Real(f), Value::Integer(i)) => {
+            *i as f64 == *f
+        }
+        (Value::Text(a), Value::Text(b)) if a != b => {
+            let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
+            matches!((json(a), json(b)), (Some(x), Some(y)) if x == y)
+        }
+        (a, b) => a == b,
+    }
+}
+
 /// Step 4 for one shard: `rows` in statements of at most 100 parameters, one transaction.
 fn statements<M: Model>(rows: &[&Prepared], ignore_existing: bool) -> Vec<Statement> {
     let per_statement = rows_per_statement::<M>();
@@ -140,15 +160,25 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             });
         }
     }
+    let mut written = 0;
     for (shard, rows) in by_shard {
         let rows: Vec<&Prepared> = rows.iter().collect();
-        db.shard(shard)
-            .batch(&statements::<M>(&rows, false))
-            .await
-            .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
+        let result = db.shard(shard).batch(&statements::<M>(&rows, false)).await;
+        if let Err(error) = result {
+            let error = duplicate_or::<M, B>(db, shard, error);
+            return Err(if written == 0 {
+                error
+            } else {
+                Error::PartiallyWritten {
+                    written,
+                    source: Box::new(error),
+                }
+            });
+        }
+        written += rows.len();
         db.note_rows(shard, M::TABLE, rows.len() as i64);
     }
-    Ok(rows.len())
+    Ok(written)
 }
 
 /// Inserts the rows that are not present yet, and can be run again with the same input until it
@@ -172,7 +202,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
         for row in &rows {
             match present.get(&row.key) {
                 None => missing.push(row),
-                Some(stored) if *stored == row.values => report.already_present += 1,
+                Some(stored) if same_row(stored, &row.values) => report.already_present += 1,
                 Some(_) => {
                     conflict.get_or_insert((row.index, shard));
                 }
@@ -197,7 +227,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             let raced = missing.len() - changed as usize;
             let equal = missing
                 .iter()
-                .filter(|row| now.get(&row.key) == Some(&row.values))
+                .filter(|row| now.get(&row.key).is_some_and(|s| same_row(s, &row.values)))
                 .count();
             // Rows this call wrote are equal by construction; the rest raced in.
             let raced_equal = equal.saturating_sub(changed as usize).min(raced);

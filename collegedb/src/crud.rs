@@ -87,6 +87,14 @@ pub(crate) async fn query_owner<B: Backend>(
     }
 }
 
+/// How a statement is run on a shard: a point write of the typed layer, or raw SQL of unknown
+/// cost (see [`ShardConn::execute_raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cost {
+    Point,
+    Unknown,
+}
+
 /// Runs a statement on the shards that may own `key`, in the read strategy's lookup order, until
 /// one changes rows; returns that shard and the rows changed. `None`: no shard changed anything.
 pub(crate) async fn execute_owner<B: Backend>(
@@ -94,12 +102,15 @@ pub(crate) async fn execute_owner<B: Backend>(
     table: &str,
     key: &Key,
     read: Strategy,
-    sql: &str,
-    params: &[Value],
+    (sql, params, cost): (&str, &[Value], Cost),
 ) -> Result<Option<(usize, u64)>> {
     let mut lookup = Lookup::start(db, table, key, read).await?;
     loop {
-        let changed = db.shard(lookup.shard).execute(sql, params).await?;
+        let shard = db.shard(lookup.shard);
+        let changed = match cost {
+            Cost::Point => shard.execute(sql, params).await?,
+            Cost::Unknown => shard.execute_raw(sql, params).await?,
+        };
         if changed > 0 {
             return Ok(Some((lookup.shard, changed)));
         }
@@ -133,11 +144,18 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
 }
 
 /// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`), and the shard's
-/// marker table (see [`crate::marker`]).
+/// marker table (see [`crate::marker`]). If the directory already holds entries of the table (data
+/// placed before markers existed), the table's marker is set on every shard.
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
-    for shard in db.shards() {
+    for (index, shard) in db.shards().iter().enumerate() {
         shard.execute(&M::sql().create_table, &[]).await?;
-        crate::marker::create(shard).await?;
+        crate::marker::ensure_table(db, index).await?;
+    }
+    let placed = crate::directory::Directory::list(db.directory(), M::TABLE, None, 1).await?;
+    if !placed.entries.is_empty() {
+        for index in 0..db.shards().len() {
+            db.mark_off_hash(M::TABLE, index).await?;
+        }
     }
     Ok(())
 }
@@ -172,13 +190,12 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
     // final (no off-hash marker) or the directory must be asked.
     let hash_shard = db.hash_shard(&key);
     let params = [key.to_value(), Value::Text(M::TABLE.to_owned())];
-    let rows = crate::marker::query_with(
+    let (rows, mut marked) = crate::marker::query_folded(
         db.shard(hash_shard),
-        &M::sql().select_by_key_or_marker,
-        &params,
+        (&M::sql().select_by_key_or_marker, &params),
+        (&M::sql().select_by_key, &params[..1]),
     )
     .await?;
-    let mut marked = false;
     for row in rows {
         if row
             .values()
@@ -240,7 +257,7 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
     params.push(key_value);
     let key = row.key().clone().into_key()?;
     let read = db.strategies(M::STRATEGY).read;
-    match execute_owner(db, M::TABLE, &key, read, sql, &params).await? {
+    match execute_owner(db, M::TABLE, &key, read, (sql, &params, Cost::Point)).await? {
         Some(_) => Ok(()),
         None => Err(Error::RowNotFound {
             table: M::TABLE.to_owned(),
@@ -256,7 +273,8 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    match execute_owner(db, M::TABLE, &key, read, &M::sql().delete_by_key, &params).await? {
+    let statement = (M::sql().delete_by_key.as_str(), &params[..], Cost::Point);
+    match execute_owner(db, M::TABLE, &key, read, statement).await? {
         Some((shard, _)) => {
             db.note_rows(shard, M::TABLE, -1);
             Ok(true)

@@ -85,8 +85,8 @@ pub enum Error {
         message: String,
     },
 
-    /// The shard stayed locked by another writer for longer than the busy timeout (embedded), or
-    /// the database reported itself overloaded. Nothing was written; retry later.
+    /// The shard stayed locked by another writer for longer than the busy timeout (embedded).
+    /// Nothing was written; retry later.
     #[error("shard `{shard}` is busy: {message}; nothing was written, retry later")]
     Busy {
         /// The shard (or `_directory`) that was busy.
@@ -136,6 +136,18 @@ pub enum Error {
         /// The row's index in the input.
         index: usize,
         /// Why the row was refused.
+        source: Box<Error>,
+    },
+
+    /// A many-row write failed after some shards had committed their rows. Retrying the same
+    /// call cannot succeed (those rows exist now): finish it with `insert_many_idempotent`.
+    #[error(
+        "{written} rows were committed on other shards before this failure: {source}; finish the import with `insert_many_idempotent`"
+    )]
+    PartiallyWritten {
+        /// Rows committed before the failure.
+        written: usize,
+        /// The failure.
         source: Box<Error>,
     },
 
@@ -203,6 +215,7 @@ impl Error {
             Error::Unavailable { .. } => "SHARD_UNAVAILABLE",
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
             Error::BatchRow { source, .. } => source.code(),
+            Error::PartiallyWritten { .. } => "PARTIALLY_WRITTEN",
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
             Error::Decode { .. } => "DECODE_FAILED",
@@ -231,7 +244,9 @@ impl Error {
             Error::FlushDisabled => 403,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
-            Error::BatchRow { source, .. } => source.http_status(),
+            Error::BatchRow { source, .. } | Error::PartiallyWritten { source, .. } => {
+                source.http_status()
+            }
             Error::Directory(_)
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }

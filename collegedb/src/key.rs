@@ -83,8 +83,12 @@ impl Key {
             ))),
             Some((b's', rest)) => std::str::from_utf8(rest)
                 .map(|s| Key::Text(s.to_owned()))
-                .map_err(|_| Error::Directory("directory entry holds a non-UTF-8 text key".into())),
-            _ => Err(Error::Directory(
+                .map_err(|_| {
+                    Error::DirectoryInconsistent(
+                        "directory entry holds a non-UTF-8 text key".into(),
+                    )
+                }),
+            _ => Err(Error::DirectoryInconsistent(
                 "directory entry holds a malformed key".into(),
             )),
         }

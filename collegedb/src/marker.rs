@@ -19,8 +19,11 @@
 //! only ever had hash placement has no markers, and a miss costs one more query on the hash
 //! shard instead of a directory read.
 
-use crate::backend::ShardConn;
+use std::collections::BTreeSet;
+
+use crate::backend::{Backend, Row, ShardConn, Statement};
 use crate::error::{Error, Result};
+use crate::router::CollegeDb;
 use crate::value::Value;
 
 /// The marker table's name; [`crate::raw`] leaves it out of statistics and `flush`.
@@ -30,50 +33,76 @@ const CREATE: &str =
     "CREATE TABLE IF NOT EXISTS _collegedb_placed (scope TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID";
 const SET: &str = "INSERT OR IGNORE INTO _collegedb_placed (scope) VALUES (?)";
 const GET: &str = "SELECT 1 FROM _collegedb_placed WHERE scope = ?";
+const ALL: &str = "SELECT scope FROM _collegedb_placed";
 
 fn missing_table(error: &Error) -> bool {
     matches!(error, Error::QueryFailed { message, .. } if message.contains("no such table: _collegedb_placed"))
 }
 
-/// Creates the marker table on `shard` if it does not exist.
-pub(crate) async fn create<S: ShardConn>(shard: &S) -> Result<()> {
-    shard.execute(CREATE, &[]).await.map(drop)
+/// Creates the marker table on shard `index` if it has none, holding every scope marked on any
+/// other shard, in one transaction.
+///
+/// A shard without the table counts as marked for every scope (see [`get`]), so the table must
+/// never appear empty on a shard that joined after keys were placed: a shard appended to the list
+/// becomes the hash shard of keys whose markers sit on the others. Copying the union keeps every
+/// such key's miss going to the directory.
+pub(crate) async fn ensure_table<B: Backend>(db: &CollegeDb<B>, index: usize) -> Result<()> {
+    let mut scopes = BTreeSet::new();
+    for (other, shard) in db.shards().iter().enumerate() {
+        match shard.query(ALL, &[]).await {
+            Ok(_) if other == index => return Ok(()),
+            Ok(rows) => {
+                for row in rows {
+                    scopes.insert(row.get::<String>("scope")?);
+                }
+            }
+            Err(error) if missing_table(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let mut statements = vec![Statement::new(CREATE, Vec::new())];
+    statements.extend(
+        scopes
+            .into_iter()
+            .map(|scope| Statement::new(SET, vec![Value::Text(scope)])),
+    );
+    db.shard(index).batch(&statements).await.map(drop)
 }
 
-/// Sets the marker for `table` on `shard`, creating the marker table on first use.
-pub(crate) async fn set<S: ShardConn>(shard: &S, table: &str) -> Result<()> {
+/// Sets the marker for `table` on shard `index`, creating the marker table on first use.
+pub(crate) async fn set<B: Backend>(db: &CollegeDb<B>, index: usize, table: &str) -> Result<()> {
     let params = [Value::Text(table.to_owned())];
-    match shard.execute(SET, &params).await {
+    match db.shard(index).execute(SET, &params).await {
         Err(error) if missing_table(&error) => {
-            create(shard).await?;
-            shard.execute(SET, &params).await.map(drop)
+            ensure_table(db, index).await?;
+            db.shard(index).execute(SET, &params).await.map(drop)
         }
         result => result.map(drop),
     }
 }
 
-/// Runs a query that reads the marker table (such as `select_by_key_or_marker`), creating the
-/// marker table first if the shard has none.
-pub(crate) async fn query_with<S: ShardConn>(
+/// Runs `folded` (a query that also reads the marker table, such as `select_by_key_or_marker`)
+/// on `shard`. Returns its rows and `true` when the shard has no marker table, after running
+/// `plain` (the same query without the marker) instead.
+pub(crate) async fn query_folded<S: ShardConn>(
     shard: &S,
-    sql: &str,
-    params: &[Value],
-) -> Result<Vec<crate::backend::Row>> {
-    match shard.query(sql, params).await {
-        Err(error) if missing_table(&error) => {
-            create(shard).await?;
-            shard.query(sql, params).await
-        }
-        result => result,
+    folded: (&str, &[Value]),
+    plain: (&str, &[Value]),
+) -> Result<(Vec<Row>, bool)> {
+    match shard.query(folded.0, folded.1).await {
+        Ok(rows) => Ok((rows, false)),
+        Err(error) if missing_table(&error) => Ok((shard.query(plain.0, plain.1).await?, true)),
+        Err(error) => Err(error),
     }
 }
 
-/// Whether the marker for `table` is set on `shard`. A shard without the marker table has no
-/// marker.
+/// Whether the marker for `table` is set on `shard`. A shard without the marker table counts as
+/// marked: it may have joined after keys were placed (see [`ensure_table`]), or hold data from
+/// before markers existed.
 pub(crate) async fn get<S: ShardConn>(shard: &S, table: &str) -> Result<bool> {
     match shard.query(GET, &[Value::Text(table.to_owned())]).await {
         Ok(rows) => Ok(!rows.is_empty()),
-        Err(error) if missing_table(&error) => Ok(false),
+        Err(error) if missing_table(&error) => Ok(true),
         Err(error) => Err(error),
     }
 }

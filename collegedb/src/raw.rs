@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Row, ShardConn};
 use crate::config::{Strategies, Strategy, StrategyOverride};
-use crate::crud::{execute_owner, query_owner};
+use crate::crud::{execute_owner, query_owner, Cost};
 use crate::error::{Error, Result};
 use crate::key::AnyKey;
 use crate::model::MAX_BOUND_PARAMETERS;
@@ -63,7 +63,7 @@ impl<B: Backend> CollegeDb<B> {
     pub async fn run_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<u64> {
         check_params(params)?;
         let index = self.shard_by_name(shard)?;
-        self.shard(index).execute(sql, params).await
+        self.shard(index).execute_raw(sql, params).await
     }
 
     /// Runs a query on the named shard.
@@ -88,7 +88,7 @@ impl<B: Backend> CollegeDb<B> {
         check_params(params)?;
         let mut changed = 0;
         for shard in self.shards() {
-            changed += shard.execute(sql, params).await?;
+            changed += shard.execute_raw(sql, params).await?;
         }
         Ok(changed)
     }
@@ -154,7 +154,7 @@ impl<B: Backend> CollegeDb<B> {
         for shard in self.shards() {
             for table in user_tables(shard).await? {
                 let sql = format!("DELETE FROM \"{}\"", table.replace('"', "\"\""));
-                shard.execute(&sql, &[]).await?;
+                shard.execute_raw(&sql, &[]).await?;
             }
         }
         self.clear_directory().await
@@ -230,7 +230,8 @@ impl<'a, B: Backend> TableScope<'a, B> {
         let key = key.into_any_key()?;
         let Strategies { read, write } = self.strategies;
         if !creates_rows(sql) {
-            let changed = execute_owner(self.db, self.table, &key, read, sql, params).await?;
+            let statement = (sql, params, Cost::Unknown);
+            let changed = execute_owner(self.db, self.table, &key, read, statement).await?;
             return Ok(changed.map_or(0, |(_, n)| n));
         }
         let shard = if hash_first(read) && write == Strategy::Hash {
@@ -241,7 +242,7 @@ impl<'a, B: Backend> TableScope<'a, B> {
                 None => self.db.place(self.table, &key, write).await?,
             }
         };
-        self.db.shard(shard).execute(sql, params).await
+        self.db.shard(shard).execute_raw(sql, params).await
     }
 
     /// Runs a query for `key` on the shard that owns it. Never creates directory entries.

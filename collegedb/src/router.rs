@@ -318,11 +318,10 @@ impl<B: Backend> CollegeDb<B> {
                 continue;
             }
             let candidate = self.candidate(table, strategy).await?;
-            let hash_shard = self.hash_shard(key);
-            if candidate != hash_shard {
-                // Marker first, then entry, then row: see `crate::marker`.
-                self.mark_off_hash(table, hash_shard).await?;
-            }
+            // Marker first, then entry, then row: see `crate::marker`. Set even when the
+            // candidate is the hash shard: another writer's claim may win, and a shard appended
+            // later copies the markers of every shard.
+            self.mark_off_hash(table, self.hash_shard(key)).await?;
             claims.push((index, key.clone(), self.shard_name(candidate).to_owned()));
         }
         for batch in claims.chunks(CLAIM_BATCH) {
@@ -372,7 +371,7 @@ impl<B: Backend> CollegeDb<B> {
         if self.inner.cache.is_marked(table, hash_shard) {
             return Ok(());
         }
-        crate::marker::set(self.shard(hash_shard), table).await?;
+        crate::marker::set(self, hash_shard, table).await?;
         self.inner.cache.set_marked(table, hash_shard);
         Ok(())
     }

@@ -449,3 +449,49 @@ fn hash_misses_skip_the_directory_until_a_key_is_placed_elsewhere() {
         assert!(cold.directory_ops().reads > reads_before);
     });
 }
+
+/// Appending a shard makes it the hash shard of keys placed on the others. Keys placed by the
+/// directory and read hash-first stay reachable: the new shard's marker table is created with
+/// every other shard's markers, and a shard with no marker table counts as marked.
+#[test]
+fn directory_placed_keys_read_hash_first_survive_an_appended_shard() {
+    for create_tables_after_append in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let strategies = |c: Config| c.with_strategies(Strategy::Hash, Strategy::RoundRobin);
+        let before = open_with(dir.path(), 2, strategies);
+        let ids: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+        block_on(async {
+            User::create_table(&before).await.unwrap();
+            for id in &ids {
+                User::insert(&before, &User::new(id.as_str()))
+                    .await
+                    .unwrap();
+            }
+        });
+        drop(before);
+        let after = open_with(dir.path(), 3, strategies);
+        block_on(async {
+            if create_tables_after_append {
+                User::create_table(&after).await.unwrap();
+            } else {
+                // As a migration tool would: the model's table only, no marker table.
+                let sql = &<User as collegedb::Model>::sql().create_table;
+                after.run_shard("s2", sql, &[]).await.unwrap();
+            }
+            for id in &ids {
+                let found = User::find(&after, id).await.unwrap();
+                assert!(
+                    found.is_some(),
+                    "{id} (create_table: {create_tables_after_append})"
+                );
+                let mut user = found.unwrap();
+                user.name = "renamed".into();
+                User::update(&after, &user).await.unwrap();
+            }
+        });
+        assert_eq!(
+            rows_per_shard(dir.path(), 2, "users").iter().sum::<i64>(),
+            300
+        );
+    }
+}

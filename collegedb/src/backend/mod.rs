@@ -117,9 +117,20 @@ impl Row {
 
 /// Runs SQL on one shard database.
 pub trait ShardConn: MaybeSync + 'static {
-    /// Runs a statement and returns the number of rows it changed.
+    /// Runs a point write (one row by key) and returns the number of rows it changed.
     fn execute(&self, sql: &str, params: &[Value])
         -> impl Future<Output = Result<u64>> + MaybeSend;
+
+    /// Runs a statement of unknown cost (raw SQL) and returns the number of rows it changed.
+    /// Backends that run [`ShardConn::execute`] on the caller's thread run this where a long
+    /// statement cannot hold an async executor (the embedded backend: a blocking thread pool).
+    fn execute_raw(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<u64>> + MaybeSend {
+        self.execute(sql, params)
+    }
 
     /// Runs a query and returns its rows.
     fn query(

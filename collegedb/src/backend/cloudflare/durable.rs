@@ -204,11 +204,12 @@ impl Directory for DurableDirectory {
         let (mut partition, mut after) = match cursor {
             None => (0, String::new()),
             Some(cursor) => {
-                let (p, k) = cursor
-                    .split_once(':')
-                    .ok_or_else(|| failed(format!("malformed cursor {cursor:?}")))?;
+                let (p, k) = cursor.split_once(':').ok_or_else(|| {
+                    Error::decode("cursor", format!("malformed directory cursor {cursor:?}"))
+                })?;
                 (
-                    p.parse().map_err(|_| failed("malformed cursor"))?,
+                    p.parse()
+                        .map_err(|_| Error::decode("cursor", "malformed directory cursor"))?,
                     k.to_owned(),
                 )
             }
@@ -326,14 +327,17 @@ pub async fn serve_directory(state: &State, mut request: Request) -> worker::Res
             }
         }
         Op::ClaimMany { table, claims } => {
-            // No await between the statements: the whole batch commits atomically.
+            // No await between the statements: the batch commits together. A claim is
+            // idempotent, so a batch cut short by an error is simply sent again.
             let mut entries = Vec::with_capacity(claims.len());
             for (key, shard) in claims {
                 sql.exec(
                     "INSERT OR IGNORE INTO directory (scope, key, shard) VALUES (?, ?, ?)",
                     vec![text(&table), text(&key), text(&shard)],
                 )?;
-                let winner = shard_of(&table, &key)?.unwrap_or(shard);
+                let Some(winner) = shard_of(&table, &key)? else {
+                    return Response::error("claim left no entry", 500);
+                };
                 entries.push((key, winner));
             }
             Reply {

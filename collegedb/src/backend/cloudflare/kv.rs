@@ -65,8 +65,11 @@ impl KvDirectory {
         let rest = name
             .strip_prefix(table)
             .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| Error::Directory(format!("KV entry {name:?} is outside `{table}`")))?;
-        let malformed = || Error::Directory(format!("malformed KV directory entry {name:?}"));
+            .ok_or_else(|| {
+                Error::DirectoryInconsistent(format!("KV entry {name:?} is outside `{table}`"))
+            })?;
+        let malformed =
+            || Error::DirectoryInconsistent(format!("malformed KV directory entry {name:?}"));
         match rest.split_at_checked(1) {
             Some(("i", digits)) => digits.parse().map(Key::Int).map_err(|_| malformed()),
             Some(("s", text)) => Ok(Key::Text(text.to_owned())),

@@ -70,6 +70,7 @@ impl SqliteDirectory {
     /// must hand off.
     async fn run<T, A>(
         &self,
+        read_only: bool,
         args: A,
         work: fn(&Connection, &A) -> rusqlite::Result<T>,
     ) -> Result<T>
@@ -79,6 +80,7 @@ impl SqliteDirectory {
     {
         self.pool
             .run(
+                read_only,
                 |conn| work(conn, &args),
                 || {
                     let args = args.clone();
@@ -93,7 +95,7 @@ impl SqliteDirectory {
 impl Directory for SqliteDirectory {
     async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
         let args = (table.to_owned(), key.directory_bytes());
-        self.run(args, |conn, (table, key)| {
+        self.run(true, args, |conn, (table, key)| {
             conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
                 .query_row((table, key), |row| row.get(0))
                 .optional()
@@ -103,7 +105,7 @@ impl Directory for SqliteDirectory {
 
     async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
         let args = (table.to_owned(), key.directory_bytes(), shard.to_owned());
-        self.run(args, |conn, (table, key, shard)| {
+        self.run(false, args, |conn, (table, key, shard)| {
             conn.prepare_cached(CLAIM)?
                 .query_row((table, key, shard), |row| row.get(0))
         })
@@ -139,7 +141,7 @@ impl Directory for SqliteDirectory {
 
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
         let args = (table.to_owned(), key.directory_bytes(), shard.to_owned());
-        self.run(args, |conn, (table, key, shard)| {
+        self.run(false, args, |conn, (table, key, shard)| {
             conn.prepare_cached(
                 "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
                  ON CONFLICT (scope, key) DO UPDATE SET shard = excluded.shard",
@@ -152,7 +154,7 @@ impl Directory for SqliteDirectory {
 
     async fn remove(&self, table: &str, key: &Key) -> Result<()> {
         let args = (table.to_owned(), key.directory_bytes());
-        self.run(args, |conn, (table, key)| {
+        self.run(false, args, |conn, (table, key)| {
             conn.prepare_cached("DELETE FROM directory WHERE scope = ?1 AND key = ?2")?
                 .execute((table, key))
                 .map(drop)
@@ -162,13 +164,14 @@ impl Directory for SqliteDirectory {
 
     async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
         let after = match cursor {
-            Some(cursor) => hex::decode(cursor)
-                .map_err(|_| Error::Directory(format!("malformed cursor {cursor:?}")))?,
+            Some(cursor) => hex::decode(cursor).map_err(|_| {
+                Error::decode("cursor", format!("malformed directory cursor {cursor:?}"))
+            })?,
             None => Vec::new(),
         };
         let args = (table.to_owned(), after, limit as i64 + 1);
         let rows = self
-            .run(args, |conn, (table, after, limit)| {
+            .run(true, args, |conn, (table, after, limit)| {
                 conn.prepare_cached(
                     "SELECT key, shard FROM directory WHERE scope = ?1 AND key > ?2
                      ORDER BY key LIMIT ?3 + 0",
@@ -195,7 +198,7 @@ impl Directory for SqliteDirectory {
     }
 
     async fn count(&self) -> Result<u64> {
-        self.run((), |conn, ()| {
+        self.run(true, (), |conn, ()| {
             conn.query_row("SELECT COUNT(*) FROM directory", [], |row| {
                 row.get::<_, i64>(0)
             })
@@ -205,7 +208,7 @@ impl Directory for SqliteDirectory {
     }
 
     async fn clear(&self) -> Result<()> {
-        self.run((), |conn, ()| {
+        self.run(false, (), |conn, ()| {
             conn.execute_batch("DELETE FROM directory; DELETE FROM counters;")
         })
         .await
@@ -249,6 +252,7 @@ impl Coordinator for LocalCoordinator {
         let end = self
             .pool
             .run(
+                false,
                 |conn| reserve(conn, table),
                 || {
                     let table = table.to_owned();

@@ -69,6 +69,10 @@ impl ShardConn for SqliteShard {
         self.pool.query(sql, params).await
     }
 
+    async fn execute_raw(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.pool.execute_offloaded(sql, params).await
+    }
+
     async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
         self.pool.batch(statements).await
     }
@@ -81,7 +85,7 @@ impl ShardConn for SqliteShard {
                 |row| row.get::<_, i64>(0),
             )
         };
-        self.pool.run(size, || size).await.map(|n| n as u64)
+        self.pool.run(true, size, || size).await.map(|n| n as u64)
     }
 }
 

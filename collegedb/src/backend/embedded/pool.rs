@@ -2,14 +2,22 @@
 //! threads free: **run inline what is quick, hand off to a blocking thread what may wait.**
 //!
 //! A call first tries to take a free connection and run its statement right on the caller's
-//! thread, with SQLite's busy timeout at zero and a budget of virtual-machine steps. A point
-//! query or a single-row write finishes well within both, at no hand-off cost. If every
-//! connection is taken, another writer holds the file's lock (`SQLITE_BUSY`), or the statement
-//! runs past its budget (it is interrupted and rolled back, so nothing has changed), the call is
-//! sent to the [`blocking`] thread pool and runs there with the configured busy timeout, while
-//! the caller's future waits without holding an executor thread. Transactions (`Pool::batch`)
-//! always go to the thread pool. A lock held past the busy timeout becomes
-//! [`Error::Busy`], which is retryable.
+//! thread, with SQLite's busy timeout at zero:
+//!
+//! * a **read-only** query also gets a budget of virtual-machine steps; one that runs past it is
+//!   interrupted (a read has no effect to undo) and run again on the thread pool;
+//! * a **write** runs inline only when the caller knows it is a point write (the typed layer's
+//!   insert, update and delete by key: [`Pool::execute`]); raw SQL of unknown cost
+//!   ([`Pool::execute_offloaded`]), queries that write (`... RETURNING`) and transactions
+//!   ([`Pool::batch`]) always run on the thread pool. A write is never interrupted: SQLite may
+//!   report an interrupt after a write has committed, and running it again would apply it twice.
+//!
+//! If every connection is taken, or another writer holds the file's lock (`SQLITE_BUSY`, which
+//! SQLite reports before changing anything), the call is sent to the [`blocking`] thread pool and
+//! runs there with the configured busy timeout, while the caller's future waits without holding an
+//! executor thread. A lock held past the busy timeout becomes [`Error::Busy`], which is retryable.
+//! A statement that leaves a transaction open (a raw `BEGIN`) is rolled back and refused, so the
+//! pooled connection never carries it into another caller's statement.
 //!
 //! Futures that complete without waiting never yield on their own, so a task looping over
 //! embedded calls could keep an executor thread forever. Every `YIELD_EVERY` (32) inline calls on
@@ -147,8 +155,16 @@ impl Slot {
     }
 }
 
-/// Whether SQLite gave up because of another connection's lock, or because the inline budget
-/// ran out: both mean "nothing changed, run it on the thread pool".
+/// The error an inline closure returns to ask for the thread pool before running anything.
+fn offload_please() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+        None,
+    )
+}
+
+/// Whether SQLite gave up because of another connection's lock, or because a read's inline
+/// budget ran out (or the closure asked for it): "nothing changed, run it on the thread pool".
 fn must_offload(error: &rusqlite::Error) -> bool {
     matches!(
         error.sqlite_error_code(),
@@ -227,8 +243,12 @@ impl Pool {
     /// Runs `inline` on the caller's thread if a connection is free and it finishes quickly;
     /// otherwise runs the closure made by `offload` on the thread pool (see the module docs).
     /// `offload` owns its inputs, so only calls that hand off pay for copying them.
+    ///
+    /// `read_only`: the statement cannot change anything, so it may be interrupted when it runs
+    /// past its inline budget. Pass `false` for writes: they are never interrupted.
     pub(crate) async fn run<T, I, O>(
         self: &Arc<Self>,
+        read_only: bool,
         inline: I,
         offload: impl FnOnce() -> O,
     ) -> Result<T>
@@ -239,9 +259,11 @@ impl Pool {
     {
         yield_now_and_then().await;
         if let Some(slot) = self.try_get() {
-            slot.budget.store(INLINE_BUDGET, Ordering::Relaxed);
-            let result = inline(&slot.conn);
-            slot.budget.store(UNLIMITED, Ordering::Relaxed);
+            let result = {
+                let _budget = Armed::new(&slot.budget, read_only);
+                inline(&slot.conn)
+            };
+            let result = close_transaction(&slot.conn, result);
             match result {
                 Err(error) if must_offload(&error) => {}
                 result => return result.map_err(|e| self.failed(e)),
@@ -257,8 +279,9 @@ impl Pool {
         work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
         let slot = self.get_waiting();
+        slot.budget.store(UNLIMITED, Ordering::Relaxed);
         slot.conn.busy_timeout(self.busy_timeout)?;
-        let result = work(&slot.conn);
+        let result = close_transaction(&slot.conn, work(&slot.conn));
         slot.conn.busy_timeout(Duration::ZERO)?;
         result
     }
@@ -272,16 +295,20 @@ impl Pool {
         let pool = self.clone();
         blocking::unblock(move || {
             let slot = pool.get_waiting();
+            // A panic in an earlier call may have left the budget armed or the timeout set.
+            slot.budget.store(UNLIMITED, Ordering::Relaxed);
             let _ = slot.conn.busy_timeout(pool.busy_timeout);
-            let result = work(&slot.conn);
+            let result = close_transaction(&slot.conn, work(&slot.conn));
             let _ = slot.conn.busy_timeout(Duration::ZERO);
             result.map_err(|e| pool.failed(e))
         })
         .await
     }
 
+    /// Runs a point write (one row by key), inline when the file is free.
     pub(crate) async fn execute(self: &Arc<Self>, sql: &str, params: &[Value]) -> Result<u64> {
         self.run(
+            false,
             |conn| execute(conn, sql, params),
             || {
                 let (sql, params) = (sql.to_owned(), params.to_vec());
@@ -291,13 +318,26 @@ impl Pool {
         .await
     }
 
+    /// Runs a statement of unknown cost (raw SQL) on the thread pool.
+    pub(crate) async fn execute_offloaded(
+        self: &Arc<Self>,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<u64> {
+        let (sql, params) = (sql.to_owned(), params.to_vec());
+        self.run_blocking(move |conn| execute(conn, &sql, &params))
+            .await
+    }
+
+    /// Runs a query: inline under a step budget when it is read-only, else on the thread pool.
     pub(crate) async fn query(self: &Arc<Self>, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let rows = self
             .run(
-                |conn| query(conn, sql, params),
+                true,
+                |conn| query(conn, sql, params, true),
                 || {
                     let (sql, params) = (sql.to_owned(), params.to_vec());
-                    move |conn: &Connection| query(conn, &sql, &params)
+                    move |conn: &Connection| query(conn, &sql, &params, false)
                 },
             )
             .await?;
@@ -324,6 +364,40 @@ impl Pool {
     }
 }
 
+/// Arms a connection's step budget for one inline statement, and disarms it when dropped (also
+/// on panic).
+struct Armed<'a>(&'a AtomicUsize);
+
+impl<'a> Armed<'a> {
+    fn new(budget: &'a AtomicUsize, read_only: bool) -> Self {
+        budget.store(
+            if read_only { INLINE_BUDGET } else { UNLIMITED },
+            Ordering::Relaxed,
+        );
+        Armed(budget)
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.0.store(UNLIMITED, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a statement that left a transaction open (a raw `BEGIN`), rolling it back, so that
+/// the pooled connection never carries it into another caller's statements. Use `batch` for
+/// transactions.
+fn close_transaction<T>(conn: &Connection, result: rusqlite::Result<T>) -> rusqlite::Result<T> {
+    if conn.is_autocommit() {
+        return result;
+    }
+    let _ = conn.execute_batch("ROLLBACK");
+    result.and(Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+        Some("a statement left a transaction open and was rolled back: run transactions with batch()".into()),
+    )))
+}
+
 fn execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u64> {
     let mut stmt = conn.prepare_cached(sql)?;
     stmt.execute(params_from_iter(params)).map(|n| n as u64)
@@ -331,8 +405,19 @@ fn execute(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<u
 
 /// Reads every row. A decode failure (TEXT that is not UTF-8) is returned inside `Ok`, so that
 /// only SQLite's own errors decide whether to hand off.
-fn query(conn: &Connection, sql: &str, params: &[Value]) -> rusqlite::Result<Result<Vec<Row>>> {
+///
+/// `inline`: on the caller's thread, where a statement that writes (`... RETURNING`) must not
+/// run: it is sent to the thread pool instead.
+fn query(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    inline: bool,
+) -> rusqlite::Result<Result<Vec<Row>>> {
     let mut stmt = conn.prepare_cached(sql)?;
+    if inline && !stmt.readonly() {
+        return Err(offload_please());
+    }
     let columns: Arc<[String]> = stmt.column_names().map(str::to_owned).collect();
     let width = columns.len();
     let mut rows = stmt.query(params_from_iter(params))?;
