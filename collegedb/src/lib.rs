@@ -36,6 +36,7 @@
 //! | [`directory`] | the key-to-shard store trait and its in-memory cache |
 //! | [`marker`] | off-hash markers: when a hash-first miss is final without a directory read |
 //! | [`router`] | which shard serves a key: the routing rules |
+//! | [`shard_map`] | the stored shard list that refuses edited configurations |
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
@@ -58,6 +59,7 @@ pub mod placement;
 pub mod raw;
 pub mod router;
 pub mod scan;
+pub mod shard_map;
 pub mod value;
 
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]

@@ -422,3 +422,47 @@ fn config_that_cannot_work_is_refused_at_open() {
         "refused configurations create no shard files"
     );
 }
+
+/// Editing the shard list of a deployment that holds rows would misroute them silently: append,
+/// reorder and removal are each refused with a message that says what changed. An empty
+/// deployment may change its list.
+#[test]
+fn an_edited_shard_list_is_refused_once_rows_exist() {
+    use collegedb::{CollegeDb, Config};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |names: &[&str]| {
+        CollegeDb::open_embedded(Config::with_shard_names(names.iter().copied()), dir.path())
+    };
+
+    // While empty, the list may change.
+    open(&["a", "b"]).unwrap();
+    let db = open(&["a", "b", "c"]).unwrap();
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        for i in 0..30 {
+            User::insert(&db, &User::new(format!("u{i}")))
+                .await
+                .unwrap();
+        }
+    });
+    drop(db);
+    for (names, expected) in [
+        (&["a", "b", "c", "d"][..], "add_shard"),
+        (&["c", "a", "b"][..], "another order"),
+        (&["a", "b"][..], "put them back"),
+        (&["a", "b", "x"][..], "missing from the configuration: c"),
+    ] {
+        let err = open(names).unwrap_err();
+        assert_eq!(err.code(), "CONFIG_INVALID", "{names:?}");
+        assert!(err.to_string().contains(expected), "{names:?}: {err}");
+        assert!(err.to_string().contains("version 2: a, b, c"), "{err}");
+    }
+    assert!(
+        !dir.path().join("d.sqlite").exists(),
+        "a refused list creates no file"
+    );
+    assert!(!dir.path().join("x.sqlite").exists());
+    // The stored list still opens, and every row is there.
+    let db = open(&["a", "b", "c"]).unwrap();
+    assert_eq!(block_on(User::count(&db)).unwrap(), 30);
+}

@@ -37,7 +37,12 @@ pub(super) fn open(
              CREATE TABLE IF NOT EXISTS counters (
                  name  TEXT PRIMARY KEY NOT NULL,
                  value INTEGER NOT NULL
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS shard_map (
+                 id      INTEGER PRIMARY KEY CHECK (id = 1),
+                 version INTEGER NOT NULL,
+                 shards  TEXT NOT NULL
+             );",
         )
     })
     .map_err(|e| Error::Io(format!("cannot create directory tables: {e}")))?;
@@ -47,6 +52,103 @@ pub(super) fn open(
         blocks: Mutex::new(HashMap::new()),
     };
     Ok((directory, coordinator))
+}
+
+/// Compares the configured shard list with the stored one (see [`crate::shard_map`]): stores it
+/// on first open, replaces it while the deployment holds no rows, and refuses it otherwise.
+pub(super) fn check_shard_list(
+    directory: &SqliteDirectory,
+    folder: &Path,
+    configured: &[String],
+) -> Result<()> {
+    use crate::shard_map::{compare, refused, ListChange, StoredShards};
+    let io = |e: rusqlite::Error| Error::Io(format!("cannot read the stored shard list: {e}"));
+    let json = serde_json::to_string(configured).expect("names serialize");
+    directory
+        .pool
+        .run_blocking_sync(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO shard_map (id, version, shards) VALUES (1, 1, ?1)",
+                [&json],
+            )
+        })
+        .map_err(io)?;
+    let (version, shards): (i64, String) = directory
+        .pool
+        .run_blocking_sync(|conn| {
+            conn.query_row(
+                "SELECT version, shards FROM shard_map WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .map_err(io)?;
+    let stored = StoredShards {
+        version: version as u64,
+        shards: serde_json::from_str(&shards)
+            .map_err(|e| Error::DirectoryInconsistent(format!("stored shard list: {e}")))?,
+    };
+    let ListChange::Different(why) = compare(&stored.shards, configured) else {
+        return Ok(());
+    };
+    let names = stored.shards.iter().chain(configured);
+    if holds_rows(directory, folder, names)? {
+        return Err(refused(&stored, &why));
+    }
+    directory
+        .pool
+        .run_blocking_sync(|conn| {
+            conn.execute(
+                "UPDATE shard_map SET version = version + 1, shards = ?1 WHERE id = 1",
+                [&json],
+            )
+        })
+        .map_err(io)
+        .map(drop)
+}
+
+/// Whether the deployment holds any row: a directory entry, or a row in a table of any of the
+/// named shard files that exist.
+fn holds_rows<'a>(
+    directory: &SqliteDirectory,
+    folder: &Path,
+    names: impl Iterator<Item = &'a String>,
+) -> Result<bool> {
+    let io = |e: rusqlite::Error| Error::Io(format!("cannot count rows: {e}"));
+    let entries: i64 = directory
+        .pool
+        .run_blocking_sync(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM directory", [], |r| r.get(0))
+        })
+        .map_err(io)?;
+    if entries > 0 {
+        return Ok(true);
+    }
+    for name in names {
+        let path = folder.join(format!("{name}.sqlite"));
+        if !path.exists() {
+            continue;
+        }
+        let conn = Connection::open(&path).map_err(io)?;
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                 AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\'",
+            )
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+            .map_err(io)?;
+        for table in tables {
+            let sql = format!(
+                "SELECT EXISTS (SELECT 1 FROM \"{}\")",
+                table.replace('"', "\"\"")
+            );
+            let any: bool = conn.query_row(&sql, [], |r| r.get(0)).map_err(io)?;
+            if any {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Directory failures keep their kind: a lock timeout is [`Error::Busy`], anything else is

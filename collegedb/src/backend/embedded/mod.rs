@@ -97,10 +97,12 @@ pub(crate) fn open(
 ) -> Result<(Vec<SqliteShard>, SqliteDirectory, LocalCoordinator)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", folder.display())))?;
+    let (directory, coordinator) = directory::open(&folder.join("_directory.db"), options)?;
+    // Before any shard file is created: a refused list leaves the folder as it was.
+    directory::check_shard_list(&directory, folder, shard_names)?;
     let shards = shard_names
         .iter()
         .map(|name| SqliteShard::open(folder.join(format!("{name}.sqlite")), name, options))
         .collect::<Result<Vec<_>>>()?;
-    let (directory, coordinator) = directory::open(&folder.join("_directory.db"), options)?;
     Ok((shards, directory, coordinator))
 }
