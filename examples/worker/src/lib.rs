@@ -425,17 +425,38 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         "x-collegedb-directory-ops",
         &format!("{},{}", ops.reads, ops.writes),
     )?;
-    // After the response: the handle's row-count changes join the isolate's batch (no I/O), and
-    // the request that finds a batch without a timer hosts the timer that sends it when due.
-    ctx.wait_until(async move {
-        if let Err(error) = db.sync_stats().await {
-            worker::console_error!("collegedb: stats not synced: {error}");
+    // The handle's row-count changes join the isolate's batch: no I/O, unless the batch is full
+    // (then its send finishes after the response). A request that finds a batch without a timer
+    // hosts the timer that sends it when due. Most requests need no `wait_until` at all.
+    let sync = {
+        let db = db.clone();
+        async move {
+            if let Err(error) = db.sync_stats().await {
+                worker::console_error!("collegedb: stats not synced: {error}");
+            }
         }
-        if let Err(error) = db.coordinator().flush_stats_when_due().await {
-            worker::console_error!("collegedb: stats not sent: {error}");
-        }
-    });
+    };
+    finish_after_response(&ctx, sync);
+    if cloudflare::stats_timer_needed() {
+        ctx.wait_until(async move {
+            if let Err(error) = db.coordinator().flush_stats_when_due().await {
+                worker::console_error!("collegedb: stats not sent: {error}");
+            }
+        });
+    }
     Ok(response)
+}
+
+/// Runs `future` up to its first wait for I/O now, and the rest (if any) after the response
+/// (`ctx.wait_until`). For futures that usually finish without I/O, this saves the promise and
+/// the task that `wait_until` costs. Only for futures whose I/O is JavaScript promises (they
+/// take the real waker when polled again); not for timers.
+fn finish_after_response(ctx: &Context, future: impl std::future::Future<Output = ()> + 'static) {
+    let mut future = Box::pin(future);
+    let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
+    if future.as_mut().poll(&mut poll).is_pending() {
+        ctx.wait_until(future);
+    }
 }
 
 /// The ShardCoordinator. Wraps the library's handler with two test aids: a fault switch (after

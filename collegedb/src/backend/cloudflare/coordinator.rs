@@ -158,6 +158,13 @@ pub fn pending_stats() -> PendingStats {
     STATS.with(|s| s.borrow().pending(now_ms()))
 }
 
+/// Whether this isolate has a batch of changes and no running timer to send it: then hand
+/// [`CoordinatorClient::flush_stats_when_due`] to `ctx.wait_until`. Lets a request skip
+/// `wait_until` altogether when there is nothing to do (no I/O, no allocation).
+pub fn stats_timer_needed() -> bool {
+    STATS.with(|s| s.borrow().timer_needed(now_ms()))
+}
+
 /// Drops this isolate's unsent row-count changes and returns them. [`recount_stats`] and a
 /// flush of every shard call it: the changes it drops are already in (or wiped from) the shards.
 pub fn discard_pending_stats() -> PendingStats {
@@ -303,14 +310,20 @@ impl StatsBatch {
         }
     }
 
+    /// Whether there is a batch and no live timer.
+    fn timer_needed(&self, now: u64) -> bool {
+        self.opened_at.is_some()
+            && self
+                .timer
+                .is_none_or(|(_, until)| now > until.saturating_add(TIMER_GRACE_MS))
+    }
+
     /// Starts the isolate's timer if there is a batch and no live timer: returns its token.
     fn start_timer(&mut self, now: u64) -> Option<u64> {
-        let due = self.due_at()?;
-        if let Some((_, until)) = self.timer {
-            if now <= until.saturating_add(TIMER_GRACE_MS) {
-                return None;
-            }
+        if !self.timer_needed(now) {
+            return None;
         }
+        let due = self.due_at()?;
         self.timers_started += 1;
         self.timer = Some((self.timers_started, due));
         Some(self.timers_started)

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 pub use coordinator::{
     discard_pending_stats, pending_stats, recount_stats, serve_coordinator, set_stats_batching,
-    Allocation, CoordinatorClient, CoordinatorShardStats, PendingStats, RowCount, StatsBatching,
-    COORDINATOR_NAME, TICKET_BLOCK,
+    stats_timer_needed, Allocation, CoordinatorClient, CoordinatorShardStats, PendingStats,
+    RowCount, StatsBatching, COORDINATOR_NAME, TICKET_BLOCK,
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
