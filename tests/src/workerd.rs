@@ -1,7 +1,9 @@
-//! A local workerd (`wrangler dev --local`) running the Worker example, for end-to-end tests and
-//! the load benchmark. Every address is on 127.0.0.1; the server runs in its own process group
-//! and is stopped, group and all, when the [`Workerd`] value is dropped, whatever the outcome.
+//! A local workerd (`wrangler dev --local`) running the Worker example (or the raw D1 Worker of
+//! `tests/workerd-raw`, the load benchmark's baseline), for end-to-end tests and the load
+//! benchmark. Every address is on 127.0.0.1; the server runs in its own process group and is
+//! stopped, group and all, when the [`Workerd`] value is dropped, whatever the outcome.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -46,9 +48,35 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The clock ticks per second of `/proc/<pid>/stat` times.
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// `(parent pid, command name, utime + stime in ticks)` from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last `)`.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, name, utime + stime))
+}
+
 impl Workerd {
-    /// Starts `wrangler dev --local` on a free port with persistence in a fresh temporary folder
-    /// and waits (at most 90 s) until it answers.
+    /// Starts the Worker example (the repository's `wrangler.toml`) with `wrangler dev --local`
+    /// on a free port with persistence in a fresh temporary folder, and waits (at most 90 s)
+    /// until it answers.
     pub fn start() -> Workerd {
         let root = repository_root();
         let shim = root.join("examples/worker/build/worker/shim.mjs");
@@ -56,6 +84,20 @@ impl Workerd {
             shim.exists(),
             "the Worker example is not built: run scripts/build-worker.sh (after scripts/install-wasm-toolchain.sh)"
         );
+        Self::start_with(None, "/coordinator/health")
+    }
+
+    /// Starts the raw D1 Worker of `tests/workerd-raw` (plain JavaScript, one D1 database), the
+    /// load benchmark's baseline, like [`Workerd::start`].
+    pub fn start_raw() -> Workerd {
+        let config = repository_root().join("tests/workerd-raw/wrangler.toml");
+        Self::start_with(Some(&config), "/health")
+    }
+
+    /// Starts `wrangler dev --local` with `config` (default: the repository's `wrangler.toml`)
+    /// and waits until `GET probe` answers 200.
+    fn start_with(config: Option<&Path>, probe: &str) -> Workerd {
+        let root = repository_root();
         let wrangler = root.join("node_modules/.bin/wrangler");
         assert!(
             wrangler.exists(),
@@ -82,6 +124,7 @@ impl Workerd {
                 "--port",
                 &port.to_string(),
             ])
+            .args(config.map(|c| format!("--config={}", c.display())))
             .arg("--persist-to")
             .arg(persist.path().join("state"))
             .args([
@@ -119,7 +162,7 @@ impl Workerd {
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(reply) = server.try_request("GET", "/coordinator/health", None) {
+            if let Ok(reply) = server.try_request("GET", probe, None) {
                 if reply.status == 200 {
                     return server;
                 }
@@ -141,6 +184,48 @@ impl Workerd {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The workerd processes serving this server (wrangler's descendants named `workerd`).
+    pub fn workerd_pids(&self) -> Vec<u32> {
+        let mut parents: HashMap<u32, Vec<(u32, String)>> = HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some((ppid, name, _)) = proc_stat(pid) {
+                parents.entry(ppid).or_default().push((pid, name));
+            }
+        }
+        let mut found = Vec::new();
+        let mut queue = vec![self.child.id()];
+        while let Some(pid) = queue.pop() {
+            for (child, name) in parents.get(&pid).into_iter().flatten() {
+                if name == "workerd" {
+                    found.push(*child);
+                }
+                queue.push(*child);
+            }
+        }
+        found.sort_unstable();
+        found
+    }
+
+    /// CPU time (user + system) the workerd processes of this server have used so far. Workers,
+    /// Durable Objects and the local D1 and KV simulators all run inside workerd.
+    pub fn workerd_cpu(&self) -> Duration {
+        let pids = self.workerd_pids();
+        assert!(
+            !pids.is_empty(),
+            "no workerd process under wrangler {}",
+            self.child.id()
+        );
+        let ticks: u64 = pids
+            .iter()
+            .filter_map(|pid| proc_stat(*pid))
+            .map(|(_, _, t)| t)
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
     }
 
     /// The base URL, `http://127.0.0.1:<port>`.

@@ -62,6 +62,8 @@ fn worker_example_end_to_end() {
     values_map_both_ways_through_d1(&server);
     updates_upserts_and_deletes_route_to_the_owner(&server);
     coordinator_stats_match_the_shards(&server);
+    statistics_cost_no_coordinator_call_per_write(&server);
+    recount_sets_the_coordinator_from_the_shards(&server);
     coordinator_serves_the_seed_http_api(&server);
     coordinator_failure_falls_back_to_a_local_counter(&server);
     flush_empties_everything(&server);
@@ -490,52 +492,144 @@ fn updates_upserts_and_deletes_route_to_the_owner(server: &Workerd) {
     );
 }
 
-fn coordinator_stats_match_the_shards(server: &Workerd) {
-    // Stats are sent after each response (ctx.waitUntil): allow them a moment to arrive.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let real = server.get("/stats");
-        let kept = server.get("/stats/coordinator");
-        let real: BTreeMap<String, Value> = real
-            .json
-            .as_array()
-            .unwrap()
+/// `Err` with both sides when the coordinator's row counts differ from the shards' own.
+fn coordinator_matches_shards(server: &Workerd) -> Result<(), String> {
+    let real = server.get("/stats");
+    let kept = server.get("/stats/coordinator");
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    let real: BTreeMap<String, Value> = real
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["shard"].as_str().unwrap().to_owned(), s["tables"].clone()))
+        .collect();
+    let kept: BTreeMap<String, Value> = kept
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["binding"].as_str().unwrap().to_owned(),
+                s["tables"].clone(),
+            )
+        })
+        .collect();
+    let matches = SHARDS.iter().all(|shard| {
+        ["users", "posts", "sessions", "events"]
             .iter()
-            .map(|s| (s["shard"].as_str().unwrap().to_owned(), s["tables"].clone()))
-            .collect();
-        let kept: BTreeMap<String, Value> = kept
-            .json
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["binding"].as_str().unwrap().to_owned(),
-                    s["tables"].clone(),
-                )
+            .all(|table| {
+                real[*shard][table].as_u64().unwrap_or(0)
+                    == kept
+                        .get(*shard)
+                        .and_then(|t| t[table].as_u64())
+                        .unwrap_or(0)
             })
-            .collect();
-        let matches = SHARDS.iter().all(|shard| {
-            ["users", "posts", "sessions", "events"]
-                .iter()
-                .all(|table| {
-                    real[*shard][table].as_u64().unwrap_or(0)
-                        == kept
-                            .get(*shard)
-                            .and_then(|t| t[table].as_u64())
-                            .unwrap_or(0)
-                })
-        });
-        if matches {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "coordinator stats {kept:?} != shard counts {real:?}\n{}",
-            server.log_tail()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(format!(
+            "coordinator stats {kept:?} != shard counts {real:?}"
+        ))
     }
+}
+
+/// Requests the coordinator object has received with this method and path.
+fn coordinator_requests(server: &Workerd, method_and_path: &str) -> u64 {
+    let reply = server.get("/coordinator/requests");
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json[method_and_path].as_u64().unwrap_or(0)
+}
+
+fn coordinator_stats_match_the_shards(server: &Workerd) {
+    // Every write so far (inserts, batches, upserts, updates, deletes, on every model) changed the
+    // counts incrementally. Send this isolate's batch now rather than wait for its timer; the
+    // last requests' changes join the batch just after their responses, so retry briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let sync = server.post("/stats/sync", &json!({}));
+        assert_eq!(sync.status, 200, "{}", sync.text);
+        match coordinator_matches_shards(server) {
+            Ok(()) => return,
+            Err(message) => assert!(
+                std::time::Instant::now() < deadline,
+                "{message}\n{}",
+                server.log_tail()
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn statistics_cost_no_coordinator_call_per_write(server: &Workerd) {
+    const INSERTS: u64 = 40;
+    let sync = server.post("/stats/sync", &json!({}));
+    assert_eq!(sync.status, 200, "{}", sync.text);
+    let before = coordinator_requests(server, "POST /stats");
+    for i in 0..INSERTS {
+        let reply = server.post("/users", &user(&format!("batched-{i:03}")));
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let pending = server.get("/stats/pending");
+    assert_eq!(pending.status, 200, "{}", pending.text);
+    // The statistics converge without being asked to: the isolate's timer sends the batch at
+    // most 10 s (StatsBatching::DEFAULT) after its first change.
+    let started = std::time::Instant::now();
+    loop {
+        match coordinator_matches_shards(server) {
+            Ok(()) => break,
+            Err(message) => assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "not converged 20 s after the inserts: {message}\npending then: {}\n{}",
+                pending.text,
+                server.log_tail()
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let calls = coordinator_requests(server, "POST /stats") - before;
+    eprintln!(
+        "{INSERTS} inserts: {calls} statistics calls; converged {:.1} s after the last insert; pending then: {}",
+        started.elapsed().as_secs_f64(),
+        pending.text
+    );
+    assert!(
+        calls < INSERTS,
+        "{INSERTS} inserts made {calls} statistics calls"
+    );
+    // One batch per 10 s: these inserts take well under that (two calls allow for a batch that
+    // was already open when they started).
+    assert!(
+        calls <= 2,
+        "{INSERTS} inserts made {calls} statistics calls; pending then: {}",
+        pending.text
+    );
+    let after = server.get("/stats/pending");
+    assert_eq!(after.json["rows"], 0, "{}", after.text);
+}
+
+fn recount_sets_the_coordinator_from_the_shards(server: &Workerd) {
+    // Knock the coordinator's figures off (as a lost batch would), then recount.
+    let skew = server.post(
+        "/coordinator/stats",
+        &json!({ "deltas": [{ "shard": "DB_EAST", "table": "users", "delta": 5 },
+                            { "shard": "DB_WEST", "table": "posts", "delta": -3 }] }),
+    );
+    assert_eq!(skew.status, 200, "{}", skew.text);
+    assert!(coordinator_matches_shards(server).is_err());
+    let recount = server.post("/stats/recount", &json!({}));
+    assert_eq!(recount.status, 200, "{}", recount.text);
+    let counts = recount.json.as_array().unwrap();
+    assert!(
+        counts
+            .iter()
+            .any(|c| c["shard"] == "DB_EAST" && c["table"] == "users"),
+        "{}",
+        recount.text
+    );
+    coordinator_matches_shards(server).unwrap();
 }
 
 fn coordinator_serves_the_seed_http_api(server: &Workerd) {

@@ -12,9 +12,13 @@
 //! | `GET /shards/{shard}/{model}` | every row of that model on that shard |
 //! | `POST /raw/{shard}` | `{"sql", "params"}` on one shard, for value-mapping checks |
 //! | `GET /stats` | rows per table and size per shard, counted on the shards |
-//! | `GET /stats/coordinator` | the coordinator's statistics, through the typed client |
+//! | `GET /stats/coordinator` | the coordinator's statistics, through the typed client (they lag: see below) |
+//! | `GET /stats/pending` | this isolate's row-count changes not yet sent to the coordinator |
+//! | `POST /stats/sync` | sends this isolate's pending changes now: `{"sent": n}` |
+//! | `POST /stats/recount` | counts the rows on the shards and sets the coordinator's figures to them (exact as of now) |
 //! | `/coordinator/...` | the coordinator's own HTTP API, passed through (`/shards`, `/stats`, `/allocate`, `/flush`, `/health`) |
 //! | `POST /coordinator/fault` | `{"fail": true}` makes the coordinator object refuse `/allocate` (fault injection) |
+//! | `GET /coordinator/requests` | requests the coordinator object has received, by method and path (for tests) |
 //! | `GET /directory/count` | directory entries |
 //! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
@@ -22,10 +26,19 @@
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
 //! `?region=weur` sets the target region of `location` placement (default `enam`).
+//!
+//! Statistics cost no coordinator call per write: after each response the handle's row-count
+//! changes join the isolate's batch, which is sent at most 10 s after its first change (by a
+//! timer in `ctx.wait_until`) or once it holds 1,000 changed rows
+//! ([`cloudflare::StatsBatching`]). The coordinator's figures therefore lag the shards by up to
+//! about 10 s, and lose the unsent batch of an isolate that is evicted; `POST /stats/recount`
+//! resets them from the shards. The exact numbers are always `GET /stats`.
 
 use collegedb::backend::cloudflare::{self, Cloudflare, DirectoryChoice};
 use collegedb::directory::Directory;
 use collegedb::{CollegeDb, Config, Model, Region, ShardConfig, Sharded, Strategy, Value};
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -294,6 +307,15 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             .stats()
             .await
             .map(|s| Response::from_json(&s).expect("JSON of stats")),
+        (Method::Get, ["stats", "pending"]) => {
+            Ok(Response::from_json(&cloudflare::pending_stats()).expect("JSON of pending stats"))
+        }
+        (Method::Post, ["stats", "sync"]) => db.coordinator().flush_stats().await.map(|sent| {
+            Response::from_json(&serde_json::json!({ "sent": sent })).expect("JSON")
+        }),
+        (Method::Post, ["stats", "recount"]) => cloudflare::recount_stats(db)
+            .await
+            .map(|counts| Response::from_json(&counts).expect("JSON of counts")),
         (_, ["users", rest @ ..]) => return model_route::<User>(db, req, rest).await,
         (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
         (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
@@ -372,11 +394,15 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             .await
             .map(|n| Response::from_json(&serde_json::json!({ "entries": n })).expect("JSON")),
         (Method::Post, ["flush"]) => match db.flush().await {
-            Ok(()) => db
+            Ok(()) => {
+                // The rows are gone: so are this isolate's unsent changes to their counts.
+                cloudflare::discard_pending_stats();
+                db
                 .coordinator()
                 .flush()
                 .await
-                .map(|_| Response::from_json(&serde_json::json!({ "success": true })).expect("JSON")),
+                .map(|_| Response::from_json(&serde_json::json!({ "success": true })).expect("JSON"))
+            }
             Err(e) => Err(e),
         },
         _ => return Response::error("no such route", 404),
@@ -399,17 +425,43 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         "x-collegedb-directory-ops",
         &format!("{},{}", ops.reads, ops.writes),
     )?;
-    // Row-count changes reach the coordinator after the response is on its way.
-    ctx.wait_until(async move {
-        if let Err(error) = db.sync_stats().await {
-            worker::console_error!("collegedb: stats not synced: {error}");
+    // The handle's row-count changes join the isolate's batch: no I/O, unless the batch is full
+    // (then its send finishes after the response). A request that finds a batch without a timer
+    // hosts the timer that sends it when due. Most requests need no `wait_until` at all.
+    let sync = {
+        let db = db.clone();
+        async move {
+            if let Err(error) = db.sync_stats().await {
+                worker::console_error!("collegedb: stats not synced: {error}");
+            }
         }
-    });
+    };
+    finish_after_response(&ctx, sync);
+    if cloudflare::stats_timer_needed() {
+        ctx.wait_until(async move {
+            if let Err(error) = db.coordinator().flush_stats_when_due().await {
+                worker::console_error!("collegedb: stats not sent: {error}");
+            }
+        });
+    }
     Ok(response)
 }
 
-/// The ShardCoordinator. Wraps the library's handler with a fault switch for tests: after
-/// `POST /fault {"fail": true}`, `/allocate` answers 503, as an unreachable coordinator would.
+/// Runs `future` up to its first wait for I/O now, and the rest (if any) after the response
+/// (`ctx.wait_until`). For futures that usually finish without I/O, this saves the promise and
+/// the task that `wait_until` costs. Only for futures whose I/O is JavaScript promises (they
+/// take the real waker when polled again); not for timers.
+fn finish_after_response(ctx: &Context, future: impl std::future::Future<Output = ()> + 'static) {
+    let mut future = Box::pin(future);
+    let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
+    if future.as_mut().poll(&mut poll).is_pending() {
+        ctx.wait_until(future);
+    }
+}
+
+/// The ShardCoordinator. Wraps the library's handler with two test aids: a fault switch (after
+/// `POST /fault {"fail": true}`, `/allocate` answers 503, as an unreachable coordinator would),
+/// and a count of the requests it receives, by method and path (`GET /requests`).
 #[durable_object]
 pub struct ShardCoordinator {
     state: State,
@@ -432,6 +484,22 @@ impl DurableObject for ShardCoordinator {
 impl ShardCoordinator {
     async fn serve(&self, mut req: Request) -> Result<Response> {
         let path = req.path();
+        let storage = self.state.storage();
+        if path == "/requests" {
+            let counts = storage
+                .get::<BTreeMap<String, u64>>("requests")
+                .await?
+                .unwrap_or_default();
+            return Response::from_json(&counts);
+        }
+        let mut counts = storage
+            .get::<BTreeMap<String, u64>>("requests")
+            .await?
+            .unwrap_or_default();
+        *counts
+            .entry(format!("{} {path}", req.method()))
+            .or_default() += 1;
+        storage.put("requests", &counts).await?;
         if path == "/fault" {
             let body: serde_json::Value = req.json().await?;
             let fail = body.get("fail").and_then(|f| f.as_bool()).unwrap_or(false);

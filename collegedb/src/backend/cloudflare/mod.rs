@@ -14,6 +14,12 @@
 //! | choose when | keys can be created concurrently, or read right after being written elsewhere | keys are created once, by one writer, and read a lot |
 //!
 //! Hash placement needs neither: choose `hash` for models that do not need placement control.
+//!
+//! Statistics: the row-count changes of writes are batched per isolate and sent to the
+//! coordinator at most [`StatsBatching::max_age_ms`] (10 s) after the first change of a batch, or
+//! when the batch holds [`StatsBatching::max_rows`] (1,000) changed rows; never once per write.
+//! The coordinator's figures lag by up to that interval, and lose the unsent batch of an isolate
+//! that is evicted until [`recount_stats`] resets them from the shards (see [`StatsBatching`]).
 
 mod coordinator;
 mod d1;
@@ -25,8 +31,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use coordinator::{
-    serve_coordinator, Allocation, CoordinatorClient, CoordinatorShardStats, COORDINATOR_NAME,
-    TICKET_BLOCK,
+    discard_pending_stats, pending_stats, recount_stats, serve_coordinator, set_stats_batching,
+    stats_timer_needed, Allocation, CoordinatorClient, CoordinatorShardStats, PendingStats,
+    RowCount, StatsBatching, COORDINATOR_NAME, TICKET_BLOCK,
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
