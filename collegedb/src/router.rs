@@ -420,9 +420,11 @@ impl<B: Backend> CollegeDb<B> {
         *pending.entry((shard, table.to_owned())).or_default() += delta;
     }
 
-    /// Sends the row-count changes of this handle's writes to the coordinator. On Workers, call it
-    /// after the response is on its way (`ctx.wait_until`). On failure the changes are kept and
-    /// sent by the next call.
+    /// Hands the row-count changes of this handle's writes to the coordinator's
+    /// [`Coordinator::record_rows`]. The Cloudflare coordinator only adds them to a per-isolate
+    /// batch and sends that batch at most once per interval (see its `StatsBatching`), so this
+    /// makes no remote call per write. On failure the changes are kept and handed over by the
+    /// next call.
     pub async fn sync_stats(&self) -> Result<()> {
         let drained: Vec<((usize, String), i64)> = {
             let mut pending = self

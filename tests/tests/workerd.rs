@@ -319,8 +319,11 @@ fn reads_of_unknown_keys_create_no_directory_entries(server: &Workerd) {
                 reply.directory_ops.1, 0,
                 "{path}: a read wrote to the directory"
             );
+            // A hash-placed table has no off-hash marker: its misses are final on the hash
+            // shard, with no directory read at all.
+            let most_reads = if path.starts_with("/users/") { 0 } else { 1 };
             assert!(
-                reply.directory_ops.0 <= 1,
+                reply.directory_ops.0 <= most_reads,
                 "{path}: {:?}",
                 reply.directory_ops
             );
