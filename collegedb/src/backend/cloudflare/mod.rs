@@ -25,19 +25,23 @@ mod coordinator;
 mod d1;
 mod durable;
 mod kv;
+mod stats;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use coordinator::{
-    discard_pending_stats, pending_stats, recount_stats, serve_coordinator, set_stats_batching,
-    stats_timer_needed, Allocation, CoordinatorClient, CoordinatorShardStats, PendingStats,
-    RowCount, StatsBatching, COORDINATOR_NAME, TICKET_BLOCK,
+    serve_coordinator, Allocation, CoordinatorClient, CoordinatorShardStats, COORDINATOR_NAME,
+    TICKET_BLOCK,
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
 pub use kv::KvDirectory;
+pub use stats::{
+    discard_pending_stats, pending_stats, recount_stats, set_stats_batching, stats_timer_needed,
+    PendingStats, RowCount, StatsBatching,
+};
 
 use worker::Env;
 
