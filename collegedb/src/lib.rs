@@ -42,6 +42,7 @@
 //! | [`bulk`] | writes of many rows (`insert_many`) |
 //! | [`scan`] | cross-shard scans in key order |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
+//! | [`verify`] | an fsck of placement: rows not where the router looks, keys on two shards |
 //! | [`error`] | the error type and its stable codes |
 
 #![warn(missing_docs)]
@@ -61,6 +62,7 @@ pub mod router;
 pub mod scan;
 pub mod shard_map;
 pub mod value;
+pub mod verify;
 
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub use backend::embedded::Embedded;
@@ -74,6 +76,7 @@ pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
 pub use scan::Page;
 pub use value::{ColumnValue, Value};
+pub use verify::VerifyReport;
 
 /// Derives a sharded model. See the crate README for every attribute.
 pub use collegedb_derive::Sharded;

@@ -257,6 +257,9 @@ fn an_import_killed_at_any_point_is_finished_by_the_idempotent_form() {
             .collect();
         entries.sort();
         assert_eq!(entries, keys, "directory and rows agree (kill {i})");
+        let report = block_on(open(dir.path(), 3).verify_table("notes", "id")).unwrap();
+        assert!(report.is_clean(), "kill {i}: {report}");
+        assert_eq!(report.rows, rows as u64);
     }
     // Claims commit 500 keys at a time and each shard in one transaction, so the files can only
     // be seen in a few dozen distinct states; the kills must have found most of them.

@@ -502,5 +502,7 @@ fn directory_placed_keys_read_hash_first_survive_an_appended_shard() {
             rows_per_shard(dir.path(), 2, "users").iter().sum::<i64>(),
             300
         );
+        let report = block_on(after.verify_table("users", "id")).unwrap();
+        assert!(report.is_clean(), "{report}");
     }
 }

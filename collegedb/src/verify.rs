@@ -1,0 +1,210 @@
+//! `verify`: an fsck of placement. It walks every shard and the directory and reports every row
+//! that the router would not find where it is, so that a deployment (and every test of moves and
+//! growth) can check that no row is lost or duplicated.
+//!
+//! For one table it reports:
+//!
+//! * **misplaced** rows: on a shard other than their owner (the shard named by the key's
+//!   directory entry, else its hash shard). Reads of such a key find nothing, or another copy;
+//! * **duplicated** keys: rows of one key on two or more shards;
+//! * **unmarked** keys: a directory entry names a shard other than the key's hash shard, and the
+//!   hash shard lacks the table's off-hash marker (see [`crate::marker`]), so hash-first reads of
+//!   the key stop at the hash shard and miss it;
+//! * directory entries whose shard has no row: normal after a delete (a deleted key keeps its
+//!   entry), so they are counted, not failures.
+//!
+//! Rows are read in key-ordered pages of [`PAGE`] keys; the keys seen (not the rows) and the
+//! table's directory entries are held in memory while it runs.
+
+use std::collections::HashMap;
+
+use crate::backend::{Backend, ShardConn};
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::router::CollegeDb;
+use crate::value::Value;
+
+/// Keys read per query.
+pub const PAGE: usize = 1000;
+
+/// What [`CollegeDb::verify_table`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The table.
+    pub table: String,
+    /// Rows over every shard.
+    pub rows: u64,
+    /// Directory entries of the table.
+    pub entries: u64,
+    /// `(key, shard holding the row, owner shard)` for rows not on their owner.
+    pub misplaced: Vec<(Key, String, String)>,
+    /// `(key, shards holding a row)` for keys on more than one shard.
+    pub duplicated: Vec<(Key, Vec<String>)>,
+    /// `(key, hash shard)` for keys whose entry names another shard while the hash shard lacks
+    /// the off-hash marker.
+    pub unmarked: Vec<(Key, String)>,
+    /// Directory entries whose shard has no row of the key (left by deletes; not a failure).
+    pub entries_without_rows: u64,
+}
+
+impl VerifyReport {
+    /// Whether every row is where the router finds it, exactly once.
+    pub fn is_clean(&self) -> bool {
+        self.misplaced.is_empty() && self.duplicated.is_empty() && self.unmarked.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} rows, {} directory entries ({} without a row)",
+            self.table, self.rows, self.entries, self.entries_without_rows
+        )?;
+        for (key, on, owner) in &self.misplaced {
+            writeln!(f, "  misplaced: {key} is on {on}, its owner is {owner}")?;
+        }
+        for (key, shards) in &self.duplicated {
+            writeln!(f, "  duplicated: {key} is on {}", shards.join(", "))?;
+        }
+        for (key, shard) in &self.unmarked {
+            writeln!(
+                f,
+                "  unmarked: {key} is placed off its hash shard {shard}, which lacks the marker"
+            )?;
+        }
+        write!(
+            f,
+            "  {}",
+            if self.is_clean() {
+                "clean"
+            } else {
+                "NOT CLEAN"
+            }
+        )
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl<B: Backend> CollegeDb<B> {
+    /// Checks where every row of `table` (keyed by `key_column`) lives against where the router
+    /// looks for it; see the [module docs](crate::verify). Read-only.
+    ///
+    /// ```
+    /// use collegedb::{CollegeDb, Config, Sharded};
+    /// #[derive(Sharded)]
+    /// #[sharded(table = "users", strategy = "round-robin")]
+    /// struct User { #[sharded(key)] id: String, name: String }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # pollster::block_on(async {
+    /// let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b"]), dir.path())?;
+    /// User::create_table(&db).await?;
+    /// User::insert(&db, &User { id: "u1".into(), name: "Ada".into() }).await?;
+    /// let report = db.verify_table("users", "id").await?;
+    /// assert!(report.is_clean(), "{report}");
+    /// assert_eq!((report.rows, report.entries), (1, 1));
+    /// # Ok::<(), collegedb::Error>(()) }).unwrap();
+    /// ```
+    pub async fn verify_table(&self, table: &str, key_column: &str) -> Result<VerifyReport> {
+        let mut report = VerifyReport {
+            table: table.to_owned(),
+            ..VerifyReport::default()
+        };
+        // The table's directory entries, page by page.
+        let mut entries: HashMap<Key, usize> = HashMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self
+                .directory()
+                .list(table, cursor.as_deref(), PAGE)
+                .await?;
+            for (key, shard) in page.entries {
+                let index = self.shard_by_name(&shard).map_err(|_| {
+                    Error::DirectoryInconsistent(format!(
+                        "the directory names shard `{shard}` for a key of `{table}`, which is not configured"
+                    ))
+                })?;
+                entries.insert(key, index);
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        report.entries = entries.len() as u64;
+
+        // Every shard's keys, in key order, a page at a time.
+        let (table_q, key_q) = (quoted(table), quoted(key_column));
+        let first = format!("SELECT {key_q} FROM {table_q} ORDER BY {key_q} LIMIT ? + 0");
+        let after =
+            format!("SELECT {key_q} FROM {table_q} WHERE {key_q} > ? ORDER BY {key_q} LIMIT ? + 0");
+        let mut holders: HashMap<Key, Vec<usize>> = HashMap::new();
+        for (index, shard) in self.shards().iter().enumerate() {
+            let mut last: Option<Value> = None;
+            loop {
+                let limit = Value::Integer(PAGE as i64);
+                let rows = match &last {
+                    None => shard.query(&first, &[limit]).await?,
+                    Some(key) => shard.query(&after, &[key.clone(), limit]).await?,
+                };
+                let full = rows.len() == PAGE;
+                for row in rows {
+                    let value = row.into_values().into_iter().next().unwrap_or(Value::Null);
+                    last = Some(value.clone());
+                    holders
+                        .entry(Key::from_value(value)?)
+                        .or_default()
+                        .push(index);
+                    report.rows += 1;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+
+        let mut marked: HashMap<usize, bool> = HashMap::new();
+        for (key, shards) in &holders {
+            let hash = self.hash_shard(key);
+            let owner = entries.get(key).copied().unwrap_or(hash);
+            if shards.len() > 1 {
+                let names = shards
+                    .iter()
+                    .map(|&s| self.shard_name(s).to_owned())
+                    .collect();
+                report.duplicated.push((key.clone(), names));
+            }
+            for &on in shards.iter().filter(|&&on| on != owner) {
+                let (on, owner) = (self.shard_name(on), self.shard_name(owner));
+                report
+                    .misplaced
+                    .push((key.clone(), on.to_owned(), owner.to_owned()));
+            }
+            if owner != hash {
+                let has_marker = match marked.get(&hash) {
+                    Some(&known) => known,
+                    None => {
+                        let known = crate::marker::get(self.shard(hash), table).await?;
+                        *marked.entry(hash).or_insert(known)
+                    }
+                };
+                if !has_marker {
+                    let name = self.shard_name(hash).to_owned();
+                    report.unmarked.push((key.clone(), name));
+                }
+            }
+        }
+        report.entries_without_rows = entries
+            .iter()
+            .filter(|(key, shard)| !holders.get(*key).is_some_and(|on| on.contains(shard)))
+            .count() as u64;
+        report.misplaced.sort();
+        report.duplicated.sort();
+        report.unmarked.sort();
+        Ok(report)
+    }
+}
