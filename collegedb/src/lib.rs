@@ -76,7 +76,7 @@ pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
 pub use scan::Page;
 pub use value::{ColumnValue, Value};
-pub use verify::VerifyReport;
+pub use verify::{TableInfo, VerifyReport};
 
 /// Derives a sharded model. See the crate README for every attribute.
 pub use collegedb_derive::Sharded;

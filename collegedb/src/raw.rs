@@ -161,7 +161,8 @@ impl<B: Backend> CollegeDb<B> {
     }
 }
 
-async fn user_tables<S: ShardConn>(shard: &S) -> Result<Vec<String>> {
+/// The user tables of a shard: not SQLite's, Cloudflare's or collegedb's own.
+pub(crate) async fn user_tables<S: ShardConn>(shard: &S) -> Result<Vec<String>> {
     let rows = shard
         .query(
             "SELECT name FROM sqlite_master WHERE type = 'table' \

@@ -90,7 +90,43 @@ fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A table found on the shards, and its primary-key column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Its single-column primary key; `None` for a composite key or none at all.
+    pub key_column: Option<String>,
+}
+
 impl<B: Backend> CollegeDb<B> {
+    /// The user tables on any shard (not collegedb's own), with their primary-key columns, read
+    /// with `PRAGMA table_info`.
+    pub async fn describe_tables(&self) -> Result<Vec<TableInfo>> {
+        let mut tables: std::collections::BTreeMap<String, Option<String>> = Default::default();
+        for shard in self.shards() {
+            for name in crate::raw::user_tables(shard).await? {
+                if tables.contains_key(&name) {
+                    continue;
+                }
+                let info = shard
+                    .query(&format!("PRAGMA table_info({})", quoted(&name)), &[])
+                    .await?;
+                let keys: Vec<String> = info
+                    .iter()
+                    .filter(|row| matches!(row.value("pk"), Some(Value::Integer(n)) if *n > 0))
+                    .map(|row| row.get::<String>("name"))
+                    .collect::<Result<_>>()?;
+                let key_column = (keys.len() == 1).then(|| keys[0].clone());
+                tables.insert(name, key_column);
+            }
+        }
+        Ok(tables
+            .into_iter()
+            .map(|(name, key_column)| TableInfo { name, key_column })
+            .collect())
+    }
+
     /// Checks where every row of `table` (keyed by `key_column`) lives against where the router
     /// looks for it; see the [module docs](crate::verify). Read-only.
     ///

@@ -89,6 +89,33 @@ impl ShardConn for SqliteShard {
     }
 }
 
+/// The shard list stored in an embedded database's folder (see [`crate::shard_map`]), without
+/// creating anything; `None` when the folder holds no database yet.
+pub fn stored_shards(folder: &Path) -> Result<Option<crate::shard_map::StoredShards>> {
+    let path = folder.join("_directory.db");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let io = |e: rusqlite::Error| Error::Io(format!("cannot read {}: {e}", path.display()));
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(io)?;
+    let row: Option<(i64, String)> = rusqlite::OptionalExtension::optional(conn.query_row(
+        "SELECT version, shards FROM shard_map WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ))
+    .map_err(io)?;
+    row.map(|(version, shards)| {
+        Ok(crate::shard_map::StoredShards {
+            version: version as u64,
+            shards: serde_json::from_str(&shards)
+                .map_err(|e| Error::DirectoryInconsistent(format!("stored shard list: {e}")))?,
+        })
+    })
+    .transpose()
+}
+
 /// Opens every file of an embedded database in `folder`, creating what is missing.
 pub(crate) fn open(
     folder: &Path,
