@@ -4,10 +4,13 @@
 //! ```text
 //! collegedb status <folder>             the stored shard list, rows per table and shard, sizes
 //! collegedb verify <folder> [--table T]  the placement fsck; exits 1 if a row is misplaced
+//! collegedb adopt <folder> --shards a,b   take over existing <shard>.sqlite files; exits 1 on
+//!                                         keys found in two files
 //! ```
 //!
 //! The shard list comes from the folder itself (stored by the first open), so the tool needs no
-//! configuration. Growth operations (`add-shard`, `drain-shard`, `reassign`, `adopt`) will join
+//! configuration (`adopt` names the shards once). Growth operations (`add-shard`, `drain-shard`,
+//! `reassign`) will join
 //! these as they are built (docs/growth.md).
 
 use std::path::PathBuf;
@@ -42,6 +45,15 @@ enum Command {
         /// Check only this table (default: every table with a single-column primary key).
         #[arg(long)]
         table: Option<String>,
+    },
+    /// Take over existing `<shard>.sqlite` files in the folder: record where every row lives so
+    /// that the router finds it. Exit 1 if a key is found in two files (reported, not changed).
+    Adopt {
+        /// The folder holding one `<shard>.sqlite` file per shard.
+        folder: PathBuf,
+        /// The shard names, in placement order (comma-separated); stored on first use.
+        #[arg(long, value_delimiter = ',', required = true)]
+        shards: Vec<String>,
     },
 }
 
@@ -100,11 +112,34 @@ fn verify(folder: &PathBuf, only: Option<String>) -> collegedb::Result<bool> {
     Ok(clean)
 }
 
+fn adopt(folder: &PathBuf, shards: Vec<String>) -> collegedb::Result<bool> {
+    let db = CollegeDb::open_embedded(Config::with_shard_names(shards), folder)?;
+    let report = pollster::block_on(db.adopt())?;
+    for table in &report.tables {
+        println!(
+            "{}: {} rows ({} on their hash shard, {} recorded in the directory), {} conflicts",
+            table.table,
+            table.rows,
+            table.on_hash_shard,
+            table.recorded,
+            table.conflicts.len()
+        );
+        for (key, shards) in &table.conflicts {
+            println!("  conflict: {key} is in {}", shards.join(" and "));
+        }
+    }
+    for (table, why) in &report.skipped {
+        println!("{table}: skipped: {why}");
+    }
+    Ok(report.tables.iter().all(|t| t.conflicts.is_empty()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Status { folder } => status(&folder).map(|()| true),
         Command::Verify { folder, table } => verify(&folder, table),
+        Command::Adopt { folder, shards } => adopt(&folder, shards),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

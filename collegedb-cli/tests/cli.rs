@@ -83,3 +83,29 @@ fn copy_note_zero_everywhere(dir: &std::path::Path) {
         }
     });
 }
+
+#[test]
+fn adopt_takes_over_files_and_reports_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    // Two databases filled by hand, before collegedb: key 7 in both.
+    for (shard, ids) in [("east", 0..50), ("west", 40..100)] {
+        let conn = rusqlite::Connection::open(dir.path().join(format!("{shard}.sqlite"))).unwrap();
+        conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .unwrap();
+        for id in ids.chain([7]) {
+            conn.execute(
+                "INSERT OR IGNORE INTO notes (id, body) VALUES (?1, 'x')",
+                [id],
+            )
+            .unwrap();
+        }
+    }
+    let (code, out) = tool(&["adopt", folder, "--shards", "east,west"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("notes: 111 rows"), "{out}");
+    assert!(out.contains("conflict:"), "{out}");
+    let (code, out) = tool(&["verify", folder]);
+    assert_eq!(code, 1, "the conflicting keys are still two copies: {out}");
+    assert!(out.contains("duplicated"), "{out}");
+}

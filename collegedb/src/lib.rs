@@ -42,11 +42,13 @@
 //! | [`bulk`] | writes of many rows (`insert_many`) |
 //! | [`scan`] | cross-shard scans in key order |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
+//! | [`adopt`] | taking over databases that already hold rows |
 //! | [`verify`] | an fsck of placement: rows not where the router looks, keys on two shards |
 //! | [`error`] | the error type and its stable codes |
 
 #![warn(missing_docs)]
 
+pub mod adopt;
 pub mod backend;
 pub mod bulk;
 pub mod config;
@@ -64,6 +66,7 @@ pub mod shard_map;
 pub mod value;
 pub mod verify;
 
+pub use adopt::{AdoptReport, AdoptedTable};
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub use backend::embedded::Embedded;
 pub use backend::{Backend, Row, Statement};
