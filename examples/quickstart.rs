@@ -149,10 +149,22 @@ async fn run() -> collegedb::Result<()> {
     }
     let entries = collegedb::directory::Directory::count(db.directory()).await?;
     println!("Directory entries: {entries} (notes only: hash-placed users need none)");
+    for table in ["users", "notes"] {
+        let report = db.verify_table(table, "id").await?;
+        assert!(report.is_clean(), "{report}");
+        println!(
+            "verify {table}: clean ({} rows, each on the shard the router looks on, none twice)",
+            report.rows
+        );
+    }
     let shard = User::locate(&db, "user-04242").await?.expect("exists");
     println!("\nuser-04242 lives on {shard}. Look for yourself:");
     println!(
         "  sqlite3 {}/{shard}.sqlite \"SELECT * FROM users WHERE id = 'user-04242'\"",
+        folder.display()
+    );
+    println!(
+        "Check the whole deployment: cargo run -p collegedb-cli -- verify {}",
         folder.display()
     );
     Ok(())

@@ -37,7 +37,11 @@ cargo test --doc --quiet
 section "quickstart (the README's first command, as a smoke test)"
 cargo run --quiet --example quickstart > target/quickstart.log
 grep -q "Directory entries: 3000" target/quickstart.log
-tail -n 8 target/quickstart.log
+grep -q "verify notes: clean" target/quickstart.log
+tail -n 10 target/quickstart.log
+
+section "the collegedb command on the quickstart's deployment"
+cargo run --quiet -p collegedb-cli -- verify quickstart-data
 
 section "the native build does not compile the worker crate"
 if cargo tree -p collegedb --edges normal --prefix none | grep -q '^worker '; then
