@@ -189,18 +189,22 @@ fn an_import_killed_at_any_point_is_finished_by_the_idempotent_form() {
         let dir = tempfile::tempdir().unwrap();
         let mut process = child(dir.path(), rows, "strict").spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
+        let mut reached = false;
+        while !reached && Instant::now() < deadline {
             let (entries, per_shard) = state(dir.path());
-            let reached = match *target {
+            reached = match *target {
                 KillAt::Start => true,
                 KillAt::Claims(n) => entries >= n,
                 KillAt::ShardsCommitted(n) => per_shard.iter().filter(|&&r| r > 0).count() >= n,
             };
-            if reached {
-                break;
+            if !reached {
+                std::thread::sleep(Duration::from_micros(300));
             }
-            std::thread::sleep(Duration::from_micros(300));
         }
+        assert!(
+            reached,
+            "kill {i}: the import never reached {target:?} (did it fail?)"
+        );
         process.kill().unwrap(); // SIGKILL
         let mut out = String::new();
         process

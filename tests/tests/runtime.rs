@@ -124,3 +124,93 @@ fn a_lock_held_past_the_busy_timeout_is_a_retryable_busy_error() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// The inline rules' other promises: a read that runs past the inline step budget is re-run in
+/// full on the thread pool, a query that writes (`RETURNING`) runs once, and a raw `BEGIN` that
+/// would leave a pooled connection inside a transaction is rolled back and refused.
+#[test]
+fn long_reads_writing_queries_and_open_transactions_follow_the_inline_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = CollegeDb::open_embedded(Config::with_shard_names(["only"]), dir.path()).unwrap();
+    pollster::block_on(async {
+        // About 3 million VM steps: far past the inline budget.
+        let rows = db
+            .all_shard(
+                "only",
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)
+                 SELECT COUNT(*) AS c, SUM(i) AS s FROM n",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<i64>("c").unwrap(), 300_000);
+        assert_eq!(rows[0].get::<i64>("s").unwrap(), 300_000 * 300_001 / 2);
+
+        db.run_shard("only", "CREATE TABLE log (n INTEGER)", &[])
+            .await
+            .unwrap();
+        db.run_shard(
+            "only",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO log SELECT i FROM n",
+            &[],
+        )
+        .await
+        .unwrap();
+        let deleted = db
+            .all_shard("only", "DELETE FROM log WHERE n <= 3000 RETURNING n", &[])
+            .await
+            .unwrap();
+        assert_eq!(deleted.len(), 3000, "every deleted row is returned, once");
+        let left = db
+            .first_shard("only", "SELECT COUNT(*) AS c FROM log", &[])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(left.get::<i64>("c").unwrap(), 2000);
+
+        let err = db.run_shard("only", "BEGIN", &[]).await.unwrap_err();
+        assert_eq!(err.code(), "QUERY_FAILED", "{err}");
+        assert!(err.to_string().contains("batch()"), "{err}");
+        // No connection was left inside the transaction: writes from other connections commit.
+        for i in 0..8 {
+            db.run_shard("only", "INSERT INTO log VALUES (?)", &[i.into()])
+                .await
+                .unwrap();
+        }
+        let count = rusqlite::Connection::open(dir.path().join("only.sqlite"))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM log", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert_eq!(
+            count, 2008,
+            "the inserts committed, visible to another process"
+        );
+    });
+}
+
+/// Opening waits (up to the busy timeout) for another process that holds a shard file, instead
+/// of failing at once: switching a fresh file to WAL needs it unlocked.
+#[test]
+fn opening_waits_for_another_process_holding_a_shard_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("only.sqlite");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let started = Instant::now();
+    let db = CollegeDb::open_embedded(Config::with_shard_names(["only"]), dir.path());
+    assert!(db.is_ok(), "{:?}", db.err());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited for the lock"
+    );
+    holder.join().unwrap();
+}

@@ -128,12 +128,15 @@ struct Slot {
 }
 
 impl Slot {
-    fn open(path: &Path) -> Result<Self> {
+    fn open(path: &Path, options: &EmbeddedOptions) -> Result<Self> {
         let mut conn = Connection::open(path)
             .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::ZERO)
+        // Opening is synchronous anyway: switching to WAL waits for other processes that hold
+        // the file (with the configured timeout); calls then start with no busy wait.
+        conn.busy_timeout(options.busy_timeout)
             .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| conn.busy_timeout(Duration::ZERO))
             .map_err(|e| Error::Io(format!("cannot configure {}: {e}", path.display())))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let budget = Arc::new(AtomicUsize::new(UNLIMITED));
@@ -193,7 +196,7 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     pub(crate) fn open(path: &Path, label: String, options: &EmbeddedOptions) -> Result<Arc<Self>> {
         let slots = (0..options.connections.max(1))
-            .map(|_| Slot::open(path).map(Mutex::new))
+            .map(|_| Slot::open(path, options).map(Mutex::new))
             .collect::<Result<_>>()?;
         Ok(Arc::new(Pool {
             label,
