@@ -18,9 +18,9 @@ use crate::backend::{Backend, ShardConn};
 use crate::directory::Directory;
 use crate::error::Result;
 use crate::key::Key;
+use crate::raw::quote_ident;
 use crate::router::CollegeDb;
-use crate::value::Value;
-use crate::verify::PAGE;
+use crate::verify::KeyPages;
 
 /// What [`CollegeDb::adopt`] did to one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,10 +48,6 @@ pub struct AdoptReport {
     pub skipped: Vec<(String, String)>,
 }
 
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 impl<B: Backend> CollegeDb<B> {
     /// Adopts every table found on the shards; see the [module docs](crate::adopt).
     pub async fn adopt(&self) -> Result<AdoptReport> {
@@ -77,24 +73,21 @@ impl<B: Backend> CollegeDb<B> {
             key_column: key_column.to_owned(),
             ..AdoptedTable::default()
         };
-        let (table_q, key_q) = (quoted(table), quoted(key_column));
-        let first = format!("SELECT {key_q} FROM {table_q} ORDER BY {key_q} LIMIT ? + 0");
-        let after =
-            format!("SELECT {key_q} FROM {table_q} WHERE {key_q} > ? ORDER BY {key_q} LIMIT ? + 0");
-        let exists = format!("SELECT 1 FROM {table_q} WHERE {key_q} = ?");
+        let exists = format!(
+            "SELECT 1 FROM {} WHERE {} = ?",
+            quote_ident(table),
+            quote_ident(key_column)
+        );
+        let mut pages = KeyPages::new(table, key_column);
         for (index, shard) in self.shards().iter().enumerate() {
-            let mut last: Option<Value> = None;
+            pages.restart();
             loop {
-                let limit = Value::Integer(PAGE as i64);
-                let rows = match &last {
-                    None => shard.query(&first, &[limit]).await?,
-                    Some(key) => shard.query(&after, &[key.clone(), limit]).await?,
-                };
-                let full = rows.len() == PAGE;
+                let keys = pages.next(shard).await?;
+                if keys.is_empty() {
+                    break;
+                }
                 let mut claims = Vec::new();
-                for row in rows {
-                    let value = row.into_values().into_iter().next().unwrap_or(Value::Null);
-                    last = Some(value.clone());
+                for value in keys {
                     let key = Key::from_value(value.clone())?;
                     adopted.rows += 1;
                     let hash = self.hash_shard(&key);
@@ -115,18 +108,16 @@ impl<B: Backend> CollegeDb<B> {
                     self.mark_off_hash(table, hash).await?;
                     claims.push((key, self.shard_name(index).to_owned()));
                 }
-                if !claims.is_empty() {
-                    let winners = self.directory().claim_many(table, &claims).await?;
-                    for ((key, shard), winner) in claims.into_iter().zip(winners) {
-                        if winner == shard {
-                            adopted.recorded += 1;
-                        } else {
-                            adopted.conflicts.push((key, vec![winner, shard]));
-                        }
-                    }
+                if claims.is_empty() {
+                    continue;
                 }
-                if !full {
-                    break;
+                let winners = self.directory().claim_many(table, &claims).await?;
+                for ((key, shard), winner) in claims.into_iter().zip(winners) {
+                    if winner == shard {
+                        adopted.recorded += 1;
+                    } else {
+                        adopted.conflicts.push((key, vec![winner, shard]));
+                    }
                 }
             }
         }

@@ -119,7 +119,7 @@ impl<B: Backend> CollegeDb<B> {
             .on_every_shard(|shard| async move {
                 let mut tables = BTreeMap::new();
                 for table in user_tables(shard).await? {
-                    let sql = format!("SELECT COUNT(*) FROM \"{}\"", table.replace('"', "\"\""));
+                    let sql = format!("SELECT COUNT(*) FROM {}", quote_ident(&table));
                     let rows = shard.query(&sql, &[]).await?;
                     let count = match rows.first().and_then(|r| r.values().first()) {
                         Some(Value::Integer(n)) => *n as u64,
@@ -153,12 +153,17 @@ impl<B: Backend> CollegeDb<B> {
         self.flush_allowed()?;
         for shard in self.shards() {
             for table in user_tables(shard).await? {
-                let sql = format!("DELETE FROM \"{}\"", table.replace('"', "\"\""));
+                let sql = format!("DELETE FROM {}", quote_ident(&table));
                 shard.execute_raw(&sql, &[]).await?;
             }
         }
         self.clear_directory().await
     }
+}
+
+/// `name` as a quoted SQL identifier: `"name"`, with inner quotes doubled.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The user tables of a shard: not SQLite's, Cloudflare's or collegedb's own.

@@ -291,6 +291,14 @@ impl<B: Backend> CollegeDb<B> {
     /// Places a new key with `strategy` and returns its owner. Non-deterministic strategies claim
     /// a directory entry; if another writer claimed first, its shard is returned.
     pub async fn place(&self, table: &str, key: &Key, strategy: Strategy) -> Result<usize> {
+        // The common cases, without the batch's allocations: hash placement, and a key this
+        // process has placed or seen.
+        if strategy == Strategy::Hash {
+            return Ok(self.hash_shard(key));
+        }
+        if let Some(shard) = self.inner.cache.get(table, key) {
+            return Ok(shard);
+        }
         Ok(self
             .place_many(table, std::slice::from_ref(key), strategy)
             .await?[0])

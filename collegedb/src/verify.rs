@@ -22,6 +22,7 @@ use crate::backend::{Backend, ShardConn};
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::raw::quote_ident;
 use crate::router::CollegeDb;
 use crate::value::Value;
 
@@ -86,8 +87,50 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// Reads one shard's keys of a table in key order, [`PAGE`] at a time, without loading rows.
+pub(crate) struct KeyPages {
+    first: String,
+    after: String,
+    last: Option<Value>,
+    done: bool,
+}
+
+impl KeyPages {
+    /// Pages over `key_column` of `table`.
+    pub(crate) fn new(table: &str, key_column: &str) -> Self {
+        let (table, key) = (quote_ident(table), quote_ident(key_column));
+        KeyPages {
+            first: format!("SELECT {key} FROM {table} ORDER BY {key} LIMIT ? + 0"),
+            after: format!("SELECT {key} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ? + 0"),
+            last: None,
+            done: false,
+        }
+    }
+
+    /// The next page of keys on `shard` (empty once every key was read); call [`KeyPages::restart`]
+    /// before moving to another shard.
+    pub(crate) async fn next<S: ShardConn>(&mut self, shard: &S) -> Result<Vec<Value>> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let limit = Value::Integer(PAGE as i64);
+        let rows = match self.last.take() {
+            None => shard.query(&self.first, &[limit]).await?,
+            Some(key) => shard.query(&self.after, &[key, limit]).await?,
+        };
+        self.done = rows.len() < PAGE;
+        let keys: Vec<Value> = rows
+            .into_iter()
+            .map(|row| row.into_values().into_iter().next().unwrap_or(Value::Null))
+            .collect();
+        self.last = keys.last().cloned();
+        Ok(keys)
+    }
+
+    /// Starts again from the first key (for the next shard).
+    pub(crate) fn restart(&mut self) {
+        (self.last, self.done) = (None, false);
+    }
 }
 
 /// A table found on the shards, and its primary-key column.
@@ -110,7 +153,7 @@ impl<B: Backend> CollegeDb<B> {
                     continue;
                 }
                 let info = shard
-                    .query(&format!("PRAGMA table_info({})", quoted(&name)), &[])
+                    .query(&format!("PRAGMA table_info({})", quote_ident(&name)), &[])
                     .await?;
                 let keys: Vec<String> = info
                     .iter()
@@ -174,36 +217,25 @@ impl<B: Backend> CollegeDb<B> {
         report.entries = entries.len() as u64;
 
         // Every shard's keys, in key order, a page at a time.
-        let (table_q, key_q) = (quoted(table), quoted(key_column));
-        let first = format!("SELECT {key_q} FROM {table_q} ORDER BY {key_q} LIMIT ? + 0");
-        let after =
-            format!("SELECT {key_q} FROM {table_q} WHERE {key_q} > ? ORDER BY {key_q} LIMIT ? + 0");
         let mut holders: HashMap<Key, Vec<usize>> = HashMap::new();
+        let mut pages = KeyPages::new(table, key_column);
         for (index, shard) in self.shards().iter().enumerate() {
-            let mut last: Option<Value> = None;
+            pages.restart();
             loop {
-                let limit = Value::Integer(PAGE as i64);
-                let rows = match &last {
-                    None => shard.query(&first, &[limit]).await?,
-                    Some(key) => shard.query(&after, &[key.clone(), limit]).await?,
-                };
-                let full = rows.len() == PAGE;
-                for row in rows {
-                    let value = row.into_values().into_iter().next().unwrap_or(Value::Null);
-                    last = Some(value.clone());
+                let keys = pages.next(shard).await?;
+                if keys.is_empty() {
+                    break;
+                }
+                for value in keys {
                     holders
                         .entry(Key::from_value(value)?)
                         .or_default()
                         .push(index);
                     report.rows += 1;
                 }
-                if !full {
-                    break;
-                }
             }
         }
 
-        let mut marked: HashMap<usize, bool> = HashMap::new();
         for (key, shards) in &holders {
             let hash = self.hash_shard(key);
             let owner = entries.get(key).copied().unwrap_or(hash);
@@ -220,18 +252,9 @@ impl<B: Backend> CollegeDb<B> {
                     .misplaced
                     .push((key.clone(), on.to_owned(), owner.to_owned()));
             }
-            if owner != hash {
-                let has_marker = match marked.get(&hash) {
-                    Some(&known) => known,
-                    None => {
-                        let known = crate::marker::get(self.shard(hash), table).await?;
-                        *marked.entry(hash).or_insert(known)
-                    }
-                };
-                if !has_marker {
-                    let name = self.shard_name(hash).to_owned();
-                    report.unmarked.push((key.clone(), name));
-                }
+            if owner != hash && !self.may_be_elsewhere(table, hash).await? {
+                let name = self.shard_name(hash).to_owned();
+                report.unmarked.push((key.clone(), name));
             }
         }
         report.entries_without_rows = entries
