@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use collegedb::backend::embedded::stored_shards;
+use collegedb::backend::embedded::stored_map;
 use collegedb::{CollegeDb, Config, EmbeddedDb};
 
 #[derive(Parser)]
@@ -58,14 +58,14 @@ enum Command {
 }
 
 fn open(folder: &PathBuf) -> collegedb::Result<(EmbeddedDb, u64)> {
-    let Some(stored) = stored_shards(folder)? else {
+    let Some(stored) = stored_map(folder)? else {
         return Err(collegedb::Error::ConfigInvalid(format!(
             "{} holds no collegedb deployment (no _directory.db)",
             folder.display()
         )));
     };
-    let db = CollegeDb::open_embedded(Config::with_shard_names(stored.shards), folder)?;
-    Ok((db, stored.version))
+    let db = CollegeDb::open_embedded(Config::with_shard_names(stored.shards().to_vec()), folder)?;
+    Ok((db, stored.version()))
 }
 
 fn status(folder: &PathBuf) -> collegedb::Result<()> {

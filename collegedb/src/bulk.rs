@@ -29,9 +29,11 @@ use std::collections::{BTreeMap, HashMap};
 use crate::backend::{Backend, ShardConn, Statement};
 use crate::crud::duplicate_or;
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::key::{Key, ShardKey};
 use crate::model::{insert_rows, insert_rows_or_ignore, rows_per_statement, select_by_keys, Model};
-use crate::router::CollegeDb;
+use crate::router::{Backoff, CollegeDb};
+use crate::slots::slot_of;
 use crate::value::Value;
 
 /// What [`insert_many_idempotent`] did.
@@ -74,11 +76,12 @@ fn prepare<M: Model>(rows: &[M]) -> Result<Vec<Prepared>> {
         .collect()
 }
 
-/// Steps 1 and 2: validated rows grouped by owner shard, in shard order.
+/// Steps 1 and 2: validated rows grouped by owner shard, in shard order, and whether the shard
+/// map placed them (hash writes: their statements are fenced, see [`crate::fence`]).
 async fn place_all<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     rows: &[M],
-) -> Result<BTreeMap<usize, Vec<Prepared>>> {
+) -> Result<(BTreeMap<usize, Vec<Prepared>>, bool)> {
     let prepared = prepare(rows)?;
     let write = db.strategies(M::STRATEGY).write;
     let keys: Vec<Key> = prepared.iter().map(|row| row.key.clone()).collect();
@@ -87,7 +90,7 @@ async fn place_all<M: Model, B: Backend>(
     for (row, shard) in prepared.into_iter().zip(owners) {
         by_shard.entry(shard).or_default().push(row);
     }
-    Ok(by_shard)
+    Ok((by_shard, write == crate::config::Strategy::Hash))
 }
 
 /// The rows of `keys` present on `shard`, by key, read in chunks within the parameter limit.
@@ -146,11 +149,62 @@ fn statements<M: Model>(rows: &[&Prepared], ignore_existing: bool) -> Vec<Statem
         .collect()
 }
 
+/// Step 4 for one shard's rows: one transaction behind the fence's guard (see
+/// [`crate::fence`]): the rows' slots when the map placed them, [`fence::LIVE`] when the
+/// directory did. If the shard refuses (a move), nothing is written there and the rows are
+/// placed again by the refreshed map or directory. Returns the rows changed on each shard.
+async fn write_shard<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    shard: usize,
+    rows: Vec<&Prepared>,
+    by_map: bool,
+    ignore_existing: bool,
+) -> Result<Vec<(usize, u64)>> {
+    let mut pending = vec![(shard, rows)];
+    let mut written = Vec::new();
+    let mut backoff = Backoff::new();
+    while let Some((shard, rows)) = pending.pop() {
+        let fences: Vec<i64> = if by_map {
+            rows.iter()
+                .map(|row| i64::from(slot_of(&row.key)))
+                .collect()
+        } else {
+            vec![fence::LIVE]
+        };
+        let statements = statements::<M>(&rows, ignore_existing);
+        match fence::guarded_batch(db, shard, &fences, &statements)
+            .await
+            .map_err(|e| duplicate_or::<M, B>(db, shard, e))?
+        {
+            Some(changed) => written.push((shard, changed.iter().sum())),
+            None => {
+                db.after_not_owned(fences[0], &mut backoff).await?;
+                let keys: Vec<Key> = rows.iter().map(|row| row.key.clone()).collect();
+                let owners = if by_map {
+                    keys.iter().map(|key| db.hash_shard(key)).collect()
+                } else {
+                    for key in &keys {
+                        db.directory_cache().invalidate(M::TABLE, key);
+                    }
+                    let write = db.strategies(M::STRATEGY).write;
+                    db.place_many(M::TABLE, &keys, write).await?
+                };
+                let mut regrouped: BTreeMap<usize, Vec<&Prepared>> = BTreeMap::new();
+                for (row, owner) in rows.into_iter().zip(owners) {
+                    regrouped.entry(owner).or_default().push(row);
+                }
+                pending.extend(regrouped);
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// Inserts many new rows: validated first, grouped by owner shard, one transaction per shard.
 /// Fails with [`Error::DuplicateKey`], having written nothing, if a key already exists. Returns
 /// the number of rows inserted. See the [module docs](self) for exactly what is atomic.
 pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) -> Result<usize> {
-    let by_shard = place_all(db, rows).await?;
+    let (by_shard, by_map) = place_all(db, rows).await?;
     for (&shard, rows) in &by_shard {
         let keys = rows.iter().map(|row| row.key.to_value());
         if !existing::<M, _>(db.shard(shard), keys).await?.is_empty() {
@@ -163,20 +217,21 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
     let mut written = 0;
     for (shard, rows) in by_shard {
         let rows: Vec<&Prepared> = rows.iter().collect();
-        let result = db.shard(shard).batch(&statements::<M>(&rows, false)).await;
-        if let Err(error) = result {
-            let error = duplicate_or::<M, B>(db, shard, error);
-            return Err(if written == 0 {
-                error
-            } else {
-                Error::PartiallyWritten {
+        match write_shard::<M, B>(db, shard, rows, by_map, false).await {
+            Ok(changed) => {
+                for (shard, changed) in changed {
+                    written += changed as usize;
+                    db.note_rows(shard, M::TABLE, changed as i64);
+                }
+            }
+            Err(error) if written == 0 => return Err(error),
+            Err(error) => {
+                return Err(Error::PartiallyWritten {
                     written,
                     source: Box::new(error),
-                }
-            });
+                })
+            }
         }
-        written += rows.len();
-        db.note_rows(shard, M::TABLE, rows.len() as i64);
     }
     Ok(written)
 }
@@ -192,7 +247,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     rows: &[M],
 ) -> Result<InsertReport> {
-    let by_shard = place_all(db, rows).await?;
+    let (by_shard, by_map) = place_all(db, rows).await?;
     let mut report = InsertReport::default();
     let mut conflict = None;
     for (shard, rows) in by_shard {
@@ -213,14 +268,13 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
         }
         // `ON CONFLICT DO NOTHING`: a row a concurrent writer inserted since the check above is
         // left alone, and compared below.
-        let changed: u64 = db
-            .shard(shard)
-            .batch(&statements::<M>(&missing, true))
-            .await?
-            .iter()
-            .sum();
+        let mut changed = 0;
+        for (written_on, n) in write_shard::<M, B>(db, shard, missing.clone(), by_map, true).await?
+        {
+            changed += n;
+            db.note_rows(written_on, M::TABLE, n as i64);
+        }
         report.inserted += changed as usize;
-        db.note_rows(shard, M::TABLE, changed as i64);
         if changed as usize != missing.len() {
             let keys = missing.iter().map(|row| row.key.to_value());
             let now = existing::<M, _>(db.shard(shard), keys).await?;

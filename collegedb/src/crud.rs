@@ -4,18 +4,22 @@
 //! Routing follows the rules in [`crate::router`]: new keys are placed by the write strategy;
 //! existing keys are found with the read strategy's lookup order.
 
-use crate::backend::{Backend, Row, ShardConn};
+use crate::backend::{Backend, Row, ShardConn, Statement};
 use crate::config::Strategy;
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::key::{Key, ShardKey};
 use crate::model::Model;
-use crate::router::{hash_first, CollegeDb};
+use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
 
 /// Walks the shards that may own an existing key: the first guess given by the read strategy,
 /// then, after a miss, the directory's answer if it differs. Performs at most one directory read.
+/// Every guess carries the fence value its statements bind (see [`crate::fence`]): the key's
+/// slot when the map chose the shard, [`fence::LIVE`] when the directory did.
 struct Lookup {
     shard: usize,
+    fence: i64,
     directory_checked: bool,
 }
 
@@ -26,16 +30,24 @@ impl Lookup {
         key: &Key,
         read: Strategy,
     ) -> Result<Self> {
-        Ok(if hash_first(read) {
+        let by_map = |directory_checked| {
+            let (shard, fence) = db.hash_target(key);
             Lookup {
-                shard: db.hash_shard(key),
-                directory_checked: false,
+                shard,
+                fence,
+                directory_checked,
             }
-        } else {
-            Lookup {
-                shard: db.owner(table, key).await?,
+        };
+        if hash_first(read) {
+            return Ok(by_map(false));
+        }
+        Ok(match db.directory_lookup(table, key).await? {
+            Some(shard) => Lookup {
+                shard,
+                fence: fence::LIVE,
                 directory_checked: true,
-            }
+            },
+            None => by_map(true),
         })
     }
 
@@ -58,6 +70,7 @@ impl Lookup {
         match db.directory_lookup(table, key).await? {
             Some(shard) if shard != self.shard => {
                 self.shard = shard;
+                self.fence = fence::LIVE;
                 Ok(true)
             }
             _ => Ok(false),
@@ -65,24 +78,90 @@ impl Lookup {
     }
 }
 
+/// What one statement on one shard found.
+enum Attempt<T> {
+    Found(T),
+    Miss,
+    /// The shard does not own the slot the statement was routed by: the map was stale.
+    NotOwned,
+}
+
+/// `params` with the fence value appended, for a fenced statement.
+fn with_fence(params: &[Value], fence: i64) -> Vec<Value> {
+    let mut all = Vec::with_capacity(params.len() + 1);
+    all.extend_from_slice(params);
+    all.push(Value::Integer(fence));
+    all
+}
+
+/// A query routed to an existing key's owner: `fenced` is the same query with a trailing fence
+/// parameter that answers an all-`NULL` row when the shard does not admit it (the row's column
+/// `key_index` tells it apart); `None` runs `sql` as it is wherever it goes.
+pub(crate) struct RoutedQuery<'a> {
+    pub sql: &'a str,
+    pub fenced: Option<(&'a str, usize)>,
+    pub params: &'a [Value],
+}
+
 /// Runs a query on the shards that may own `key`, in the read strategy's lookup order, and
-/// returns the first non-empty result with its shard. `None`: no shard has rows for the key.
+/// returns the first non-empty result with its shard and fence value. `None`: no shard has rows
+/// for the key.
 pub(crate) async fn query_owner<B: Backend>(
     db: &CollegeDb<B>,
     table: &str,
     key: &Key,
     read: Strategy,
-    sql: &str,
-    params: &[Value],
-) -> Result<Option<(usize, Vec<Row>)>> {
-    let mut lookup = Lookup::start(db, table, key, read).await?;
-    loop {
-        let rows = db.shard(lookup.shard).query(sql, params).await?;
-        if !rows.is_empty() {
-            return Ok(Some((lookup.shard, rows)));
-        }
-        if !lookup.next(db, table, key).await? {
-            return Ok(None);
+    query: RoutedQuery<'_>,
+) -> Result<Option<(usize, i64, Vec<Row>)>> {
+    let mut backoff = Backoff::new();
+    'route: loop {
+        let mut lookup = Lookup::start(db, table, key, read).await?;
+        loop {
+            let attempt = match query.fenced {
+                Some((fenced, key_index)) => {
+                    let params = with_fence(query.params, lookup.fence);
+                    let mut rows = fence::query(db, lookup.shard, fenced, &params).await?;
+                    let stale = rows.iter().any(|row| {
+                        row.values()
+                            .get(key_index)
+                            .is_none_or(|v| *v == Value::Null)
+                    });
+                    rows.retain(|row| {
+                        row.values()
+                            .get(key_index)
+                            .is_some_and(|v| *v != Value::Null)
+                    });
+                    match (stale, rows.is_empty()) {
+                        (true, _) => Attempt::NotOwned,
+                        (false, true) => Attempt::Miss,
+                        (false, false) => Attempt::Found(rows),
+                    }
+                }
+                None => {
+                    let rows = db
+                        .shard(lookup.shard)
+                        .query(query.sql, query.params)
+                        .await?;
+                    if rows.is_empty() {
+                        Attempt::Miss
+                    } else {
+                        Attempt::Found(rows)
+                    }
+                }
+            };
+            match attempt {
+                Attempt::Found(rows) => return Ok(Some((lookup.shard, lookup.fence, rows))),
+                Attempt::NotOwned => {
+                    db.after_not_admitted(table, key, lookup.fence, &mut backoff)
+                        .await?;
+                    continue 'route;
+                }
+                Attempt::Miss => {
+                    if !lookup.next(db, table, key).await? {
+                        return Ok(None);
+                    }
+                }
+            }
         }
     }
 }
@@ -95,6 +174,50 @@ pub(crate) enum Cost {
     Unknown,
 }
 
+/// A write routed to an existing key's owner: `fenced` is the same statement with a trailing
+/// fence parameter and the ownership test (see [`crate::fence`]); without it, the statement runs
+/// in a transaction behind a fence guard.
+pub(crate) struct RoutedWrite<'a> {
+    pub sql: &'a str,
+    pub fenced: Option<&'a str>,
+    pub params: &'a [Value],
+    pub cost: Cost,
+}
+
+/// Runs one write on the shard `lookup` points at.
+async fn write_once<B: Backend>(
+    db: &CollegeDb<B>,
+    shard: usize,
+    fence_value: i64,
+    write: &RoutedWrite<'_>,
+) -> Result<Attempt<u64>> {
+    let changed = match write.fenced {
+        Some(fenced) => {
+            let params = with_fence(write.params, fence_value);
+            let changed = match write.cost {
+                Cost::Point => fence::execute(db, shard, fenced, &params).await?,
+                Cost::Unknown => db.shard(shard).execute_raw(fenced, &params).await?,
+            };
+            if changed == 0 && !fence::admits(db, shard, fence_value).await? {
+                return Ok(Attempt::NotOwned);
+            }
+            changed
+        }
+        None => {
+            let statement = Statement::new(write.sql, write.params.to_vec());
+            match fence::guarded_batch(db, shard, &[fence_value], &[statement]).await? {
+                Some(changed) => changed[0],
+                None => return Ok(Attempt::NotOwned),
+            }
+        }
+    };
+    Ok(if changed > 0 {
+        Attempt::Found(changed)
+    } else {
+        Attempt::Miss
+    })
+}
+
 /// Runs a statement on the shards that may own `key`, in the read strategy's lookup order, until
 /// one changes rows; returns that shard and the rows changed. `None`: no shard changed anything.
 pub(crate) async fn execute_owner<B: Backend>(
@@ -102,21 +225,74 @@ pub(crate) async fn execute_owner<B: Backend>(
     table: &str,
     key: &Key,
     read: Strategy,
-    (sql, params, cost): (&str, &[Value], Cost),
+    write: RoutedWrite<'_>,
 ) -> Result<Option<(usize, u64)>> {
-    let mut lookup = Lookup::start(db, table, key, read).await?;
+    let mut backoff = Backoff::new();
+    'route: loop {
+        let mut lookup = Lookup::start(db, table, key, read).await?;
+        loop {
+            match write_once(db, lookup.shard, lookup.fence, &write).await? {
+                Attempt::Found(changed) => return Ok(Some((lookup.shard, changed))),
+                Attempt::NotOwned => {
+                    db.after_not_admitted(table, key, lookup.fence, &mut backoff)
+                        .await?;
+                    continue 'route;
+                }
+                Attempt::Miss => {
+                    if !lookup.next(db, table, key).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a new row goes: the slot's owner for hash writes, else the shard its directory entry
+/// names (claimed now if the key has none); with the fence value its statement binds.
+async fn place_new<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<(usize, i64)> {
+    let write = db.strategies(M::STRATEGY).write;
+    Ok(if write == Strategy::Hash {
+        db.hash_target(key)
+    } else {
+        (db.place(M::TABLE, key, write).await?, fence::LIVE)
+    })
+}
+
+/// Writes a row with a fenced statement (`insert_fenced` or `upsert_fenced`): an upsert first
+/// looks for the row where it lives. Follows the map or the directory when the shard refuses;
+/// returns the shard and whether the row is new.
+async fn write_fenced<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: &Key,
+    values: &[Value],
+    upsert: bool,
+) -> Result<(usize, bool)> {
+    let fenced = if upsert {
+        &M::sql().upsert_fenced
+    } else {
+        &M::sql().insert_fenced
+    };
+    let mut backoff = Backoff::new();
     loop {
-        let shard = db.shard(lookup.shard);
-        let changed = match cost {
-            Cost::Point => shard.execute(sql, params).await?,
-            Cost::Unknown => shard.execute_raw(sql, params).await?,
+        let existing = if upsert {
+            find_shard::<M, B>(db, key).await?
+        } else {
+            None
         };
+        let new = existing.is_none();
+        let (shard, fence_value) = match existing {
+            Some(found) => found,
+            None => place_new::<M, B>(db, key).await?,
+        };
+        let changed = fence::execute(db, shard, fenced, &with_fence(values, fence_value))
+            .await
+            .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
         if changed > 0 {
-            return Ok(Some((lookup.shard, changed)));
+            return Ok((shard, new));
         }
-        if !lookup.next(db, table, key).await? {
-            return Ok(None);
-        }
+        db.after_not_admitted(M::TABLE, key, fence_value, &mut backoff)
+            .await?;
     }
 }
 
@@ -144,12 +320,12 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
 }
 
 /// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`), and the shard's
-/// marker table (see [`crate::marker`]). If the directory already holds entries of the table (data
+/// fence and marker tables (see [`crate::fence`] and [`crate::marker`]). If the directory already holds entries of the table (data
 /// placed before markers existed), the table's marker is set on every shard.
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
     for (index, shard) in db.shards().iter().enumerate() {
         shard.execute(&M::sql().create_table, &[]).await?;
-        crate::marker::ensure_table(db, index).await?;
+        fence::ensure(db, index).await?;
     }
     let placed = crate::directory::Directory::list(db.directory(), M::TABLE, None, 1).await?;
     if !placed.entries.is_empty() {
@@ -164,12 +340,7 @@ pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()>
 pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     let key = row.key().clone().into_key()?;
-    let write = db.strategies(M::STRATEGY).write;
-    let shard = db.place(M::TABLE, &key, write).await?;
-    db.shard(shard)
-        .execute(&M::sql().insert, &values)
-        .await
-        .map_err(|e| duplicate_or::<M, B>(db, shard, e))?;
+    let (shard, _) = write_fenced::<M, B>(db, &key, &values, false).await?;
     db.note_rows(shard, M::TABLE, 1);
     Ok(())
 }
@@ -180,43 +351,52 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
     let read = db.strategies(M::STRATEGY).read;
     if !hash_first(read) {
         let params = [key.to_value()];
-        return match query_owner(db, M::TABLE, &key, read, &M::sql().select_by_key, &params).await?
-        {
-            Some((_, rows)) => decode(rows),
+        return match query_owner(db, M::TABLE, &key, read, by_key::<M>(&params)).await? {
+            Some((_, _, rows)) => decode(rows),
             None => Ok(None),
         };
     }
-    // Hash-first: one statement on the hash shard returns the row, or tells whether the miss is
-    // final (no off-hash marker) or the directory must be asked.
-    let hash_shard = db.hash_shard(&key);
-    let params = [key.to_value(), Value::Text(M::TABLE.to_owned())];
-    let (rows, mut marked) = crate::marker::query_folded(
-        db.shard(hash_shard),
-        (&M::sql().select_by_key_or_marker, &params),
-        (&M::sql().select_by_key, &params[..1]),
-    )
-    .await?;
-    for row in rows {
-        if row
-            .values()
-            .get(M::KEY_INDEX)
-            .is_some_and(|v| *v != Value::Null)
-        {
-            return M::from_values(row.into_values()).map(Some);
+    // Hash-first: one statement on the slot's owner returns the row, or tells whether the miss
+    // is final (no off-hash marker) or the directory must be asked, or that the map was stale.
+    let mut backoff = Backoff::new();
+    let (hash_shard, marked) = loop {
+        let (shard, slot) = db.hash_target(&key);
+        let params = [
+            key.to_value(),
+            Value::Text(M::TABLE.to_owned()),
+            Value::Integer(slot),
+        ];
+        let rows = fence::query(db, shard, &M::sql().find_on_owner, &params).await?;
+        let (mut found, mut marked, mut stale) = (None, false, false);
+        for row in rows {
+            let mut values = row.into_values();
+            match values.pop() {
+                Some(Value::Integer(0)) => found = Some(values),
+                Some(Value::Integer(1)) => marked = true,
+                _ => stale = true,
+            }
         }
-        marked = true;
-    }
+        if stale {
+            db.after_not_owned(slot, &mut backoff).await?;
+            continue;
+        }
+        if let Some(values) = found {
+            return M::from_values(values).map(Some);
+        }
+        break (shard, marked);
+    };
     if !marked {
         return Ok(None);
     }
     db.note_marked(M::TABLE, hash_shard);
     match db.directory_lookup(M::TABLE, &key).await? {
         Some(owner) if owner != hash_shard => {
-            let rows = db
-                .shard(owner)
-                .query(&M::sql().select_by_key, &[key.into_value()])
-                .await?;
-            decode(rows)
+            let params = [key.to_value()];
+            let query = by_key::<M>(&params);
+            match query_owner(db, M::TABLE, &key, Strategy::RoundRobin, query).await? {
+                Some((_, _, rows)) => decode(rows),
+                None => Ok(None),
+            }
         }
         _ => Ok(None),
     }
@@ -230,14 +410,27 @@ pub async fn locate<M: Model, B: Backend>(
     let key = key.into_key()?;
     Ok(find_shard::<M, B>(db, &key)
         .await?
-        .map(|shard| db.shard_name(shard).to_owned()))
+        .map(|(shard, _)| db.shard_name(shard).to_owned()))
 }
 
-async fn find_shard<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<Option<usize>> {
+/// The fenced select of one row by key.
+fn by_key<M: Model>(params: &[Value]) -> RoutedQuery<'_> {
+    RoutedQuery {
+        sql: &M::sql().select_by_key,
+        fenced: Some((&M::sql().select_by_key_fenced, M::KEY_INDEX)),
+        params,
+    }
+}
+
+/// The shard that holds `key`'s row, and the fence value that reached it.
+async fn find_shard<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: &Key,
+) -> Result<Option<(usize, i64)>> {
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    let found = query_owner(db, M::TABLE, key, read, &M::sql().select_by_key, &params).await?;
-    Ok(found.map(|(shard, _)| shard))
+    let found = query_owner(db, M::TABLE, key, read, by_key::<M>(&params)).await?;
+    Ok(found.map(|(shard, slot, _)| (shard, slot)))
 }
 
 /// Updates every non-key column of an existing row. Fails with [`Error::RowNotFound`] if no
@@ -257,7 +450,13 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
     params.push(key_value);
     let key = row.key().clone().into_key()?;
     let read = db.strategies(M::STRATEGY).read;
-    match execute_owner(db, M::TABLE, &key, read, (sql, &params, Cost::Point)).await? {
+    let write = RoutedWrite {
+        sql,
+        fenced: M::sql().update_fenced.as_deref(),
+        params: &params,
+        cost: Cost::Point,
+    };
+    match execute_owner(db, M::TABLE, &key, read, write).await? {
         Some(_) => Ok(()),
         None => Err(Error::RowNotFound {
             table: M::TABLE.to_owned(),
@@ -273,8 +472,13 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
-    let statement = (M::sql().delete_by_key.as_str(), &params[..], Cost::Point);
-    match execute_owner(db, M::TABLE, &key, read, statement).await? {
+    let write = RoutedWrite {
+        sql: &M::sql().delete_by_key,
+        fenced: Some(&M::sql().delete_fenced),
+        params: &params,
+        cost: Cost::Point,
+    };
+    match execute_owner(db, M::TABLE, &key, read, write).await? {
         Some((shard, _)) => {
             db.note_rows(shard, M::TABLE, -1);
             Ok(true)
@@ -287,25 +491,19 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
 pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     let key = row.key().clone().into_key()?;
-    let (shard, new) = match find_shard::<M, B>(db, &key).await? {
-        Some(shard) => (shard, false),
-        None => {
-            let write = db.strategies(M::STRATEGY).write;
-            (db.place(M::TABLE, &key, write).await?, true)
-        }
-    };
-    db.shard(shard).execute(&M::sql().upsert, &values).await?;
+    let (shard, new) = write_fenced::<M, B>(db, &key, &values, true).await?;
     if new {
         db.note_rows(shard, M::TABLE, 1);
     }
     Ok(())
 }
 
-/// Counts the model's rows on every shard.
+/// Counts the model's rows on every shard that serves rows (see [`crate::growth`] for counts
+/// while a move runs).
 pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
     let mut total = 0;
-    for rows in db
-        .on_every_shard(|shard| shard.query(&M::sql().count, &[]))
+    for (_, rows) in db
+        .on_serving_shards(|shard| shard.query(&M::sql().count, &[]))
         .await
     {
         total += rows?

@@ -151,6 +151,15 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// The key's slot is being switched to another shard by a move, and the switch did not
+    /// finish within the router's wait (10 s): the move was stopped mid-switch. Retry after
+    /// resuming it (`collegedb resume`, or [`CollegeDb::resume_growth`](crate::CollegeDb::resume_growth)).
+    #[error("slot {slot} is being moved between shards and its switch-over has not finished; resume the move, then retry")]
+    SlotMoving {
+        /// The slot, or `-1` for the directory-placed keys of a shard being drained.
+        slot: i64,
+    },
+
     /// An update of a key that has no row.
     #[error("no row with this key in `{table}`; use `insert` or `upsert` to create it")]
     RowNotFound {
@@ -216,6 +225,7 @@ impl Error {
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
             Error::BatchRow { source, .. } => source.code(),
             Error::PartiallyWritten { .. } => "PARTIALLY_WRITTEN",
+            Error::SlotMoving { .. } => "SLOT_MOVING",
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
             Error::Decode { .. } => "DECODE_FAILED",
@@ -250,6 +260,7 @@ impl Error {
             Error::Directory(_)
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }
+            | Error::SlotMoving { .. }
             | Error::Unavailable { .. } => 503,
             Error::QueryFailed { .. }
             | Error::ConfigInvalid(_)
@@ -273,6 +284,7 @@ impl Error {
             Error::Directory(_)
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }
+            | Error::SlotMoving { .. }
             | Error::Unavailable { .. } => true,
             Error::BatchRow { source, .. } => source.is_retryable(),
             _ => false,

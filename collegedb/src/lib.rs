@@ -36,12 +36,15 @@
 //! | [`directory`] | the key-to-shard store trait and its in-memory cache |
 //! | [`marker`] | off-hash markers: when a hash-first miss is final without a directory read |
 //! | [`router`] | which shard serves a key: the routing rules |
-//! | [`shard_map`] | the stored shard list that refuses edited configurations |
+//! | [`slots`] | hash slots and the stored, versioned shard map |
+//! | [`fence`] | how each shard refuses statements routed by an old map |
+//! | [`shard_map`] | the check that refuses configurations that would strand rows |
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
 //! | [`scan`] | cross-shard scans in key order |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
+//! | [`growth`] | adding and draining shards of a live deployment: moves, journal, status |
 //! | [`adopt`] | taking over databases that already hold rows |
 //! | [`verify`] | an fsck of placement: rows not where the router looks, keys on two shards |
 //! | [`error`] | the error type and its stable codes |
@@ -55,6 +58,8 @@ pub mod config;
 pub mod crud;
 pub mod directory;
 pub mod error;
+pub mod fence;
+pub mod growth;
 pub mod key;
 pub mod marker;
 pub mod model;
@@ -63,6 +68,7 @@ pub mod raw;
 pub mod router;
 pub mod scan;
 pub mod shard_map;
+pub mod slots;
 pub mod value;
 pub mod verify;
 
@@ -73,6 +79,7 @@ pub use backend::{Backend, Row, Statement};
 pub use bulk::InsertReport;
 pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, Strategy};
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
+pub use growth::{GrowthOptions, GrowthStatus, Job};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use model::{Model, MAX_BOUND_PARAMETERS};
 pub use raw::{Scatter, ShardStats, TableScope};

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::backend::{Backend, Row, ShardConn, Statement};
+use crate::backend::{Backend, ShardConn, Statement};
 use crate::error::{Error, Result};
 use crate::router::CollegeDb;
 use crate::value::Value;
@@ -81,21 +81,6 @@ pub(crate) async fn set<B: Backend>(db: &CollegeDb<B>, index: usize, table: &str
     }
 }
 
-/// Runs `folded` (a query that also reads the marker table, such as `select_by_key_or_marker`)
-/// on `shard`. Returns its rows and `true` when the shard has no marker table, after running
-/// `plain` (the same query without the marker) instead.
-pub(crate) async fn query_folded<S: ShardConn>(
-    shard: &S,
-    folded: (&str, &[Value]),
-    plain: (&str, &[Value]),
-) -> Result<(Vec<Row>, bool)> {
-    match shard.query(folded.0, folded.1).await {
-        Ok(rows) => Ok((rows, false)),
-        Err(error) if missing_table(&error) => Ok((shard.query(plain.0, plain.1).await?, true)),
-        Err(error) => Err(error),
-    }
-}
-
 /// Whether the marker for `table` is set on `shard`. A shard without the marker table counts as
 /// marked: it may have joined after keys were placed (see [`ensure_table`]), or hold data from
 /// before markers existed.
@@ -105,4 +90,36 @@ pub(crate) async fn get<S: ShardConn>(shard: &S, table: &str) -> Result<bool> {
         Err(error) if missing_table(&error) => Ok(true),
         Err(error) => Err(error),
     }
+}
+
+/// Copies every marker of `from` to `to` (a move hands `from`'s slots to `to`, and with them the
+/// duty to send misses of those keys to the directory).
+pub(crate) async fn copy<S: ShardConn>(from: &S, to: &S) -> Result<()> {
+    let scopes = match from.query(ALL, &[]).await {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|row| row.get::<String>("scope"))
+            .collect::<Result<Vec<_>>>()?,
+        Err(error) if missing_table(&error) => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    let mut statements = vec![Statement::new(CREATE, Vec::new())];
+    statements.extend(
+        scopes
+            .into_iter()
+            .map(|scope| Statement::new(SET, vec![Value::Text(scope)])),
+    );
+    to.batch(&statements).await.map(drop)
+}
+
+/// Whether any shard of the map carries `table`'s marker: whether any of its keys may be placed by a
+/// directory entry.
+pub(crate) async fn any<B: Backend>(db: &CollegeDb<B>, table: &str) -> Result<bool> {
+    // Markers sit on hash shards, which are the shards of the map.
+    for index in db.serving_shards() {
+        if get(db.shard(index), table).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -57,10 +57,15 @@ pub trait Model: Sized + MaybeSync + 'static {
 pub struct ModelSql {
     /// `SELECT <columns> FROM t WHERE key = ?`.
     pub select_by_key: String,
-    /// `select_by_key UNION ALL` one all-NULL row if the table's off-hash marker is set on the
-    /// shard (see [`crate::marker`]); parameters: the key, then the table name. A hash-first
-    /// lookup learns in one statement whether it found the row, and whether a miss is final.
-    pub select_by_key_or_marker: String,
+    /// The hash-first read on the slot's owner: the row's columns plus a flag column, `0` for
+    /// the row, with `UNION ALL` a flag `1` row if the table's off-hash marker is set (see
+    /// [`crate::marker`]) and a flag `2` row if the shard does not own the slot (see
+    /// [`crate::fence`]); parameters: the key, the table name, the slot. One statement tells the
+    /// row, whether a miss is final, and whether the map was stale.
+    pub find_on_owner: String,
+    /// `select_by_key UNION ALL` one all-NULL row if the shard does not own the slot;
+    /// parameters: the key, then the slot.
+    pub select_by_key_fenced: String,
     /// `SELECT <columns> FROM t ORDER BY key LIMIT ?`: the first page of a scan.
     pub scan_first: String,
     /// `SELECT <columns> FROM t WHERE key > ? ORDER BY key LIMIT ?`: the pages after it.
@@ -76,6 +81,16 @@ pub struct ModelSql {
     pub update_by_key: Option<String>,
     /// `DELETE FROM t WHERE key = ?`.
     pub delete_by_key: String,
+    /// [`ModelSql::insert`] as `INSERT ... SELECT ... WHERE <owned>`: the slot is the last
+    /// parameter, and no row changed means the shard does not own it.
+    pub insert_fenced: String,
+    /// [`ModelSql::upsert`], fenced like `insert_fenced` (a key-only model's conflict rewrites
+    /// the key, so that an existing row counts as changed).
+    pub upsert_fenced: String,
+    /// [`ModelSql::update_by_key`] `AND <owned>`: the slot is the last parameter.
+    pub update_fenced: Option<String>,
+    /// [`ModelSql::delete_by_key`] `AND <owned>`: the slot is the last parameter.
+    pub delete_fenced: String,
     /// `CREATE TABLE IF NOT EXISTS ...`.
     pub create_table: String,
 }
@@ -99,11 +114,23 @@ impl ModelSql {
             .to_owned()
             .build(SqliteQueryBuilder)
             .0;
-        let select_by_key_or_marker = format!(
-            "{select_by_key} UNION ALL SELECT {} FROM \"{}\" WHERE \"scope\" = ?",
-            vec!["NULL"; columns.len()].join(", "),
+        let nulls = vec!["NULL"; columns.len()].join(", ");
+        let owned = crate::fence::OWNED;
+        let flagged = Query::select()
+            .columns(columns.iter().copied())
+            .expr(Expr::cust("0"))
+            .from(table)
+            .and_where(Expr::col(key).eq(placeholder()))
+            .to_owned()
+            .build(SqliteQueryBuilder)
+            .0;
+        let find_on_owner = format!(
+            "{flagged} UNION ALL SELECT {nulls}, 1 FROM \"{}\" WHERE \"scope\" = ? \
+             UNION ALL SELECT {nulls}, 2 WHERE NOT {owned}",
             crate::marker::TABLE
         );
+        let select_by_key_fenced =
+            format!("{select_by_key} UNION ALL SELECT {nulls} WHERE NOT {owned}");
         let scan_first = Query::select()
             .columns(columns.iter().copied())
             .from(table)
@@ -178,9 +205,33 @@ impl ModelSql {
         }
         let create_table = create.to_string(SqliteQueryBuilder);
 
+        let as_select = |insert: &str| -> (String, String) {
+            let (head, rest) = insert.split_once(" VALUES ").expect("an insert has VALUES");
+            let tail = rest.find(')').map_or("", |end| &rest[end + 1..]);
+            let select = format!(
+                "{head} SELECT {} WHERE {owned}",
+                vec!["?"; columns.len()].join(", ")
+            );
+            (select, tail.to_owned())
+        };
+        let (insert_select, _) = as_select(&insert);
+        let insert_fenced = insert_select.clone();
+        let (_, conflict) = as_select(&upsert);
+        let conflict = if others.is_empty() {
+            format!(" ON CONFLICT (\"{key}\") DO UPDATE SET \"{key}\" = \"excluded\".\"{key}\"")
+        } else {
+            conflict
+        };
+        let upsert_fenced = format!("{insert_select}{conflict}");
+        let update_fenced = update_by_key
+            .as_ref()
+            .map(|sql| format!("{sql} AND {owned}"));
+        let delete_fenced = format!("{delete_by_key} AND {owned}");
+
         ModelSql {
             select_by_key,
-            select_by_key_or_marker,
+            find_on_owner,
+            select_by_key_fenced,
             scan_first,
             scan_after,
             count,
@@ -188,6 +239,10 @@ impl ModelSql {
             upsert,
             update_by_key,
             delete_by_key,
+            insert_fenced,
+            upsert_fenced,
+            update_fenced,
+            delete_fenced,
             create_table,
         }
     }

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::backend::{Backend, Row, ShardConn};
+use crate::backend::{Backend, Row, ShardConn, Statement};
 use crate::config::{Strategies, Strategy, StrategyOverride};
-use crate::crud::{execute_owner, query_owner, Cost};
+use crate::crud::{execute_owner, query_owner, Cost, RoutedQuery, RoutedWrite};
 use crate::error::{Error, Result};
+use crate::fence;
 use crate::key::AnyKey;
 use crate::model::MAX_BOUND_PARAMETERS;
-use crate::router::{hash_first, CollegeDb};
+use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
 
 /// Checks parameters against D1's limits.
@@ -93,13 +94,15 @@ impl<B: Backend> CollegeDb<B> {
         Ok(changed)
     }
 
-    /// Runs a query on every shard and gathers the rows. A failing shard does not fail the call:
+    /// Runs a query on every shard that serves rows and gathers the rows. A failing shard does not fail the call:
     /// it is reported in [`Scatter::failures`], so callers decide whether partial results do.
     pub async fn all_shards(&self, sql: &str, params: &[Value]) -> Result<Scatter> {
         check_params(params)?;
         let mut scatter = Scatter::default();
-        let results = self.on_every_shard(|shard| shard.query(sql, params)).await;
-        for (index, result) in results.into_iter().enumerate() {
+        let results = self
+            .on_serving_shards(|shard| shard.query(sql, params))
+            .await;
+        for (index, result) in results {
             match result {
                 Ok(rows) => scatter.rows.extend(
                     rows.into_iter()
@@ -236,19 +239,40 @@ impl<'a, B: Backend> TableScope<'a, B> {
         let key = key.into_any_key()?;
         let Strategies { read, write } = self.strategies;
         if !creates_rows(sql) {
-            let statement = (sql, params, Cost::Unknown);
+            let statement = RoutedWrite {
+                sql,
+                fenced: None,
+                params,
+                cost: Cost::Unknown,
+            };
             let changed = execute_owner(self.db, self.table, &key, read, statement).await?;
             return Ok(changed.map_or(0, |(_, n)| n));
         }
-        let shard = if hash_first(read) && write == Strategy::Hash {
-            self.db.hash_shard(&key)
-        } else {
-            match self.db.directory_lookup(self.table, &key).await? {
-                Some(shard) => shard,
-                None => self.db.place(self.table, &key, write).await?,
+        // Behind the fence's guard (see `crate::fence`), following the map or the directory
+        // if the shard refuses.
+        let statement = [Statement::new(sql, params.to_vec())];
+        let mut backoff = Backoff::new();
+        loop {
+            let (shard, fence_value) = if hash_first(read) && write == Strategy::Hash {
+                self.db.hash_target(&key)
+            } else {
+                match self.db.directory_lookup(self.table, &key).await? {
+                    Some(shard) => (shard, fence::LIVE),
+                    None if write != Strategy::Hash => {
+                        (self.db.place(self.table, &key, write).await?, fence::LIVE)
+                    }
+                    None => self.db.hash_target(&key),
+                }
+            };
+            match fence::guarded_batch(self.db, shard, &[fence_value], &statement).await? {
+                Some(changed) => return Ok(changed[0]),
+                None => {
+                    self.db
+                        .after_not_admitted(self.table, &key, fence_value, &mut backoff)
+                        .await?
+                }
             }
-        };
-        self.db.shard(shard).execute_raw(sql, params).await
+        }
     }
 
     /// Runs a query for `key` on the shard that owns it. Never creates directory entries.
@@ -256,8 +280,13 @@ impl<'a, B: Backend> TableScope<'a, B> {
         check_params(params)?;
         let key = key.into_any_key()?;
         let read = self.strategies.read;
-        let found = query_owner(self.db, self.table, &key, read, sql, params).await?;
-        Ok(found.map(|(_, rows)| rows).unwrap_or_default())
+        let query = RoutedQuery {
+            sql,
+            fenced: None,
+            params,
+        };
+        let found = query_owner(self.db, self.table, &key, read, query).await?;
+        Ok(found.map(|(_, _, rows)| rows).unwrap_or_default())
     }
 
     /// Like [`TableScope::all`], returning the first row.

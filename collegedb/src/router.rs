@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::backend::{Backend, Coordinator, RowDelta};
 use crate::config::{Config, CoordinatorFallback, Region, Strategies, Strategy};
@@ -30,6 +30,7 @@ use crate::directory::{Directory, DirectoryCache};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::placement::Placer;
+use crate::slots::{slot_of, ShardMap, SLOTS};
 
 /// Directory claims sent together by [`CollegeDb::place_many`].
 const CLAIM_BATCH: usize = 500;
@@ -69,7 +70,8 @@ struct Inner<B: Backend> {
     directory: B::Directory,
     cache: Arc<DirectoryCache>,
     coordinator: B::Coordinator,
-    placer: Placer,
+    /// The shard map this handle routes by, replaced when a shard says it is stale.
+    routing: RwLock<Arc<Routing>>,
     /// Round-robin tickets used while the coordinator is down (see [`CoordinatorFallback`]).
     fallback_tickets: AtomicU64,
     /// Row-count changes not yet sent to the coordinator, by `(shard, table)`.
@@ -122,9 +124,10 @@ impl CollegeDb<crate::backend::embedded::Embedded> {
     ) -> Result<Self> {
         config.validate()?;
         let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
-        let (shards, directory, coordinator) =
+        let (shards, directory, coordinator, map) =
             crate::backend::embedded::open(folder.as_ref(), &names, &options)?;
-        Self::from_parts(config, shards, directory, coordinator)
+        let cache = Arc::new(DirectoryCache::new(config.directory_cache_capacity));
+        Self::assemble(config, (shards, directory, coordinator), cache, map)
     }
 }
 
@@ -149,6 +152,19 @@ impl<B: Backend> CollegeDb<B> {
         coordinator: B::Coordinator,
         cache: Arc<DirectoryCache>,
     ) -> Result<Self> {
+        // Until the coordinator answers, route by the configured list's seed; a stored map that
+        // differs is loaded the first time a shard refuses a statement.
+        let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
+        let map = ShardMap::seed(&names)?;
+        Self::assemble(config, (shards, directory, coordinator), cache, map)
+    }
+
+    fn assemble(
+        config: Config,
+        (shards, directory, coordinator): (Vec<B::Shard>, B::Directory, B::Coordinator),
+        cache: Arc<DirectoryCache>,
+        map: ShardMap,
+    ) -> Result<Self> {
         config.validate()?;
         if shards.len() != config.shards.len() {
             return Err(Error::config(format!(
@@ -157,17 +173,18 @@ impl<B: Backend> CollegeDb<B> {
                 config.shards.len()
             )));
         }
-        let shard_index = config
+        let shard_index: HashMap<String, usize> = config
             .shards
             .iter()
             .enumerate()
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
+        let routing = Routing::new(&config, &shard_index, map)?;
         let region = config.target_region;
         Ok(CollegeDb {
             inner: Arc::new(Inner {
                 cache,
-                placer: Placer::new(&config),
+                routing: RwLock::new(Arc::new(routing)),
                 fallback_tickets: AtomicU64::new(0),
                 directory_reads: AtomicU64::new(0),
                 directory_writes: AtomicU64::new(0),
@@ -220,6 +237,32 @@ impl<B: Backend> CollegeDb<B> {
         &self.inner.shards
     }
 
+    /// The configuration indices of the shards that own slots in this handle's map: the ones
+    /// that serve rows. A standby shard (configured, waiting for `add_shard`) and a drained one
+    /// are left out.
+    pub(crate) fn serving_shards(&self) -> Vec<usize> {
+        let routing = self.routing();
+        let mut serving: Vec<usize> = routing.owner.iter().map(|&i| i as usize).collect();
+        serving.sort_unstable();
+        serving.dedup();
+        serving
+    }
+
+    /// Runs `work` on every serving shard concurrently (on D1 the latency is the slowest shard's,
+    /// not the sum) and returns each shard's index and result, in configuration order.
+    pub(crate) async fn on_serving_shards<'a, T, Fut>(
+        &'a self,
+        mut work: impl FnMut(&'a B::Shard) -> Fut,
+    ) -> Vec<(usize, Result<T>)>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let serving = self.serving_shards();
+        let results =
+            futures_util::future::join_all(serving.iter().map(|&i| work(self.shard(i)))).await;
+        serving.into_iter().zip(results).collect()
+    }
+
     /// Runs `work` on every shard concurrently (on D1 the latency is the slowest shard's, not the
     /// sum) and returns each shard's result in configuration order.
     pub(crate) async fn on_every_shard<'a, T, Fut>(
@@ -257,11 +300,87 @@ impl<B: Backend> CollegeDb<B> {
         model.resolve(self.inner.config.strategy)
     }
 
-    /// The hash shard of `key`: where hash placement puts it, and the owner when it has no
-    /// directory entry.
+    /// The hash shard of `key`: the owner of its slot in this handle's map, where hash placement
+    /// puts it, and the owner when it has no directory entry.
     #[inline]
     pub fn hash_shard(&self, key: &Key) -> usize {
-        self.inner.placer.hash(key)
+        self.hash_target(key).0
+    }
+
+    /// The hash shard of `key` and its slot, the fence value its statements bind (see
+    /// [`crate::fence`]).
+    #[inline]
+    pub(crate) fn hash_target(&self, key: &Key) -> (usize, i64) {
+        let slot = slot_of(key);
+        (
+            self.routing().owner[slot as usize] as usize,
+            i64::from(slot),
+        )
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        self.inner
+            .routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The shard map this handle routes by.
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        self.routing().map.clone()
+    }
+
+    /// Reloads the stored shard map; returns whether it was newer than the one in use. Handles
+    /// call this by themselves when a shard refuses a statement as routed by an old map.
+    pub async fn refresh_map(&self) -> Result<bool> {
+        let Some(map) = self.inner.coordinator.load_map().await? else {
+            return Ok(false);
+        };
+        self.adopt_map(map)
+    }
+
+    /// Routes by `map` from now on if it is newer than the one in use.
+    pub(crate) fn adopt_map(&self, map: ShardMap) -> Result<bool> {
+        if map.version() <= self.routing().map.version() {
+            return Ok(false);
+        }
+        let routing = Routing::new(&self.inner.config, &self.inner.shard_index, map)?;
+        let mut current = self
+            .inner
+            .routing
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if routing.map.version() > current.map.version() {
+            *current = Arc::new(routing);
+        }
+        Ok(true)
+    }
+
+    /// After a shard refused a statement for a slot it does not own: reloads the map, and when
+    /// the map has not changed (a move is switching the slot over this instant), waits a little.
+    /// Fails with [`Error::SlotMoving`] once `backoff` is spent.
+    pub(crate) async fn after_not_owned(&self, fence: i64, backoff: &mut Backoff) -> Result<()> {
+        if self.refresh_map().await? {
+            return Ok(());
+        }
+        backoff.wait(fence).await
+    }
+
+    /// [`CollegeDb::after_not_owned`] for a statement routed by `table`'s directory entry of
+    /// `key` (fence [`crate::fence::LIVE`]): the cached entry is dropped first, so the retry
+    /// reads the store.
+    pub(crate) async fn after_not_admitted(
+        &self,
+        table: &str,
+        key: &Key,
+        fence: i64,
+        backoff: &mut Backoff,
+    ) -> Result<()> {
+        if fence == crate::fence::LIVE {
+            self.inner.cache.invalidate(table, key);
+        }
+        self.after_not_owned(fence, backoff).await
     }
 
     /// The directory entry of `key` (cache first), as a shard index. Never writes.
@@ -355,8 +474,8 @@ impl<B: Backend> CollegeDb<B> {
         let inner = &self.inner;
         Ok(match strategy {
             Strategy::Hash => unreachable!("hash placement proposes no candidate"),
-            Strategy::Random => inner.placer.random(),
-            Strategy::Location => inner.placer.location(self.region)?,
+            Strategy::Random => self.routing().placer.random(),
+            Strategy::Location => self.routing().placer.location(self.region)?,
             Strategy::RoundRobin => {
                 let ticket = match inner.coordinator.next_ticket(table).await {
                     Ok(ticket) => ticket,
@@ -368,7 +487,7 @@ impl<B: Backend> CollegeDb<B> {
                     }
                     Err(error) => return Err(error),
                 };
-                inner.placer.round_robin(ticket)
+                self.routing().placer.round_robin(ticket)
             }
         })
     }
@@ -487,6 +606,85 @@ impl<B: Backend> CollegeDb<B> {
             ))
         })
     }
+}
+
+/// A shard map resolved against this handle's configuration.
+struct Routing {
+    map: Arc<ShardMap>,
+    /// For each slot, the configuration index of its owner.
+    owner: Vec<u16>,
+    /// Placement among the shards that own slots.
+    placer: Placer,
+}
+
+impl Routing {
+    fn new(config: &Config, shard_index: &HashMap<String, usize>, map: ShardMap) -> Result<Self> {
+        let mut index_of = Vec::with_capacity(map.shards().len());
+        for name in map.shards() {
+            index_of.push(*shard_index.get(name).ok_or_else(|| {
+                Error::config(format!(
+                    "the shard map (version {}) gives slots to shard `{name}`, which this process does not configure: add it to the configuration",
+                    map.version()
+                ))
+            })? as u16);
+        }
+        let mut owner = Vec::with_capacity(SLOTS);
+        let mut eligible = vec![false; config.shards.len()];
+        for name in map.owners() {
+            let index = shard_index[name];
+            eligible[index] = true;
+            owner.push(index as u16);
+        }
+        Ok(Routing {
+            placer: Placer::among(config, &eligible),
+            map: Arc::new(map),
+            owner,
+        })
+    }
+}
+
+/// The wait of a statement whose slot is being switched to another shard: short pauses that
+/// grow, up to a total after which the caller gets [`Error::SlotMoving`].
+pub(crate) struct Backoff {
+    next_ms: u64,
+    waited_ms: u64,
+}
+
+impl Backoff {
+    /// The longest total wait, in milliseconds: a switch-over takes milliseconds natively and a
+    /// few round trips on D1, so only a move stopped mid-switch (resume it) exhausts this.
+    const LIMIT_MS: u64 = 10_000;
+
+    pub(crate) fn new() -> Self {
+        Backoff {
+            next_ms: 1,
+            waited_ms: 0,
+        }
+    }
+
+    async fn wait(&mut self, slot: i64) -> Result<()> {
+        if self.waited_ms >= Self::LIMIT_MS {
+            return Err(Error::SlotMoving { slot });
+        }
+        pause(std::time::Duration::from_millis(self.next_ms)).await;
+        self.waited_ms += self.next_ms;
+        self.next_ms = (self.next_ms * 2).min(50);
+        Ok(())
+    }
+}
+
+/// Waits without holding an executor thread: on the blocking pool natively, on a timer in a
+/// Worker. Builds without either only yield.
+async fn pause(duration: std::time::Duration) {
+    #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
+    blocking::unblock(move || std::thread::sleep(duration)).await;
+    #[cfg(all(feature = "cloudflare", target_arch = "wasm32"))]
+    worker::Delay::from(duration).await;
+    #[cfg(not(any(
+        all(feature = "embedded", not(target_arch = "wasm32")),
+        all(feature = "cloudflare", target_arch = "wasm32")
+    )))]
+    let _ = duration;
 }
 
 /// Whether a lookup strategy asks the hash shard before the directory.

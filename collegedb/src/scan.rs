@@ -74,11 +74,13 @@ pub async fn scan<M: Model, B: Backend>(
         None => None,
     };
     let sql = ScanSql::new(M::sql(), after.is_none());
-    let shards = db.shards().len();
+    // Shards that own slots: a standby shard, or one drained away, serves no rows.
+    let serving = db.serving_shards();
+    let shards = serving.len();
     let mut streams: Vec<Stream> = (0..shards).map(|_| Stream::new()).collect();
     let share = first_request(limit, shards);
     let all: Vec<(usize, usize)> = (0..shards).map(|shard| (shard, share)).collect();
-    fetch::<M, B>(db, &sql, &mut streams, after.as_ref(), &all).await?;
+    fetch::<M, B>(db, &serving, &sql, &mut streams, after.as_ref(), &all).await?;
 
     let mut rows: Vec<M> = Vec::with_capacity(limit);
     loop {
@@ -98,7 +100,7 @@ pub async fn scan<M: Model, B: Backend>(
         if again.is_empty() {
             break;
         }
-        fetch::<M, B>(db, &sql, &mut streams, after.as_ref(), &again).await?;
+        fetch::<M, B>(db, &serving, &sql, &mut streams, after.as_ref(), &again).await?;
     }
 
     let mut more = streams.iter().any(|s| !s.rows.is_empty());
@@ -111,7 +113,7 @@ pub async fn scan<M: Model, B: Backend>(
             .map(|(shard, _)| (shard, 1))
             .collect();
         if !probe.is_empty() {
-            fetch::<M, B>(db, &sql, &mut streams, after.as_ref(), &probe).await?;
+            fetch::<M, B>(db, &serving, &sql, &mut streams, after.as_ref(), &probe).await?;
             more = streams.iter().any(|s| !s.rows.is_empty());
         }
     }
@@ -205,6 +207,7 @@ fn limit_as_expression(sql: &str) -> String {
 /// Asks each `(shard, rows)` for its next `rows` rows in key order, concurrently.
 async fn fetch<M: Model, B: Backend>(
     db: &CollegeDb<B>,
+    serving: &[usize],
     sql: &ScanSql,
     streams: &mut [Stream],
     after: Option<&Value>,
@@ -229,7 +232,7 @@ async fn fetch<M: Model, B: Backend>(
         requests
             .iter()
             .zip(&statements)
-            .map(|(&(shard, _), (sql, params))| db.shard(shard).query(sql, params)),
+            .map(|(&(stream, _), (sql, params))| db.shard(serving[stream]).query(sql, params)),
     )
     .await;
     for (&(shard, asked), result) in requests.iter().zip(results) {

@@ -1,80 +1,62 @@
-//! The stored shard list: the guard that stops an edited configuration from misrouting rows.
+//! The guard that stops an edited configuration from stranding rows.
 //!
-//! Hash placement maps keys onto positions in the shard list, and the directory names shards by
-//! name. Appending, removing, renaming or reordering shards in the configuration of a deployment
-//! that holds rows would therefore send reads and writes to the wrong shards, silently. So the
-//! first open stores the configured list (version 1) next to the directory, and every later open
-//! compares: a different list is refused with [`Error::ConfigInvalid`] saying what changed and
-//! what to do, unless the deployment holds no rows yet, in which case the new list is stored
-//! (version + 1).
-//!
-//! Moving rows so that a list *can* change (add and drain shards) is designed in
-//! `docs/growth.md`; this module is the part of it that keeps data safe until then. It is built
-//! for the embedded backend; on Cloudflare the shard list is still only the configuration.
+//! Placement follows the stored [`ShardMap`](crate::slots::ShardMap), not positions in the
+//! configured list, so reordering the list changes nothing, and a configured shard that the map
+//! does not list yet is simply *standby*: reachable, owning no slots, receiving no new keys until
+//! [`CollegeDb::add_shard`](crate::CollegeDb::add_shard) gives it its share. What cannot be allowed
+//! is a shard of the map missing from the configuration (renamed or removed by editing the
+//! list): its rows would become unreachable. Opening such a configuration is refused with
+//! [`Error::ConfigInvalid`] naming the operation to use, unless the deployment holds no rows yet,
+//! in which case the new list simply replaces the seed.
 
 use crate::error::Error;
+use crate::slots::ShardMap;
 
-/// The shard list stored for a deployment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredShards {
-    /// Bumped each time the list is replaced.
-    pub version: u64,
-    /// Shard names in placement order.
-    pub shards: Vec<String>,
-}
-
-/// How a configured list differs from the stored one.
+/// How a configured list relates to the stored map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListChange {
-    /// The same names in the same order.
-    Same,
-    /// Anything else, described for the error message.
-    Different(String),
+    /// Every shard of the map is configured (others may be standby).
+    Covered,
+    /// Shards of the map are missing from the configuration; the text says which and what to do.
+    Missing(String),
 }
 
-/// Compares the configured list with the stored one.
-pub fn compare(stored: &[String], configured: &[String]) -> ListChange {
-    if stored == configured {
-        return ListChange::Same;
+/// Compares the configured names with the stored map.
+pub fn compare(stored: &ShardMap, configured: &[String]) -> ListChange {
+    let missing: Vec<&str> = stored
+        .shards()
+        .iter()
+        .filter(|name| !configured.contains(name))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return ListChange::Covered;
     }
     let added: Vec<&str> = configured
         .iter()
         .filter(|name| !stored.contains(name))
         .map(String::as_str)
         .collect();
-    let removed: Vec<&str> = stored
-        .iter()
-        .filter(|name| !configured.contains(name))
-        .map(String::as_str)
-        .collect();
-    let mut parts = Vec::new();
+    let mut why = format!(
+        "shards of the map are missing from the configuration: {} (their rows would become unreachable: put them back; to retire a shard, keep it configured and run `drain_shard`",
+        missing.join(", ")
+    );
     if !added.is_empty() {
-        parts.push(format!(
-            "configured shards not in the stored list: {} (adding a shard to a deployment that holds rows moves keys, which needs `add_shard`, not built yet: see docs/growth.md; remove them from the configuration for now)",
+        why.push_str(&format!(
+            "; to rename one, configure the new name ({}) beside the old, run `add_shard` for it, then `drain_shard` the old",
             added.join(", ")
         ));
     }
-    if !removed.is_empty() {
-        parts.push(format!(
-            "stored shards missing from the configuration: {} (their rows would become unreachable: put them back)",
-            removed.join(", ")
-        ));
-    }
-    if parts.is_empty() {
-        parts.push(
-            "the same shards in another order (hash placement follows positions in the list: restore the stored order)"
-                .to_owned(),
-        );
-    }
-    ListChange::Different(parts.join("; "))
+    why.push(')');
+    ListChange::Missing(why)
 }
 
-/// The error for a configuration whose list differs from the stored one.
-pub fn refused(stored: &StoredShards, why: &str) -> Error {
+/// The error for a configuration that does not cover the stored map.
+pub fn refused(stored: &ShardMap, why: &str) -> Error {
     Error::ConfigInvalid(format!(
-        "the shard list differs from the one this deployment's data was placed with (version {}: {}): {why}",
-        stored.version,
-        stored.shards.join(", ")
+        "the configured shards do not cover the stored shard map (version {}: {}): {why}",
+        stored.version(),
+        stored.shards().join(", ")
     ))
 }
 
@@ -87,19 +69,23 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_of_edit_is_named() {
-        let stored = names(&["a", "b", "c"]);
-        assert_eq!(compare(&stored, &names(&["a", "b", "c"])), ListChange::Same);
+    fn order_and_standby_shards_are_fine_and_missing_ones_are_named() {
+        let stored = ShardMap::seed(&names(&["a", "b", "c"])).unwrap();
+        for fine in [
+            vec!["a", "b", "c"],
+            vec!["c", "a", "b"],
+            vec!["a", "b", "c", "d"],
+        ] {
+            assert_eq!(compare(&stored, &names(&fine)), ListChange::Covered);
+        }
         let cases = [
-            (vec!["a", "b", "c", "d"], "not in the stored list: d"),
             (vec!["a", "b"], "missing from the configuration: c"),
-            (vec!["c", "a", "b"], "another order"),
-            (vec!["a", "b", "x"], "missing from the configuration: c"),
+            (vec!["a", "b", "x"], "configure the new name (x)"),
         ];
         for (configured, expected) in cases {
             match compare(&stored, &names(&configured)) {
-                ListChange::Different(why) => assert!(why.contains(expected), "{why}"),
-                ListChange::Same => panic!("{configured:?} is not the same list"),
+                ListChange::Missing(why) => assert!(why.contains(expected), "{why}"),
+                ListChange::Covered => panic!("{configured:?} does not cover the map"),
             }
         }
     }

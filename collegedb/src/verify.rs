@@ -133,6 +133,20 @@ impl KeyPages {
     }
 }
 
+/// The single-column primary key of `table` on `shard`, read with `PRAGMA table_info`; `None`
+/// for a composite key or none at all.
+pub(crate) async fn key_column<S: ShardConn>(shard: &S, table: &str) -> Result<Option<String>> {
+    let info = shard
+        .query(&format!("PRAGMA table_info({})", quote_ident(table)), &[])
+        .await?;
+    let keys: Vec<String> = info
+        .iter()
+        .filter(|row| matches!(row.value("pk"), Some(Value::Integer(n)) if *n > 0))
+        .map(|row| row.get::<String>("name"))
+        .collect::<Result<_>>()?;
+    Ok((keys.len() == 1).then(|| keys[0].clone()))
+}
+
 /// A table found on the shards, and its primary-key column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -152,15 +166,7 @@ impl<B: Backend> CollegeDb<B> {
                 if tables.contains_key(&name) {
                     continue;
                 }
-                let info = shard
-                    .query(&format!("PRAGMA table_info({})", quote_ident(&name)), &[])
-                    .await?;
-                let keys: Vec<String> = info
-                    .iter()
-                    .filter(|row| matches!(row.value("pk"), Some(Value::Integer(n)) if *n > 0))
-                    .map(|row| row.get::<String>("name"))
-                    .collect::<Result<_>>()?;
-                let key_column = (keys.len() == 1).then(|| keys[0].clone());
+                let key_column = key_column(shard, &name).await?;
                 tables.insert(name, key_column);
             }
         }

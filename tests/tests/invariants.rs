@@ -450,9 +450,9 @@ fn hash_misses_skip_the_directory_until_a_key_is_placed_elsewhere() {
     });
 }
 
-/// Appending a shard makes it the hash shard of keys placed on the others. Keys placed by the
-/// directory and read hash-first stay reachable: the new shard's marker table is created with
-/// every other shard's markers, and a shard with no marker table counts as marked.
+/// Adding a shard makes it the hash shard of keys placed on the others. Keys placed by the
+/// directory and read hash-first stay reachable: the move hands the giving shard's markers to the
+/// new shard with its slots.
 #[test]
 fn directory_placed_keys_read_hash_first_survive_an_appended_shard() {
     for create_tables_after_append in [true, false] {
@@ -469,17 +469,10 @@ fn directory_placed_keys_read_hash_first_survive_an_appended_shard() {
             }
         });
         drop(before);
-        // The stored shard list refuses an appended shard while rows exist (growth is not built
-        // yet); stand in for the future `add_shard` by storing the longer list directly.
-        rusqlite::Connection::open(dir.path().join("_directory.db"))
-            .unwrap()
-            .execute(
-                "UPDATE shard_map SET shards = '[\"s0\",\"s1\",\"s2\"]', version = 2",
-                [],
-            )
-            .unwrap();
         let after = open_with(dir.path(), 3, strategies);
         block_on(async {
+            let job = after.add_shard("s2").await.unwrap();
+            assert!(job.is_finished());
             if create_tables_after_append {
                 User::create_table(&after).await.unwrap();
             } else {
@@ -499,7 +492,7 @@ fn directory_placed_keys_read_hash_first_survive_an_appended_shard() {
             }
         });
         assert_eq!(
-            rows_per_shard(dir.path(), 2, "users").iter().sum::<i64>(),
+            rows_per_shard(dir.path(), 3, "users").iter().sum::<i64>(),
             300
         );
         let report = block_on(after.verify_table("users", "id")).unwrap();

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::slots::ShardMap;
 use crate::value::{ColumnValue, Value};
 
 /// `Send` on native targets; no bound on `wasm32`.
@@ -176,6 +177,41 @@ pub trait Coordinator: MaybeSync + 'static {
         let _ = deltas;
         async { Ok(()) }
     }
+
+    /// The stored shard map (see [`crate::slots`]), or `None` when this coordinator stores none
+    /// and the configured list's seed is the map.
+    fn load_map(&self) -> impl Future<Output = Result<Option<ShardMap>>> + MaybeSend {
+        async { Ok(None) }
+    }
+
+    /// Stores `map` if the stored map's version is `map.version() - 1` (compare and set), and
+    /// returns whether it did. Coordinators that store no map refuse.
+    fn store_map(&self, map: &ShardMap) -> impl Future<Output = Result<bool>> + MaybeSend {
+        let _ = map;
+        async { Err(no_store()) }
+    }
+
+    /// A journal document of [`crate::growth`], by name.
+    fn load_job(&self, name: &str) -> impl Future<Output = Result<Option<String>>> + MaybeSend {
+        let _ = name;
+        async { Ok(None) }
+    }
+
+    /// Stores (or with `None`, removes) a journal document.
+    fn store_job(
+        &self,
+        name: &str,
+        json: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + MaybeSend {
+        let _ = (name, json);
+        async { Err(no_store()) }
+    }
+}
+
+fn no_store() -> Error {
+    Error::config(
+        "this backend's coordinator does not store a shard map yet, so shards cannot be added or drained on it",
+    )
 }
 
 /// A bundle of shard, directory and coordinator implementations for one platform.

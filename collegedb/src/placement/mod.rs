@@ -4,11 +4,8 @@
 //! I/O: the router records non-deterministic choices in the directory, and the round-robin counter
 //! comes from the coordinator.
 
-pub mod hash;
-
 use crate::config::{Config, Region};
 use crate::error::{Error, Result};
-use crate::key::Key;
 
 /// Shards of equal standing for one target region, with cumulative priority weights.
 #[derive(Debug, Clone, Default)]
@@ -29,17 +26,31 @@ impl Candidates {
 /// Precomputed placement tables for one configuration.
 #[derive(Debug, Clone)]
 pub struct Placer {
-    shard_count: usize,
+    /// Shards that may receive new keys (configuration indices): those owning slots in the map.
+    eligible: Vec<usize>,
     /// Indexed like [`Region::ALL`]; empty when no shard has a region.
     near: Vec<Candidates>,
 }
 
 impl Placer {
-    /// Builds the tables for a validated configuration.
+    /// Builds the tables for a validated configuration, every shard eligible.
     pub fn new(config: &Config) -> Self {
+        Self::among(config, &vec![true; config.shards.len()])
+    }
+
+    /// Builds the tables for the shards marked in `eligible` (indexed like `config.shards`):
+    /// the router passes the shards that own slots, so a shard waiting for `add_shard` or
+    /// drained away receives no new keys.
+    pub fn among(config: &Config, eligible: &[bool]) -> Self {
         let present: Vec<Region> = Region::ALL
             .into_iter()
-            .filter(|r| config.shards.iter().any(|s| s.region == Some(*r)))
+            .filter(|r| {
+                config
+                    .shards
+                    .iter()
+                    .zip(eligible)
+                    .any(|(s, ok)| *ok && s.region == Some(*r))
+            })
             .collect();
         let near = Region::ALL
             .into_iter()
@@ -54,7 +65,7 @@ impl Placer {
                 let mut candidates = Candidates::default();
                 let mut total = 0u64;
                 for (index, shard) in config.shards.iter().enumerate() {
-                    if shard.region == Some(nearest) {
+                    if eligible[index] && shard.region == Some(nearest) {
                         total += u64::from(shard.priority);
                         candidates.shards.push(index);
                         candidates.cumulative.push(total);
@@ -64,25 +75,19 @@ impl Placer {
             })
             .collect();
         Placer {
-            shard_count: config.shards.len(),
+            eligible: (0..eligible.len()).filter(|&i| eligible[i]).collect(),
             near,
         }
     }
 
-    /// The hash strategy's shard for `key`.
-    #[inline]
-    pub fn hash(&self, key: &Key) -> usize {
-        hash::hash_shard(key, self.shard_count)
-    }
-
     /// A uniformly random shard.
     pub fn random(&self) -> usize {
-        fastrand::usize(..self.shard_count)
+        self.eligible[fastrand::usize(..self.eligible.len())]
     }
 
     /// The round-robin shard for the coordinator's `ticket`.
     pub fn round_robin(&self, ticket: u64) -> usize {
-        (ticket % self.shard_count as u64) as usize
+        self.eligible[(ticket % self.eligible.len() as u64) as usize]
     }
 
     /// A shard near `target`: among the shards of the nearest region that has any, chosen at
@@ -183,5 +188,12 @@ mod tests {
         );
         let rr: Vec<usize> = (0..6).map(|t| placer.round_robin(t)).collect();
         assert_eq!(rr, [0, 1, 2, 0, 1, 2]);
+        let two = Placer::among(
+            &Config::with_shard_names(["a", "b", "c"]),
+            &[true, false, true],
+        );
+        let rr: Vec<usize> = (0..4).map(|t| two.round_robin(t)).collect();
+        assert_eq!(rr, [0, 2, 0, 2]);
+        assert!((0..100).all(|_| two.random() != 1));
     }
 }

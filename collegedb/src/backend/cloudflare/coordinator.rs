@@ -32,7 +32,6 @@ use super::stats::{now_ms, RowCount, TimerStep, STATS};
 use crate::backend::{Coordinator, RowDelta};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::placement::hash::jump_consistent_hash;
 
 /// Round-robin tickets reserved per call to the coordinator.
 pub const TICKET_BLOCK: u64 = 16;
@@ -453,10 +452,9 @@ pub async fn serve_coordinator(
             let body: AllocateRequest = request.json().await.unwrap_or_default();
             let shards = registered()?;
             if let (Some(key), Some("hash")) = (&body.primary_key, body.strategy.as_deref()) {
-                let shard = (!shards.is_empty()).then(|| {
-                    let key = Key::Text(key.clone());
-                    shards[jump_consistent_hash(key.placement_hash(), shards.len() as u32) as usize]
-                        .clone()
+                let shard = crate::slots::ShardMap::seed(&shards).ok().map(|map| {
+                    let slot = crate::slots::slot_of(&Key::Text(key.clone()));
+                    map.owner(slot).to_owned()
                 });
                 return Response::from_json(&Allocation {
                     ticket: 0,

@@ -11,6 +11,7 @@ use crate::backend::Coordinator;
 use crate::directory::{Directory, DirectoryPage};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::slots::ShardMap;
 
 /// Insert-if-absent, returning the entry that holds afterwards: atomic under SQLite's write lock.
 const CLAIM: &str = "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)
@@ -38,11 +39,15 @@ pub(super) fn open(
                  name  TEXT PRIMARY KEY NOT NULL,
                  value INTEGER NOT NULL
              ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS shard_map (
+             CREATE TABLE IF NOT EXISTS slot_map (
                  id      INTEGER PRIMARY KEY CHECK (id = 1),
                  version INTEGER NOT NULL,
-                 shards  TEXT NOT NULL
-             );",
+                 map     TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS jobs (
+                 name  TEXT PRIMARY KEY NOT NULL,
+                 state TEXT NOT NULL
+             ) WITHOUT ROWID;",
         )
     })
     .map_err(|e| Error::Io(format!("cannot create directory tables: {e}")))?;
@@ -54,57 +59,84 @@ pub(super) fn open(
     Ok((directory, coordinator))
 }
 
-/// Compares the configured shard list with the stored one (see [`crate::shard_map`]): stores it
-/// on first open, replaces it while the deployment holds no rows, and refuses it otherwise.
-pub(super) fn check_shard_list(
+/// Loads the stored shard map, seeding it from the configured names on first open, and checks
+/// the configuration against it (see [`crate::shard_map`]). While the deployment holds no rows
+/// and runs no operation, a different set of names simply replaces the seed.
+pub(super) fn check_map(
     directory: &SqliteDirectory,
+    coordinator: &LocalCoordinator,
     folder: &Path,
     configured: &[String],
-) -> Result<()> {
-    use crate::shard_map::{compare, refused, ListChange, StoredShards};
-    let io = |e: rusqlite::Error| Error::Io(format!("cannot read the stored shard list: {e}"));
-    let json = serde_json::to_string(configured).expect("names serialize");
-    directory
-        .pool
-        .run_blocking_sync(|conn| {
-            conn.execute(
-                "INSERT OR IGNORE INTO shard_map (id, version, shards) VALUES (1, 1, ?1)",
-                [&json],
-            )
-        })
-        .map_err(io)?;
-    let (version, shards): (i64, String) = directory
-        .pool
-        .run_blocking_sync(|conn| {
-            conn.query_row(
-                "SELECT version, shards FROM shard_map WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
-        .map_err(io)?;
-    let stored = StoredShards {
-        version: version as u64,
-        shards: serde_json::from_str(&shards)
-            .map_err(|e| Error::DirectoryInconsistent(format!("stored shard list: {e}")))?,
+) -> Result<ShardMap> {
+    use crate::shard_map::{compare, refused, ListChange};
+    let seed = ShardMap::seed(configured)?;
+    let stored = match load_map_sync(&coordinator.pool)? {
+        Some(map) => map,
+        None => {
+            store_map_sync(&coordinator.pool, &seed, true)?;
+            load_map_sync(&coordinator.pool)?.expect("stored just now")
+        }
     };
-    let ListChange::Different(why) = compare(&stored.shards, configured) else {
-        return Ok(());
-    };
-    let names = stored.shards.iter().chain(configured);
-    if holds_rows(directory, folder, names)? {
-        return Err(refused(&stored, &why));
+    let mut same_set: Vec<&String> = configured.iter().collect();
+    same_set.sort();
+    same_set.dedup();
+    if same_set.iter().copied().eq(stored.shards().iter()) {
+        return Ok(stored);
     }
-    directory
+    let change = compare(&stored, configured);
+    let jobs: i64 = coordinator
         .pool
+        .run_blocking_sync(|conn| conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)))
+        .map_err(|e| Error::Io(format!("cannot read the journal: {e}")))?;
+    if jobs > 0 || holds_rows(directory, folder, stored.shards().iter().chain(configured))? {
+        return match change {
+            // Extra configured shards wait, standby, for `add_shard`.
+            ListChange::Covered => Ok(stored),
+            ListChange::Missing(why) => Err(refused(&stored, &why)),
+        };
+    }
+    // Nothing placed yet: the configured list becomes the map.
+    let replaced = {
+        let mut next = ShardMap::seed(configured)?;
+        next.set_version(stored.version() + 1);
+        next
+    };
+    store_map_sync(&coordinator.pool, &replaced, false)?;
+    Ok(replaced)
+}
+
+fn map_io(e: rusqlite::Error) -> Error {
+    Error::Io(format!("cannot read or write the stored shard map: {e}"))
+}
+
+fn load_map_sync(pool: &Arc<Pool>) -> Result<Option<ShardMap>> {
+    let json: Option<String> = pool
         .run_blocking_sync(|conn| {
-            conn.execute(
-                "UPDATE shard_map SET version = version + 1, shards = ?1 WHERE id = 1",
-                [&json],
-            )
+            conn.query_row("SELECT map FROM slot_map WHERE id = 1", [], |r| r.get(0))
+                .optional()
         })
-        .map_err(io)
-        .map(drop)
+        .map_err(map_io)?;
+    json.map(|json| ShardMap::from_json(&json)).transpose()
+}
+
+/// Stores `map` on an empty store (`first`), or over its predecessor version.
+fn store_map_sync(pool: &Arc<Pool>, map: &ShardMap, first: bool) -> Result<bool> {
+    let (version, json) = (map.version() as i64, map.to_json());
+    pool.run_blocking_sync(|conn| {
+        if first {
+            conn.execute(
+                "INSERT OR IGNORE INTO slot_map (id, version, map) VALUES (1, ?1, ?2)",
+                (version, &json),
+            )
+        } else {
+            conn.execute(
+                "UPDATE slot_map SET version = ?1, map = ?2 WHERE id = 1 AND version = ?1 - 1",
+                (version, &json),
+            )
+        }
+    })
+    .map(|changed| changed == 1)
+    .map_err(map_io)
 }
 
 /// Whether the deployment holds any row: a directory entry, or a row in a table of any of the
@@ -369,5 +401,71 @@ impl Coordinator for LocalCoordinator {
         let mut blocks = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
         blocks.insert(table.to_owned(), (start + 1, end));
         Ok(start)
+    }
+
+    async fn load_map(&self) -> Result<Option<ShardMap>> {
+        let json: Option<String> = self
+            .pool
+            .run(
+                true,
+                |conn| {
+                    conn.prepare_cached("SELECT map FROM slot_map WHERE id = 1")?
+                        .query_row([], |r| r.get(0))
+                        .optional()
+                },
+                || {
+                    |conn: &Connection| {
+                        conn.prepare_cached("SELECT map FROM slot_map WHERE id = 1")?
+                            .query_row([], |r| r.get(0))
+                            .optional()
+                    }
+                },
+            )
+            .await
+            .map_err(directory_error)?;
+        json.map(|json| ShardMap::from_json(&json)).transpose()
+    }
+
+    async fn store_map(&self, map: &ShardMap) -> Result<bool> {
+        let (version, json) = (map.version() as i64, map.to_json());
+        self.pool
+            .run_blocking(move |conn| {
+                conn.execute(
+                    "UPDATE slot_map SET version = ?1, map = ?2 WHERE id = 1 AND version = ?1 - 1",
+                    (version, &json),
+                )
+            })
+            .await
+            .map(|changed| changed == 1)
+            .map_err(directory_error)
+    }
+
+    async fn load_job(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.pool
+            .run_blocking(move |conn| {
+                conn.query_row("SELECT state FROM jobs WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+            })
+            .await
+            .map_err(directory_error)
+    }
+
+    async fn store_job(&self, name: &str, json: Option<&str>) -> Result<()> {
+        let (name, json) = (name.to_owned(), json.map(str::to_owned));
+        self.pool
+            .run_blocking(move |conn| match &json {
+                Some(json) => conn.execute(
+                    "INSERT INTO jobs (name, state) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                    (&name, json),
+                ),
+                None => conn.execute("DELETE FROM jobs WHERE name = ?1", [&name]),
+            })
+            .await
+            .map(drop)
+            .map_err(directory_error)
     }
 }

@@ -89,9 +89,9 @@ impl ShardConn for SqliteShard {
     }
 }
 
-/// The shard list stored in an embedded database's folder (see [`crate::shard_map`]), without
-/// creating anything; `None` when the folder holds no database yet.
-pub fn stored_shards(folder: &Path) -> Result<Option<crate::shard_map::StoredShards>> {
+/// The shard map stored in an embedded database's folder (see [`crate::slots`]), without creating
+/// anything; `None` when the folder holds no database yet.
+pub fn stored_map(folder: &Path) -> Result<Option<crate::slots::ShardMap>> {
     let path = folder.join("_directory.db");
     if !path.exists() {
         return Ok(None);
@@ -100,20 +100,14 @@ pub fn stored_shards(folder: &Path) -> Result<Option<crate::shard_map::StoredSha
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(io)?;
-    let row: Option<(i64, String)> = rusqlite::OptionalExtension::optional(conn.query_row(
-        "SELECT version, shards FROM shard_map WHERE id = 1",
+    let json: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
+        "SELECT map FROM slot_map WHERE id = 1",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| r.get(0),
     ))
     .map_err(io)?;
-    row.map(|(version, shards)| {
-        Ok(crate::shard_map::StoredShards {
-            version: version as u64,
-            shards: serde_json::from_str(&shards)
-                .map_err(|e| Error::DirectoryInconsistent(format!("stored shard list: {e}")))?,
-        })
-    })
-    .transpose()
+    json.map(|json| crate::slots::ShardMap::from_json(&json))
+        .transpose()
 }
 
 /// Opens every file of an embedded database in `folder`, creating what is missing.
@@ -121,15 +115,20 @@ pub(crate) fn open(
     folder: &Path,
     shard_names: &[String],
     options: &EmbeddedOptions,
-) -> Result<(Vec<SqliteShard>, SqliteDirectory, LocalCoordinator)> {
+) -> Result<(
+    Vec<SqliteShard>,
+    SqliteDirectory,
+    LocalCoordinator,
+    crate::slots::ShardMap,
+)> {
     std::fs::create_dir_all(folder)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", folder.display())))?;
     let (directory, coordinator) = directory::open(&folder.join("_directory.db"), options)?;
     // Before any shard file is created: a refused list leaves the folder as it was.
-    directory::check_shard_list(&directory, folder, shard_names)?;
+    let map = directory::check_map(&directory, &coordinator, folder, shard_names)?;
     let shards = shard_names
         .iter()
         .map(|name| SqliteShard::open(folder.join(format!("{name}.sqlite")), name, options))
         .collect::<Result<Vec<_>>>()?;
-    Ok((shards, directory, coordinator))
+    Ok((shards, directory, coordinator, map))
 }

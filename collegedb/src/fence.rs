@@ -1,0 +1,208 @@
+//! The slot fence: each shard knows which slots it owns, and every statement routed by the map
+//! checks it *in the same statement*, so a handle holding an old map can never write a row
+//! where it no longer lives, and fencing costs no round trip.
+//!
+//! Every shard has `_collegedb_slots (slot INTEGER PRIMARY KEY)`: the slots the shard owns, plus
+//! two marks: [`LIVE`] (`-1`) while the shard holds directory-placed rows (removed when a drain
+//! retires it), and `-2`, set when the table was first filled, so that a shard that gave up
+//! every slot is never filled again from an old map. Every statement of the typed layer carries
+//! a *fence value* as its last parameter: the key's slot when the map chose the shard, [`LIVE`]
+//! when the directory did (a stale cached entry then meets a retired shard and is re-read):
+//!
+//! * inserts and upserts: `INSERT INTO t (...) SELECT ?, ... WHERE EXISTS (<owned>)`: no row
+//!   changed means "not owned here";
+//! * updates and deletes: `... WHERE key = ? AND EXISTS (<owned>)`: no row changed is followed,
+//!   on that rare path only, by one probe of the fence to tell "no such row" from "not owned";
+//! * reads: `UNION ALL` a row flagged "not owned" when the shard does not own the slot, so a read
+//!   of a moved slot is answered "stale map", never "not found" or an old copy.
+//!
+//! Statements that cannot carry the check (raw SQL, many-row batches) run in a transaction after
+//! a *guard*: an insert into the view `_collegedb_guard`, whose trigger aborts the transaction
+//! with `RAISE(ABORT)` when a listed slot is not owned.
+//!
+//! A statement told "not owned" makes the router reload the map and try again (see
+//! [`crate::router`]): either the map moved the slot (the retry goes to the new owner) or a move
+//! is switching it over this instant (the retry waits out the few milliseconds of the switch).
+
+use crate::backend::{Backend, ShardConn, Statement};
+use crate::error::{Error, Result};
+use crate::router::CollegeDb;
+use crate::value::Value;
+
+/// The fence table's name.
+pub const TABLE: &str = "_collegedb_slots";
+
+/// The guard view's name.
+pub const GUARD: &str = "_collegedb_guard";
+
+/// The ownership test that fenced statements embed; binds the slot.
+pub const OWNED: &str = "EXISTS (SELECT 1 FROM \"_collegedb_slots\" WHERE \"slot\" = ?)";
+
+/// The fence value of statements sent where a directory entry points: every live shard admits it.
+pub const LIVE: i64 = -1;
+
+/// The message of the guard's abort.
+const NOT_OWNED_MESSAGE: &str = "collegedb: slot not owned by this shard";
+
+const CREATE: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS _collegedb_slots (slot INTEGER PRIMARY KEY NOT NULL)",
+    "CREATE VIEW IF NOT EXISTS _collegedb_guard AS SELECT 0 AS slot WHERE 0",
+    "CREATE TRIGGER IF NOT EXISTS _collegedb_guard_check INSTEAD OF INSERT ON _collegedb_guard \
+     WHEN NOT EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = NEW.slot) \
+     BEGIN SELECT RAISE(ABORT, 'collegedb: slot not owned by this shard'); END",
+];
+
+/// Fills a never-filled fence with the slots of a JSON array.
+const FILL: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) SELECT value FROM json_each(?) \
+     WHERE NOT EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = -2)";
+const FILLED: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) VALUES (-2)";
+const PROBE: &str = "SELECT 1 FROM _collegedb_slots WHERE slot = ?";
+const GRANT: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) SELECT value FROM json_each(?)";
+const REVOKE: &str = "DELETE FROM _collegedb_slots WHERE slot IN (SELECT value FROM json_each(?))";
+const LIST: &str = "SELECT slot FROM _collegedb_slots WHERE slot >= 0 ORDER BY slot";
+
+/// Whether `error` says a shard lacks the fence or the marker table (data from before they
+/// existed, or a shard never opened by the router).
+pub(crate) fn missing(error: &Error) -> bool {
+    matches!(error, Error::QueryFailed { message, .. }
+        if message.contains("no such table: _collegedb_slots")
+            || message.contains("no such table: _collegedb_placed")
+            || message.contains("no such table: _collegedb_guard"))
+}
+
+/// Whether `error` is the guard's refusal.
+pub(crate) fn refused(error: &Error) -> bool {
+    matches!(error, Error::QueryFailed { message, .. } if message.contains(NOT_OWNED_MESSAGE))
+}
+
+fn json_slots(slots: &[i64]) -> Value {
+    Value::Text(serde_json::to_string(slots).expect("slots serialize"))
+}
+
+fn with_live(slots: &[u16]) -> Vec<i64> {
+    slots.iter().map(|&s| i64::from(s)).chain([LIVE]).collect()
+}
+
+/// Creates shard `index`'s fence if it has none, filled from this handle's map, and its marker
+/// table (see [`crate::marker`]).
+pub(crate) async fn ensure<B: Backend>(db: &CollegeDb<B>, index: usize) -> Result<()> {
+    let name = db.shard_name(index).to_owned();
+    let owned = with_live(&db.shard_map().slots_of(&name));
+    let mut statements: Vec<Statement> = CREATE
+        .iter()
+        .map(|sql| Statement::new(*sql, Vec::new()))
+        .collect();
+    statements.push(Statement::new(FILL, vec![json_slots(&owned)]));
+    statements.push(Statement::new(FILLED, Vec::new()));
+    db.shard(index).batch(&statements).await?;
+    crate::marker::ensure_table(db, index).await
+}
+
+/// Runs a fenced query on shard `index`, creating the fence first if the shard lacks it.
+pub(crate) async fn query<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<crate::backend::Row>> {
+    match db.shard(index).query(sql, params).await {
+        Err(error) if missing(&error) => {
+            ensure(db, index).await?;
+            db.shard(index).query(sql, params).await
+        }
+        result => result,
+    }
+}
+
+/// Runs a fenced point write on shard `index`, creating the fence first if the shard lacks it.
+pub(crate) async fn execute<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+    sql: &str,
+    params: &[Value],
+) -> Result<u64> {
+    match db.shard(index).execute(sql, params).await {
+        Err(error) if missing(&error) => {
+            ensure(db, index).await?;
+            db.shard(index).execute(sql, params).await
+        }
+        result => result,
+    }
+}
+
+/// Runs statements in one transaction on shard `index` after a guard for the fence values
+/// `fences`; `Ok(None)` when the shard does not admit one of them (nothing was written).
+pub(crate) async fn guarded_batch<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+    fences: &[i64],
+    statements: &[Statement],
+) -> Result<Option<Vec<u64>>> {
+    let mut all = guard_statements(fences);
+    let guards = all.len();
+    all.extend_from_slice(statements);
+    let mut result = db.shard(index).batch(&all).await;
+    if matches!(&result, Err(error) if missing(error)) {
+        ensure(db, index).await?;
+        result = db.shard(index).batch(&all).await;
+    }
+    match result {
+        Ok(changed) => Ok(Some(changed[guards..].to_vec())),
+        Err(error) if refused(&error) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Statements that abort their transaction unless the shard owns every slot listed.
+fn guard_statements(fences: &[i64]) -> Vec<Statement> {
+    let mut unique = fences.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    unique
+        .chunks(crate::model::MAX_BOUND_PARAMETERS)
+        .map(|chunk| {
+            let values = vec!["(?)"; chunk.len()].join(", ");
+            Statement::new(
+                format!("INSERT INTO {GUARD} (slot) VALUES {values}"),
+                chunk.iter().map(|&s| Value::Integer(s)).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Whether shard `index` admits the fence value `fence` (the probe after a fenced update or
+/// delete changed nothing).
+pub(crate) async fn admits<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+    fence: i64,
+) -> Result<bool> {
+    let rows = query(db, index, PROBE, &[Value::Integer(fence)]).await?;
+    Ok(!rows.is_empty())
+}
+
+/// The slots a shard's fence lists.
+pub async fn list<S: ShardConn>(shard: &S) -> Result<Vec<u16>> {
+    let mut slots = Vec::new();
+    for row in shard.query(LIST, &[]).await? {
+        slots.push(row.get::<i64>("slot")? as u16);
+    }
+    Ok(slots)
+}
+
+/// Makes a shard's fence admit the fence values `fences` (a move's switch-over, on the
+/// receiving shard).
+pub(crate) async fn grant<S: ShardConn>(shard: &S, fences: &[i64]) -> Result<()> {
+    shard
+        .execute_raw(GRANT, &[json_slots(fences)])
+        .await
+        .map(drop)
+}
+
+/// Makes a shard's fence refuse the fence values `fences` (a move's freeze, on the giving shard).
+pub(crate) async fn revoke<S: ShardConn>(shard: &S, fences: &[i64]) -> Result<()> {
+    shard
+        .execute_raw(REVOKE, &[json_slots(fences)])
+        .await
+        .map(drop)
+}

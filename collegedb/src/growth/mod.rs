@@ -1,0 +1,589 @@
+//! Growing and shrinking a live deployment: [`CollegeDb::add_shard`],
+//! [`CollegeDb::drain_shard`], [`CollegeDb::resume_growth`] and [`CollegeDb::growth_status`].
+//!
+//! # What moves
+//!
+//! Hash placement sends a key to the owner of its slot ([`crate::slots`]). Adding a shard gives it
+//! about `1 / (n + 1)` of the slots, taken evenly from the others; draining a shard gives its
+//! slots to the rest, then moves its directory-placed rows (round-robin, random, location) to
+//! the owners of their slots and points their entries there, and retires it. Each operation is
+//! a list of *transfers* (slots from one shard to another) run one after the other.
+//!
+//! # How a transfer stays correct while other handles keep writing
+//!
+//! There is no binlog and no transaction across databases. Three mechanisms stand in:
+//!
+//! * **The fence** ([`crate::fence`]): each shard lists the slots it owns, and every statement
+//!   of the typed layer checks the list *in the same statement*. A statement for a slot the shard
+//!   does not own changes nothing, and the router reloads the map and retries.
+//! * **Change capture** (`capture`): while a shard gives rows away, triggers log the key of
+//!   every write to it in `_collegedb_changes`, in the writer's own transaction.
+//! * **The journal**: the operation's state, stored with the shard map (natively in
+//!   `_directory.db`), written after every step. Every step is idempotent, so a process killed
+//!   anywhere resumes from the last journaled step.
+//!
+//! A transfer of slots `S` from shard `A` to shard `B`:
+//!
+//! 1. **Prepare**: create `A`'s tables and indexes on `B`; copy `A`'s off-hash markers; install
+//!    change capture on `A`. `B` does not own `S`, so no router writes them there.
+//! 2. **Copy**: read `A`'s tables in key order, one page at a time; write the rows of `S` to `B`
+//!    with `INSERT OR REPLACE` (copying twice is harmless). Rows that a directory entry places
+//!    stay where their entry says. The journal keeps each table's last key.
+//! 3. **Catch up**: replay the change log: re-read each logged key of `S` on `A` and upsert it on
+//!    `B`, or delete it from `B` if `A` no longer has it. Repeat until a pass is small.
+//! 4. **Freeze**: remove `S` from `A`'s fence. From this statement on, `A` refuses writes of `S`;
+//!    writers reload the map, find it unchanged, and wait in short pauses.
+//! 5. **Final catch-up**: replay the log to its end; nothing of `S` can be added to it now.
+//! 6. **Switch**: copy the markers again, add `S` to `B`'s fence, store the map with `S` owned by
+//!    `B` (version + 1). Waiting writers and every stale handle now land on `B`.
+//! 7. **Delete** the rows of `S` from `A`, page by page, and remove change capture.
+//!
+//! Before step 6 every row of `S` is read and written on `A` only (the map names `A`, and `B`'s
+//! fence refuses `S`); from step 6 on, on `B` only. A write acknowledged by `A` before the freeze
+//! was logged in its own transaction and is on `B` by the end of step 5; after the freeze `A`
+//! acknowledges none. So each acknowledged write is on the owner exactly once, and `A`'s copies
+//! are unreachable leftovers until step 7 removes them. [`CollegeDb::verify_table`] counts them
+//! as a move in flight, not as duplicates.
+//!
+//! A drained shard's directory-placed rows move the same way (`relocate`), with the fence value
+//! [`crate::fence::LIVE`] in place of the slots: copy, catch up, freeze `A` for directory-routed
+//! statements, final catch-up, point the entries at the new shards, delete. A handle whose cache
+//! still names `A` is refused there, drops the entry and reads the store.
+//!
+//! # What it costs
+//!
+//! * **Steady state**: nothing new on the directory. Each statement of the typed layer carries
+//!   one more parameter and probes `_collegedb_slots` by primary key on the shard it already
+//!   runs on.
+//! * **During a transfer**: each write to `A` adds one log row (the trigger). The mover reads `A`
+//!   twice (copy, delete) and writes only the moving rows. Writers of `S` wait out the freeze
+//!   (one catch-up pass and the switch: milliseconds natively). Nothing else waits.
+//! * **Counts and scans** during a transfer read only the shards of the map, so rows copied to a
+//!   shard that joins are not counted twice; a drain into an existing shard can show its copies
+//!   to a scan until the switch.
+
+mod capture;
+mod relocate;
+mod transfer;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, Coordinator};
+use crate::error::{Error, Result};
+use crate::router::CollegeDb;
+use crate::slots::{ShardMap, SlotTransfer};
+use crate::value::Value;
+
+/// The journal's name in the coordinator's store.
+const JOB: &str = "growth";
+/// The last finished operation, kept for `status`.
+const LAST: &str = "growth-last";
+
+/// A function called after every journaled step of a growth operation.
+pub type StepHook = std::sync::Arc<dyn Fn(&Job) + Send + Sync>;
+
+/// Options of a growth operation.
+#[derive(Clone)]
+pub struct GrowthOptions {
+    /// Rows read per page (and journaled per step). Default 1,000.
+    pub page_rows: usize,
+    /// Called after every journaled step, with the journal: for progress bars and logs.
+    pub on_step: Option<StepHook>,
+}
+
+impl Default for GrowthOptions {
+    fn default() -> Self {
+        GrowthOptions {
+            page_rows: 1000,
+            on_step: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for GrowthOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrowthOptions")
+            .field("page_rows", &self.page_rows)
+            .field("on_step", &self.on_step.is_some())
+            .finish()
+    }
+}
+
+impl GrowthOptions {
+    /// Sets the rows read per page.
+    #[must_use]
+    pub fn page_rows(mut self, rows: usize) -> Self {
+        self.page_rows = rows.max(1);
+        self
+    }
+
+    /// Sets the function called after every journaled step.
+    #[must_use]
+    pub fn on_step(mut self, hook: impl Fn(&Job) + Send + Sync + 'static) -> Self {
+        self.on_step = Some(std::sync::Arc::new(hook));
+        self
+    }
+}
+
+/// A growth operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Operation {
+    /// Give a shard its share of the slots.
+    AddShard {
+        /// The shard.
+        shard: String,
+    },
+    /// Move everything off a shard and retire it.
+    DrainShard {
+        /// The shard.
+        shard: String,
+    },
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Operation::AddShard { shard } => write!(f, "add_shard {shard}"),
+            Operation::DrainShard { shard } => write!(f, "drain_shard {shard}"),
+        }
+    }
+}
+
+/// Where a transfer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Schema, markers and change capture not installed yet.
+    Prepare,
+    /// Copying rows page by page.
+    Copy,
+    /// Replaying the change log while writes continue.
+    CatchUp,
+    /// About to refuse writes of the moving slots on the giving shard.
+    Freeze,
+    /// Replaying the rest of the change log; writes of the moving slots wait.
+    FinalCatchUp,
+    /// About to hand the slots to the receiving shard and store the map.
+    Switch,
+    /// Deleting the moved rows from the giving shard.
+    Delete,
+    /// Finished.
+    Done,
+}
+
+/// A value of a key column, as the journal stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", content = "v", rename_all = "snake_case")]
+enum StoredValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<&Value> for StoredValue {
+    fn from(value: &Value) -> Self {
+        match value {
+            Value::Null => StoredValue::Null,
+            Value::Integer(i) => StoredValue::Integer(*i),
+            Value::Real(f) => StoredValue::Real(*f),
+            Value::Text(t) => StoredValue::Text(t.clone()),
+            Value::Blob(b) => StoredValue::Blob(b.clone()),
+        }
+    }
+}
+
+impl From<&StoredValue> for Value {
+    fn from(value: &StoredValue) -> Self {
+        match value {
+            StoredValue::Null => Value::Null,
+            StoredValue::Integer(i) => Value::Integer(*i),
+            StoredValue::Real(f) => Value::Real(*f),
+            StoredValue::Text(t) => Value::Text(t.clone()),
+            StoredValue::Blob(b) => Value::Blob(b.clone()),
+        }
+    }
+}
+
+impl Eq for StoredValue {}
+
+/// One table's progress through a pass over the giving shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCursor {
+    /// The table.
+    pub table: String,
+    /// Its primary-key column.
+    pub key: String,
+    /// Whether some shard carries the table's off-hash marker: its rows may be placed by
+    /// directory entries, which the mover must then consult.
+    pub marked: bool,
+    after: Option<StoredValue>,
+    /// Whether the pass reached the table's end.
+    pub done: bool,
+}
+
+impl TableCursor {
+    fn after(&self) -> Option<Value> {
+        self.after.as_ref().map(Value::from)
+    }
+
+    fn restart(&mut self) {
+        self.after = None;
+        self.done = false;
+    }
+}
+
+/// One transfer of slots between two shards, with its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The giving shard.
+    pub from: String,
+    /// The receiving shard.
+    pub to: String,
+    /// The slots, ascending. Empty for the relocation of a drained shard's directory-placed rows.
+    pub slots: Vec<u16>,
+    /// Where it is.
+    pub phase: Phase,
+    /// The tables of the giving shard.
+    pub tables: Vec<TableCursor>,
+    /// The last change-log entry applied.
+    pub log_after: i64,
+    /// Catch-up passes so far.
+    pub passes: u32,
+    /// Rows written to the receiving shard by the copy.
+    pub copied: u64,
+    /// Logged changes applied by catch-up.
+    pub caught_up: u64,
+    /// Rows deleted from the giving shard.
+    pub deleted: u64,
+    /// An estimate of the rows to move, from row counts when the transfer started.
+    pub estimate: u64,
+}
+
+impl Transfer {
+    fn new(plan: SlotTransfer) -> Self {
+        Transfer {
+            from: plan.from,
+            to: plan.to,
+            slots: plan.slots,
+            phase: Phase::Prepare,
+            tables: Vec::new(),
+            log_after: 0,
+            passes: 0,
+            copied: 0,
+            caught_up: 0,
+            deleted: 0,
+            estimate: 0,
+        }
+    }
+
+    /// Whether this transfer moves the directory-placed rows of a drained shard.
+    pub fn is_relocation(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The journal of a growth operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// What it does.
+    pub operation: Operation,
+    /// The map version it started from.
+    pub from_version: u64,
+    /// Its transfers, in order.
+    pub transfers: Vec<Transfer>,
+    /// The transfer in progress (`transfers.len()` when all are done).
+    pub current: usize,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// When it finished, if it has.
+    pub finished_ms: Option<u64>,
+    /// Rows that could not be moved: their key is neither INTEGER nor TEXT, so no slot routes
+    /// them. They stay where they are and are counted here.
+    pub unroutable: u64,
+    /// Tables skipped because they have no single-column primary key.
+    pub skipped_tables: Vec<String>,
+}
+
+impl Job {
+    /// Rows copied so far, over every transfer.
+    pub fn rows_copied(&self) -> u64 {
+        self.transfers.iter().map(|t| t.copied).sum()
+    }
+
+    /// Rows deleted from giving shards so far.
+    pub fn rows_deleted(&self) -> u64 {
+        self.transfers.iter().map(|t| t.deleted).sum()
+    }
+
+    /// The estimated rows to move, over every transfer prepared so far.
+    pub fn rows_estimated(&self) -> u64 {
+        self.transfers.iter().map(|t| t.estimate).sum()
+    }
+
+    /// Whether it finished.
+    pub fn is_finished(&self) -> bool {
+        self.finished_ms.is_some()
+    }
+
+    /// Rows copied per second since it started.
+    pub fn rate(&self, now_ms: u64) -> f64 {
+        let end = self.finished_ms.unwrap_or(now_ms);
+        let seconds = end.saturating_sub(self.started_ms) as f64 / 1000.0;
+        if seconds <= 0.0 {
+            0.0
+        } else {
+            self.rows_copied() as f64 / seconds
+        }
+    }
+
+    /// Seconds left at the current rate (copy and delete passes both count), if it can tell.
+    pub fn eta_seconds(&self, now_ms: u64) -> Option<f64> {
+        let rate = self.rate(now_ms);
+        let estimate = self.rows_estimated();
+        if self.is_finished() {
+            return Some(0.0);
+        }
+        if rate <= 0.0 || estimate == 0 {
+            return None;
+        }
+        // Each moved row is copied once and deleted once, at about the same speed.
+        let left = (2 * estimate).saturating_sub(self.rows_copied() + self.rows_deleted());
+        Some(left as f64 / (2.0 * rate))
+    }
+}
+
+impl std::fmt::Display for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (from map version {}): transfer {} of {}",
+            self.operation,
+            self.from_version,
+            (self.current + 1).min(self.transfers.len()),
+            self.transfers.len()
+        )?;
+        if let Some(t) = self.transfers.get(self.current) {
+            let what = if t.is_relocation() {
+                "directory-placed rows".to_owned()
+            } else {
+                format!("{} slots", t.slots.len())
+            };
+            write!(f, " ({what} {} -> {}, {:?})", t.from, t.to, t.phase)?;
+        }
+        write!(
+            f,
+            "; rows copied {}, deleted {}, estimated {}",
+            self.rows_copied(),
+            self.rows_deleted(),
+            self.rows_estimated()
+        )
+    }
+}
+
+/// What [`CollegeDb::growth_status`] reports.
+#[derive(Debug, Clone)]
+pub struct GrowthStatus {
+    /// The stored shard map.
+    pub map: ShardMap,
+    /// The operation in progress, if any.
+    pub running: Option<Job>,
+    /// The last finished operation, if any.
+    pub last: Option<Job>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys_now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn js_sys_now() -> u64 {
+    #[cfg(feature = "cloudflare")]
+    {
+        worker::Date::now().as_millis()
+    }
+    #[cfg(not(feature = "cloudflare"))]
+    {
+        0
+    }
+}
+
+impl<B: Backend> CollegeDb<B> {
+    /// Adds `shard` (configured, standby) to a live deployment: moves about `1 / (n + 1)` of the
+    /// hash-placed rows onto it, taken evenly from every shard, while reads and writes go on.
+    /// See the [module docs](crate::growth) for how, and what it costs.
+    ///
+    /// Resumes the operation if an earlier run was interrupted; a second run of a finished one
+    /// changes nothing.
+    ///
+    /// ```
+    /// use collegedb::{CollegeDb, Config, Sharded};
+    /// #[derive(Sharded)]
+    /// #[sharded(table = "users")]
+    /// struct User { #[sharded(key)] id: i64, name: String }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # pollster::block_on(async {
+    /// let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b", "c"]), dir.path())?;
+    /// User::create_table(&db).await?;
+    /// for id in 0..400 {
+    ///     User::insert(&db, &User { id, name: format!("user {id}") }).await?;
+    /// }
+    /// drop(db);
+    /// // Configure the new shard beside the others, then give it its share.
+    /// let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b", "c", "d"]), dir.path())?;
+    /// let report = db.add_shard("d").await?;
+    /// assert_eq!(report.transfers.len(), 3);
+    /// assert!(report.rows_copied() > 60, "about a quarter of 400 rows");
+    /// assert_eq!(User::count(&db).await?, 400);
+    /// assert!(db.verify_table("users", "id").await?.is_clean());
+    /// # Ok::<(), collegedb::Error>(()) }).unwrap();
+    /// ```
+    pub async fn add_shard(&self, shard: &str) -> Result<Job> {
+        self.add_shard_with(shard, &GrowthOptions::default()).await
+    }
+
+    /// [`CollegeDb::add_shard`] with options (page size, progress hook).
+    pub async fn add_shard_with(&self, shard: &str, options: &GrowthOptions) -> Result<Job> {
+        self.shard_by_name(shard)?;
+        let operation = Operation::AddShard {
+            shard: shard.to_owned(),
+        };
+        self.start_or_resume(operation, options).await
+    }
+
+    /// Moves every row off `shard` (any shard, not only the last) and retires it from the map:
+    /// its slots go to the other shards evenly, then its directory-placed rows follow to the
+    /// owners of their slots. Afterwards it can be removed from the configuration. Resumable and
+    /// idempotent like [`CollegeDb::add_shard`].
+    pub async fn drain_shard(&self, shard: &str) -> Result<Job> {
+        self.drain_shard_with(shard, &GrowthOptions::default())
+            .await
+    }
+
+    /// [`CollegeDb::drain_shard`] with options (page size, progress hook).
+    pub async fn drain_shard_with(&self, shard: &str, options: &GrowthOptions) -> Result<Job> {
+        self.shard_by_name(shard)?;
+        let operation = Operation::DrainShard {
+            shard: shard.to_owned(),
+        };
+        self.start_or_resume(operation, options).await
+    }
+
+    /// Finishes an interrupted growth operation, if there is one.
+    pub async fn resume_growth(&self, options: &GrowthOptions) -> Result<Option<Job>> {
+        match self.load_job(JOB).await? {
+            Some(job) => self.run_job(job, options).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored map, the operation in progress and the last finished one.
+    pub async fn growth_status(&self) -> Result<GrowthStatus> {
+        self.refresh_map().await?;
+        Ok(GrowthStatus {
+            map: (*self.shard_map()).clone(),
+            running: self.load_job(JOB).await?,
+            last: self.load_job(LAST).await?,
+        })
+    }
+
+    async fn load_job(&self, name: &str) -> Result<Option<Job>> {
+        match self.coordinator().load_job(name).await? {
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                Error::DirectoryInconsistent(format!("the growth journal `{name}`: {e}"))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_job(&self, job: &Job, options: &GrowthOptions) -> Result<()> {
+        let json = serde_json::to_string(job).expect("a job serializes");
+        self.coordinator().store_job(JOB, Some(&json)).await?;
+        if let Some(hook) = &options.on_step {
+            hook(job);
+        }
+        Ok(())
+    }
+
+    async fn start_or_resume(&self, operation: Operation, options: &GrowthOptions) -> Result<Job> {
+        if let Some(job) = self.load_job(JOB).await? {
+            if job.operation != operation {
+                return Err(Error::config(format!(
+                    "another growth operation is in progress ({}): finish it first with `resume_growth` (`collegedb resume`)",
+                    job.operation
+                )));
+            }
+            return self.run_job(job, options).await;
+        }
+        self.refresh_map().await?;
+        let map = self.shard_map();
+        let plans = match &operation {
+            Operation::AddShard { shard } if map.contains(shard) => Vec::new(),
+            Operation::AddShard { shard } => map.plan_add(shard)?,
+            Operation::DrainShard { shard } if !map.contains(shard) => Vec::new(),
+            Operation::DrainShard { shard } => map.plan_drain(shard)?,
+        };
+        let mut transfers: Vec<Transfer> = plans.into_iter().map(Transfer::new).collect();
+        if let Operation::DrainShard { shard } = &operation {
+            if !transfers.is_empty() {
+                transfers.push(Transfer::new(SlotTransfer {
+                    from: shard.clone(),
+                    to: String::new(),
+                    slots: Vec::new(),
+                }));
+            }
+        }
+        let job = Job {
+            operation,
+            from_version: map.version(),
+            transfers,
+            current: 0,
+            started_ms: now_ms(),
+            finished_ms: None,
+            unroutable: 0,
+            skipped_tables: Vec::new(),
+        };
+        if job.transfers.is_empty() {
+            // Already done: a second run changes nothing.
+            let mut done = job;
+            done.finished_ms = Some(done.started_ms);
+            return Ok(done);
+        }
+        self.save_job(&job, options).await?;
+        self.run_job(job, options).await
+    }
+
+    async fn run_job(&self, mut job: Job, options: &GrowthOptions) -> Result<Job> {
+        while job.current < job.transfers.len() {
+            if job.transfers[job.current].is_relocation() {
+                relocate::step(self, &mut job, options).await?;
+            } else {
+                transfer::step(self, &mut job, options).await?;
+            }
+            if job.transfers[job.current].phase == Phase::Done {
+                job.current += 1;
+            }
+            self.save_job(&job, options).await?;
+        }
+        job.finished_ms = Some(now_ms());
+        let json = serde_json::to_string(&job).expect("a job serializes");
+        self.coordinator().store_job(LAST, Some(&json)).await?;
+        self.coordinator().store_job(JOB, None).await?;
+        if let Some(hook) = &options.on_step {
+            hook(&job);
+        }
+        Ok(job)
+    }
+}

@@ -1,0 +1,203 @@
+//! The last transfer of a drain: the drained shard's directory-placed rows move to the owners of
+//! their slots, and their entries follow. The steps are a slot transfer's (see the
+//! [module docs](super)), with the fence value [`fence::LIVE`] frozen instead of slots, and the
+//! switch repointing directory entries instead of storing a map.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::capture::{self, Pages};
+use super::transfer::{key_columns, tables_of};
+use super::{GrowthOptions, Job, Phase, StoredValue};
+use crate::backend::{Backend, Row};
+use crate::directory::Directory;
+use crate::error::Result;
+use crate::fence;
+use crate::key::Key;
+use crate::router::CollegeDb;
+use crate::value::Value;
+
+/// Advances the relocation by one step.
+pub(super) async fn step<B: Backend>(
+    db: &CollegeDb<B>,
+    job: &mut Job,
+    options: &GrowthOptions,
+) -> Result<()> {
+    let page = options.page_rows.max(1);
+    let t = &mut job.transfers[job.current];
+    let from = db.shard_by_name(&t.from)?;
+    match t.phase {
+        Phase::Prepare => {
+            fence::ensure(db, from).await?;
+            for index in db.serving_shards() {
+                fence::ensure(db, index).await?;
+                capture::copy_schema(db.shard(from), db.shard(index)).await?;
+            }
+            let (mut tables, _) = tables_of(db, from).await?;
+            // Only a marked table can have directory entries (the marker precedes every claim).
+            tables.retain(|cursor| cursor.marked);
+            let mut estimate = 0;
+            for cursor in &tables {
+                estimate += capture::count(db.shard(from), &cursor.table).await?;
+            }
+            t.estimate = estimate;
+            capture::install(db.shard(from), &key_columns(&tables)).await?;
+            t.tables = tables;
+            t.phase = Phase::Copy;
+        }
+        Phase::Copy => {
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+                t.phase = Phase::CatchUp;
+                return Ok(());
+            };
+            let rows = Pages::new(&cursor.table, &cursor.key, false)
+                .read(db.shard(from), cursor.after().as_ref(), page)
+                .await?;
+            cursor.done = rows.len() < page;
+            if let Some(last) = rows.last().and_then(|row| row.value(&cursor.key)) {
+                cursor.after = Some(StoredValue::from(last));
+            }
+            let mut by_target: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
+            for row in rows {
+                if let Some(key) =
+                    placed_here(db, &cursor.table, &cursor.key, &row, &t.from).await?
+                {
+                    by_target.entry(db.hash_shard(&key)).or_default().push(row);
+                }
+            }
+            for (target, rows) in by_target {
+                capture::upsert_rows(db.shard(target), &cursor.table, &rows).await?;
+                t.copied += rows.len() as u64;
+            }
+        }
+        Phase::CatchUp | Phase::FinalCatchUp => {
+            let changes = capture::read(db.shard(from), t.log_after, page).await?;
+            let read = changes.len();
+            let mut keys: BTreeMap<String, BTreeSet<Key>> = BTreeMap::new();
+            for change in changes {
+                t.log_after = t.log_after.max(change.seq);
+                if let Ok(key) = Key::from_value(change.key) {
+                    keys.entry(change.table).or_default().insert(key);
+                }
+            }
+            for (table, keys) in keys {
+                let Some(cursor) = t.tables.iter().find(|c| c.table == table) else {
+                    continue;
+                };
+                let mut ours = Vec::new();
+                for key in keys {
+                    if db.directory().lookup(&table, &key).await?.as_deref() == Some(&t.from) {
+                        ours.push(key);
+                    }
+                }
+                let values: Vec<Value> = ours.iter().map(Key::to_value).collect();
+                let present =
+                    capture::rows_by_key(db.shard(from), &table, &cursor.key, &values).await?;
+                let found: HashSet<Key> = present
+                    .iter()
+                    .filter_map(|row| row.value(&cursor.key).cloned())
+                    .filter_map(|value| Key::from_value(value).ok())
+                    .collect();
+                let mut upserts: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
+                for row in present {
+                    if let Some(Ok(key)) = row.value(&cursor.key).cloned().map(Key::from_value) {
+                        upserts.entry(db.hash_shard(&key)).or_default().push(row);
+                    }
+                }
+                for (target, rows) in upserts {
+                    capture::upsert_rows(db.shard(target), &table, &rows).await?;
+                }
+                for key in ours.iter().filter(|key| !found.contains(key)) {
+                    let target = db.hash_shard(key);
+                    capture::delete_keys(db.shard(target), &table, &cursor.key, &[key.to_value()])
+                        .await?;
+                }
+                t.caught_up += ours.len() as u64;
+            }
+            t.passes += 1;
+            if t.phase == Phase::CatchUp {
+                if read < page / 10 || t.passes >= 50 {
+                    t.phase = Phase::Freeze;
+                }
+            } else if read < page {
+                t.phase = Phase::Switch;
+            }
+        }
+        Phase::Freeze => {
+            fence::revoke(db.shard(from), &[fence::LIVE]).await?;
+            t.phase = Phase::FinalCatchUp;
+        }
+        Phase::Switch => {
+            // Entries, not rows: a deleted key keeps its entry, which must not name a retired
+            // shard either.
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+                capture::remove(db.shard(from), &key_columns(&t.tables)).await?;
+                t.tables.iter_mut().for_each(super::TableCursor::restart);
+                db.directory_cache().clear();
+                t.phase = Phase::Delete;
+                return Ok(());
+            };
+            let after = match cursor.after() {
+                Some(Value::Text(after)) => Some(after),
+                _ => None,
+            };
+            let listed = db
+                .directory()
+                .list(&cursor.table, after.as_deref(), page)
+                .await?;
+            for (key, shard) in &listed.entries {
+                if *shard == t.from {
+                    let target = db.shard_name(db.hash_shard(key)).to_owned();
+                    db.directory().assign(&cursor.table, key, &target).await?;
+                }
+            }
+            match listed.cursor {
+                Some(next) => cursor.after = Some(StoredValue::Text(next)),
+                None => cursor.done = true,
+            }
+        }
+        Phase::Delete => {
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+                t.phase = Phase::Done;
+                return Ok(());
+            };
+            let rows = Pages::new(&cursor.table, &cursor.key, true)
+                .read(db.shard(from), cursor.after().as_ref(), page)
+                .await?;
+            cursor.done = rows.len() < page;
+            let mut moved = Vec::new();
+            for row in rows {
+                let Some(value) = row.value(&cursor.key).cloned() else {
+                    continue;
+                };
+                cursor.after = Some(StoredValue::from(&value));
+                let Ok(key) = Key::from_value(value.clone()) else {
+                    continue;
+                };
+                if let Some(shard) = db.directory().lookup(&cursor.table, &key).await? {
+                    if shard != t.from {
+                        moved.push(value);
+                    }
+                }
+            }
+            t.deleted +=
+                capture::delete_keys(db.shard(from), &cursor.table, &cursor.key, &moved).await?;
+        }
+        Phase::Done => {}
+    }
+    Ok(())
+}
+
+/// The key of `row` if its directory entry names `shard`.
+async fn placed_here<B: Backend>(
+    db: &CollegeDb<B>,
+    table: &str,
+    key_column: &str,
+    row: &Row,
+    shard: &str,
+) -> Result<Option<Key>> {
+    let Some(Ok(key)) = row.value(key_column).cloned().map(Key::from_value) else {
+        return Ok(None);
+    };
+    let entry = db.directory().lookup(table, &key).await?;
+    Ok((entry.as_deref() == Some(shard)).then_some(key))
+}

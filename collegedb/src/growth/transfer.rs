@@ -1,0 +1,248 @@
+//! One transfer of slots from one shard to another, advanced one journaled step at a time (see
+//! the [module docs](super) for the protocol and why it is correct).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::capture::{self, Change, Pages};
+use super::{GrowthOptions, Job, Phase, StoredValue, TableCursor, Transfer};
+use crate::backend::{Backend, Coordinator, Row};
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::fence;
+use crate::key::Key;
+use crate::router::CollegeDb;
+use crate::slots::slot_of;
+use crate::value::Value;
+
+/// A catch-up pass smaller than `page_rows / CATCH_UP_SMALL` lets the transfer freeze.
+const CATCH_UP_SMALL: usize = 10;
+/// Catch-up passes after which the transfer freezes however busy the shard is.
+const CATCH_UP_PASSES: u32 = 50;
+
+/// Advances the job's current transfer by one step.
+pub(super) async fn step<B: Backend>(
+    db: &CollegeDb<B>,
+    job: &mut Job,
+    options: &GrowthOptions,
+) -> Result<()> {
+    let page = options.page_rows.max(1);
+    let t = &mut job.transfers[job.current];
+    let (from, to) = (db.shard_by_name(&t.from)?, db.shard_by_name(&t.to)?);
+    let slots: HashSet<u16> = t.slots.iter().copied().collect();
+    match t.phase {
+        Phase::Prepare => {
+            fence::ensure(db, from).await?;
+            fence::ensure(db, to).await?;
+            fence::grant(db.shard(to), &[fence::LIVE]).await?;
+            capture::copy_schema(db.shard(from), db.shard(to)).await?;
+            let (tables, skipped) = tables_of(db, from).await?;
+            for table in skipped {
+                if !job.skipped_tables.contains(&table) {
+                    job.skipped_tables.push(table);
+                }
+            }
+            let owned = db.shard_map().slots_of(&t.from).len().max(1) as u64;
+            let mut estimate = 0;
+            for cursor in &tables {
+                estimate += capture::count(db.shard(from), &cursor.table).await?;
+            }
+            t.estimate = estimate * t.slots.len() as u64 / owned;
+            crate::marker::copy(db.shard(from), db.shard(to)).await?;
+            capture::install(db.shard(from), &key_columns(&tables)).await?;
+            t.tables = tables;
+            t.phase = Phase::Copy;
+        }
+        Phase::Copy => {
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+                t.phase = Phase::CatchUp;
+                return Ok(());
+            };
+            let rows = Pages::new(&cursor.table, &cursor.key, false)
+                .read(db.shard(from), cursor.after().as_ref(), page)
+                .await?;
+            cursor.done = rows.len() < page;
+            let (moving, unroutable) = select_moving(db, cursor, rows, &slots).await?;
+            capture::upsert_rows(db.shard(to), &cursor.table, &moving).await?;
+            t.copied += moving.len() as u64;
+            job.unroutable += unroutable;
+        }
+        Phase::CatchUp | Phase::FinalCatchUp => {
+            let changes = capture::read(db.shard(from), t.log_after, page).await?;
+            let read = changes.len();
+            let applied = apply(db, t, from, to, &slots, changes).await?;
+            t.caught_up += applied;
+            t.passes += 1;
+            if t.phase == Phase::CatchUp {
+                if read < page / CATCH_UP_SMALL || t.passes >= CATCH_UP_PASSES {
+                    t.phase = Phase::Freeze;
+                }
+            } else if read < page {
+                // The log's end as of a read after the freeze: every write of the moving slots
+                // committed before the freeze is applied, and none can follow it.
+                t.phase = Phase::Switch;
+            }
+        }
+        Phase::Freeze => {
+            let fences: Vec<i64> = t.slots.iter().map(|&s| i64::from(s)).collect();
+            fence::revoke(db.shard(from), &fences).await?;
+            t.phase = Phase::FinalCatchUp;
+        }
+        Phase::Switch => {
+            crate::marker::copy(db.shard(from), db.shard(to)).await?;
+            let fences: Vec<i64> = t.slots.iter().map(|&s| i64::from(s)).collect();
+            fence::grant(db.shard(to), &fences).await?;
+            hand_over(db, &t.slots, &t.to).await?;
+            capture::remove(db.shard(from), &key_columns(&t.tables)).await?;
+            t.tables.iter_mut().for_each(TableCursor::restart);
+            t.phase = Phase::Delete;
+        }
+        Phase::Delete => {
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+                t.phase = Phase::Done;
+                return Ok(());
+            };
+            let rows = Pages::new(&cursor.table, &cursor.key, true)
+                .read(db.shard(from), cursor.after().as_ref(), page)
+                .await?;
+            cursor.done = rows.len() < page;
+            let (moved, _) = select_moving(db, cursor, rows, &slots).await?;
+            let keys: Vec<Value> = moved
+                .into_iter()
+                .filter_map(|row| row.into_values().into_iter().next())
+                .collect();
+            t.deleted +=
+                capture::delete_keys(db.shard(from), &cursor.table, &cursor.key, &keys).await?;
+        }
+        Phase::Done => {}
+    }
+    Ok(())
+}
+
+/// The tables of shard `index` with a single-column primary key, as fresh cursors, and the names
+/// of those without one (skipped).
+pub(super) async fn tables_of<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+) -> Result<(Vec<TableCursor>, Vec<String>)> {
+    let (mut tables, mut skipped) = (Vec::new(), Vec::new());
+    for name in crate::raw::user_tables(db.shard(index)).await? {
+        match crate::verify::key_column(db.shard(index), &name).await? {
+            Some(key) => tables.push(TableCursor {
+                marked: crate::marker::any(db, &name).await?,
+                table: name,
+                key,
+                after: None,
+                done: false,
+            }),
+            None => skipped.push(name),
+        }
+    }
+    Ok((tables, skipped))
+}
+
+pub(super) fn key_columns(tables: &[TableCursor]) -> Vec<(String, String)> {
+    tables
+        .iter()
+        .map(|c| (c.table.clone(), c.key.clone()))
+        .collect()
+}
+
+/// Of a page of `cursor`'s table (whole rows or keys only, key first for keys only), the rows
+/// whose key is in `slots` and not placed by a directory entry; advances the cursor past the
+/// page. Also returns how many rows had a key no slot can route.
+async fn select_moving<B: Backend>(
+    db: &CollegeDb<B>,
+    cursor: &mut TableCursor,
+    rows: Vec<Row>,
+    slots: &HashSet<u16>,
+) -> Result<(Vec<Row>, u64)> {
+    let mut moving = Vec::with_capacity(rows.len() / 2);
+    let mut unroutable = 0;
+    for row in rows {
+        let Some(value) = row.value(&cursor.key).cloned() else {
+            continue;
+        };
+        cursor.after = Some(StoredValue::from(&value));
+        let Ok(key) = Key::from_value(value) else {
+            unroutable += 1;
+            continue;
+        };
+        if !slots.contains(&slot_of(&key)) {
+            continue;
+        }
+        if cursor.marked && db.directory().lookup(&cursor.table, &key).await?.is_some() {
+            continue;
+        }
+        moving.push(row);
+    }
+    Ok((moving, unroutable))
+}
+
+/// Applies logged changes of the moving slots: each changed key is re-read on `from` and written
+/// to `to`, or deleted from `to` when `from` no longer has it. Returns the keys applied.
+async fn apply<B: Backend>(
+    db: &CollegeDb<B>,
+    t: &mut Transfer,
+    from: usize,
+    to: usize,
+    slots: &HashSet<u16>,
+    changes: Vec<Change>,
+) -> Result<u64> {
+    let mut keys: BTreeMap<String, BTreeSet<Key>> = BTreeMap::new();
+    for change in changes {
+        t.log_after = t.log_after.max(change.seq);
+        let Some(cursor) = t.tables.iter().find(|c| c.table == change.table) else {
+            continue;
+        };
+        let Ok(key) = Key::from_value(change.key) else {
+            continue;
+        };
+        if !slots.contains(&slot_of(&key)) {
+            continue;
+        }
+        if cursor.marked && db.directory().lookup(&cursor.table, &key).await?.is_some() {
+            continue;
+        }
+        keys.entry(change.table).or_default().insert(key);
+    }
+    let mut applied = 0;
+    for (table, keys) in keys {
+        let cursor = t.tables.iter().find(|c| c.table == table).expect("listed");
+        let values: Vec<Value> = keys.iter().map(Key::to_value).collect();
+        let present = capture::rows_by_key(db.shard(from), &table, &cursor.key, &values).await?;
+        let found: HashSet<Key> = present
+            .iter()
+            .filter_map(|row| row.value(&cursor.key).cloned())
+            .filter_map(|value| Key::from_value(value).ok())
+            .collect();
+        let gone: Vec<Value> = keys
+            .iter()
+            .filter(|key| !found.contains(key))
+            .map(Key::to_value)
+            .collect();
+        capture::upsert_rows(db.shard(to), &table, &present).await?;
+        capture::delete_keys(db.shard(to), &table, &cursor.key, &gone).await?;
+        applied += keys.len() as u64;
+    }
+    Ok(applied)
+}
+
+/// Stores the map with `slots` owned by `to`, unless it already is (a resumed switch), and
+/// routes this handle by it.
+async fn hand_over<B: Backend>(db: &CollegeDb<B>, slots: &[u16], to: &str) -> Result<()> {
+    for _ in 0..8 {
+        db.refresh_map().await?;
+        let map = db.shard_map();
+        if slots.iter().all(|&slot| map.owner(slot) == to) {
+            return Ok(());
+        }
+        let next = map.with_owner(slots, to);
+        if db.coordinator().store_map(&next).await? {
+            db.adopt_map(next)?;
+            return Ok(());
+        }
+    }
+    Err(Error::DirectoryInconsistent(
+        "the shard map kept changing while a move stored it: is another process running a growth operation?".into(),
+    ))
+}
