@@ -124,6 +124,8 @@ pub(super) async fn step<B: Backend>(
         }
         Phase::Freeze => {
             fence::revoke(db.shard(from), &[fence::LIVE]).await?;
+            // The switch walks the directory with the same cursors.
+            t.tables.iter_mut().for_each(super::TableCursor::restart);
             t.phase = Phase::FinalCatchUp;
         }
         Phase::Switch => {
