@@ -100,6 +100,9 @@ pub struct DirectoryCache {
     tables: Mutex<HashMap<String, LruCache<Key, u16>>>,
     /// `(table, shard)` pairs whose off-hash marker is known to be set (see [`crate::marker`]).
     marked: Mutex<HashMap<String, HashSet<u16>>>,
+    /// The newest shard map seen by a handle sharing this cache, so that handles built per
+    /// request start from it rather than from the configured seed.
+    map: Mutex<Option<std::sync::Arc<crate::slots::ShardMap>>>,
 }
 
 impl DirectoryCache {
@@ -109,6 +112,20 @@ impl DirectoryCache {
             capacity: NonZeroUsize::new(capacity),
             tables: Mutex::new(HashMap::new()),
             marked: Mutex::new(HashMap::new()),
+            map: Mutex::new(None),
+        }
+    }
+
+    /// The newest shard map a handle sharing this cache has routed by.
+    pub(crate) fn known_map(&self) -> Option<std::sync::Arc<crate::slots::ShardMap>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Remembers `map` if it is newer than the one known.
+    pub(crate) fn remember_map(&self, map: &std::sync::Arc<crate::slots::ShardMap>) {
+        let mut known = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if known.as_ref().is_none_or(|k| k.version() < map.version()) {
+            *known = Some(map.clone());
         }
     }
 

@@ -83,9 +83,11 @@ fn with_live(slots: &[u16]) -> Vec<i64> {
     slots.iter().map(|&s| i64::from(s)).chain([LIVE]).collect()
 }
 
-/// Creates shard `index`'s fence if it has none, filled from this handle's map, and its marker
+/// Creates shard `index`'s fence if it has none, filled from the stored map (loaded first, so a
+/// handle built from an old configuration never fills a fence from its guess), and its marker
 /// table (see [`crate::marker`]).
 pub(crate) async fn ensure<B: Backend>(db: &CollegeDb<B>, index: usize) -> Result<()> {
+    db.ensure_stored_map().await?;
     let name = db.shard_name(index).to_owned();
     let owned = with_live(&db.shard_map().slots_of(&name));
     let mut statements: Vec<Statement> = CREATE

@@ -152,10 +152,14 @@ impl<B: Backend> CollegeDb<B> {
         coordinator: B::Coordinator,
         cache: Arc<DirectoryCache>,
     ) -> Result<Self> {
-        // Until the coordinator answers, route by the configured list's seed; a stored map that
-        // differs is loaded the first time a shard refuses a statement.
+        // Route by the newest map another handle of this cache has seen, else by the configured
+        // list's seed; a stored map that differs is loaded the first time a shard's fence
+        // refuses a statement.
         let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
-        let map = ShardMap::seed(&names)?;
+        let map = match cache.known_map() {
+            Some(known) => (*known).clone(),
+            None => ShardMap::seed(&names)?,
+        };
         Self::assemble(config, (shards, directory, coordinator), cache, map)
     }
 
@@ -180,6 +184,7 @@ impl<B: Backend> CollegeDb<B> {
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let routing = Routing::new(&config, &shard_index, map)?;
+        cache.remember_map(&routing.map);
         let region = config.target_region;
         Ok(CollegeDb {
             inner: Arc::new(Inner {
@@ -352,9 +357,25 @@ impl<B: Backend> CollegeDb<B> {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         if routing.map.version() > current.map.version() {
+            self.inner.cache.remember_map(&routing.map);
             *current = Arc::new(routing);
         }
         Ok(true)
+    }
+
+    /// Makes sure the coordinator stores a map before any shard's fence is filled from this
+    /// handle's: loads the stored one, or stores this handle's (the configured seed) if the
+    /// coordinator stores maps but holds none yet. A fence is never filled from a guess.
+    pub(crate) async fn ensure_stored_map(&self) -> Result<()> {
+        if self.inner.coordinator.load_map().await?.is_none() {
+            let seed = (*self.shard_map()).clone();
+            match self.inner.coordinator.store_map(&seed).await {
+                // This coordinator stores no map: the configured seed is the map.
+                Err(Error::ConfigInvalid(_)) => return Ok(()),
+                result => drop(result?),
+            }
+        }
+        self.refresh_map().await.map(drop)
     }
 
     /// After a shard refused a statement for a slot it does not own: reloads the map, and when

@@ -517,7 +517,11 @@ impl<B: Backend> CollegeDb<B> {
         Ok(())
     }
 
-    async fn start_or_resume(&self, operation: Operation, options: &GrowthOptions) -> Result<Job> {
+    /// Journals `operation` without running any of it, for runners that advance it in bounded
+    /// steps ([`CollegeDb::advance_growth`]; on Cloudflare, from a Durable Object alarm). Returns
+    /// the journal; if the same operation is already journaled, returns it as it stands, and if
+    /// there is nothing to do, a finished job that was not journaled.
+    pub async fn start_growth(&self, operation: Operation) -> Result<Job> {
         if let Some(job) = self.load_job(JOB).await? {
             if job.operation != operation {
                 return Err(Error::config(format!(
@@ -525,7 +529,7 @@ impl<B: Backend> CollegeDb<B> {
                     job.operation
                 )));
             }
-            return self.run_job(job, options).await;
+            return Ok(job);
         }
         self.refresh_map().await?;
         let map = self.shard_map();
@@ -545,7 +549,7 @@ impl<B: Backend> CollegeDb<B> {
                 }));
             }
         }
-        let job = Job {
+        let mut job = Job {
             operation,
             from_version: map.version(),
             transfers,
@@ -557,16 +561,52 @@ impl<B: Backend> CollegeDb<B> {
         };
         if job.transfers.is_empty() {
             // Already done: a second run changes nothing.
-            let mut done = job;
-            done.finished_ms = Some(done.started_ms);
-            return Ok(done);
+            job.finished_ms = Some(job.started_ms);
+            return Ok(job);
         }
-        self.save_job(&job, options).await?;
+        self.save_job(&job, &GrowthOptions::default()).await?;
+        Ok(job)
+    }
+
+    /// Runs at most `max_steps` journaled steps of the operation in progress and returns its
+    /// journal (finished when it is done), or `None` when no operation is in progress. Each
+    /// step is one page of rows or one phase change, within D1's per-query limits, so a runner
+    /// with a budget (a Worker invocation's 1,000 subrequests) calls this repeatedly.
+    pub async fn advance_growth(
+        &self,
+        options: &GrowthOptions,
+        max_steps: usize,
+    ) -> Result<Option<Job>> {
+        match self.load_job(JOB).await? {
+            Some(job) => self.run_steps(job, options, max_steps).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn start_or_resume(&self, operation: Operation, options: &GrowthOptions) -> Result<Job> {
+        let job = self.start_growth(operation).await?;
+        if job.is_finished() {
+            return Ok(job);
+        }
         self.run_job(job, options).await
     }
 
-    async fn run_job(&self, mut job: Job, options: &GrowthOptions) -> Result<Job> {
+    async fn run_job(&self, job: Job, options: &GrowthOptions) -> Result<Job> {
+        self.run_steps(job, options, usize::MAX).await
+    }
+
+    async fn run_steps(
+        &self,
+        mut job: Job,
+        options: &GrowthOptions,
+        max_steps: usize,
+    ) -> Result<Job> {
+        let mut steps = 0;
         while job.current < job.transfers.len() {
+            if steps == max_steps {
+                return Ok(job);
+            }
+            steps += 1;
             if job.transfers[job.current].is_relocation() {
                 relocate::step(self, &mut job, options).await?;
             } else {
