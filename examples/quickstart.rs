@@ -1,4 +1,5 @@
-//! Quickstart: three local SQLite shards, two models with different strategies, 10,000 rows.
+//! Quickstart: three local SQLite shards, two models with different strategies, 10,000 rows;
+//! then a fourth shard joins while a writer keeps writing, and the deployment is verified.
 //!
 //! ```text
 //! cargo run --release --example quickstart
@@ -6,9 +7,11 @@
 //! ```
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use collegedb::{CollegeDb, Config, Sharded};
+use collegedb::{CollegeDb, Config, EmbeddedDb, GrowthOptions, Sharded};
 
 /// Users are placed by hash: no directory entry, the shard follows from the id.
 #[derive(Sharded, Debug, Clone, PartialEq)]
@@ -51,6 +54,80 @@ fn progress(label: &str, done: usize, total: usize) {
 fn per_second(count: usize, started: Instant) -> String {
     let secs = started.elapsed().as_secs_f64();
     format!("{:.2} s, {:.0} per second", secs, count as f64 / secs)
+}
+
+/// Updates users in a loop on its own handle until `stop`; returns how many updates succeeded.
+fn writer(db: EmbeddedDb, stop: Arc<AtomicBool>) -> collegedb::Result<usize> {
+    pollster::block_on(async {
+        let mut written = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let i = (written * 7919) % USERS;
+            let id = format!("user-{i:05}");
+            let user = User {
+                id: id.clone(),
+                name: format!("User {i}, edited during the move"),
+                email: None,
+                karma: written as i64,
+            };
+            User::upsert(&db, &user).await?;
+            assert_eq!(User::find(&db, &id).await?.as_ref(), Some(&user));
+            written += 1;
+        }
+        Ok(written)
+    })
+}
+
+/// Adds a fourth shard to the live deployment while a writer keeps writing, then verifies it.
+async fn grow(folder: &std::path::Path) -> collegedb::Result<()> {
+    // The new shard is configured beside the others: standby until `add_shard` gives it slots.
+    let config = Config::with_shard_names(["shard-a", "shard-b", "shard-c", "shard-d"]);
+    let db = CollegeDb::open_embedded(config.clone(), folder)?;
+    println!(
+        "\nGrowing from 3 to 4 shards while a writer upserts users (map version {}):",
+        db.shard_map().version()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (handle, stop) = (CollegeDb::open_embedded(config, folder)?, stop.clone());
+        std::thread::spawn(move || writer(handle, stop))
+    };
+    let shown = Arc::new(AtomicUsize::new(0));
+    let options = GrowthOptions::default().on_step(move |job| {
+        let moved = (job.rows_copied() + job.rows_deleted()) as usize;
+        let total = (2 * job.rows_estimated() as usize).max(moved).max(1);
+        if moved - shown.load(Ordering::Relaxed) >= total / 20 || job.is_finished() {
+            shown.store(moved, Ordering::Relaxed);
+            progress("moving", moved, total);
+        }
+    });
+    let started = Instant::now();
+    let job = db.add_shard_with("shard-d", &options).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("the writer thread")?;
+    println!(
+        "  moved {} rows onto shard-d in {elapsed:.2} s ({:.0} rows per second); map version {}",
+        job.rows_copied(),
+        job.rows_copied() as f64 / elapsed,
+        db.shard_map().version()
+    );
+    println!("  the writer made {written} upserts during the move, each read back at once");
+    println!("  {:<8} {:>7} {:>7}", "shard", "users", "notes");
+    for stats in db.get_shard_stats().await? {
+        println!(
+            "  {:<8} {:>7} {:>7}",
+            stats.shard, stats.tables["users"], stats.tables["notes"]
+        );
+    }
+    for table in ["users", "notes"] {
+        let report = db.verify_table(table, "id").await?;
+        assert!(report.is_clean() && report.in_flight == 0, "{report}");
+        println!(
+            "verify {table} after growing: clean ({} rows, each on the shard the router looks on, none twice)",
+            report.rows
+        );
+    }
+    Ok(())
 }
 
 fn main() -> collegedb::Result<()> {
@@ -157,6 +234,10 @@ async fn run() -> collegedb::Result<()> {
             report.rows
         );
     }
+    drop(db);
+    grow(folder).await?;
+    let config = Config::with_shard_names(["shard-a", "shard-b", "shard-c", "shard-d"]);
+    let db = CollegeDb::open_embedded(config, folder)?;
     let shard = User::locate(&db, "user-04242").await?.expect("exists");
     println!("\nuser-04242 lives on {shard}. Look for yourself:");
     println!(

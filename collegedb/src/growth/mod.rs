@@ -235,6 +235,27 @@ impl TableCursor {
     }
 }
 
+/// Slot lists in the journal as `[first, last]` ranges: the journal is written after every step.
+mod slot_ranges {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(slots: &[u16], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut ranges: Vec<[u16; 2]> = Vec::new();
+        for &slot in slots {
+            match ranges.last_mut() {
+                Some(last) if last[1].checked_add(1) == Some(slot) => last[1] = slot,
+                _ => ranges.push([slot, slot]),
+            }
+        }
+        ranges.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u16>, D::Error> {
+        let ranges = Vec::<[u16; 2]>::deserialize(deserializer)?;
+        Ok(ranges.into_iter().flat_map(|[a, b]| a..=b).collect())
+    }
+}
+
 /// One transfer of slots between two shards, with its progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
@@ -243,6 +264,7 @@ pub struct Transfer {
     /// The receiving shard.
     pub to: String,
     /// The slots, ascending. Empty for the relocation of a drained shard's directory-placed rows.
+    #[serde(with = "slot_ranges")]
     pub slots: Vec<u16>,
     /// Where it is.
     pub phase: Phase,
@@ -564,8 +586,27 @@ impl<B: Backend> CollegeDb<B> {
             job.finished_ms = Some(job.started_ms);
             return Ok(job);
         }
+        for transfer in &mut job.transfers {
+            transfer.estimate = self.estimate(&map, transfer).await?;
+        }
         self.save_job(&job, &GrowthOptions::default()).await?;
         Ok(job)
+    }
+
+    /// The rows a transfer will move: the giving shard's rows times the share of its slots that
+    /// moves (all its rows for a drain's relocation, an upper bound).
+    async fn estimate(&self, map: &ShardMap, transfer: &Transfer) -> Result<u64> {
+        if transfer.is_relocation() {
+            // Counted when it starts, once the slot transfers have emptied the shard of the rest.
+            return Ok(0);
+        }
+        let from = self.shard(self.shard_by_name(&transfer.from)?);
+        let mut rows = 0;
+        for table in crate::raw::user_tables(from).await? {
+            rows += capture::count(from, &table).await?;
+        }
+        let owned = map.slots_of(&transfer.from).len().max(1) as u64;
+        Ok(rows * transfer.slots.len() as u64 / owned)
     }
 
     /// Runs at most `max_steps` journaled steps of the operation in progress and returns its

@@ -41,12 +41,6 @@ pub(super) async fn step<B: Backend>(
                     job.skipped_tables.push(table);
                 }
             }
-            let owned = db.shard_map().slots_of(&t.from).len().max(1) as u64;
-            let mut estimate = 0;
-            for cursor in &tables {
-                estimate += capture::count(db.shard(from), &cursor.table).await?;
-            }
-            t.estimate = estimate * t.slots.len() as u64 / owned;
             crate::marker::copy(db.shard(from), db.shard(to)).await?;
             capture::install(db.shard(from), &key_columns(&tables)).await?;
             t.tables = tables;

@@ -1,0 +1,238 @@
+//! Growth benchmark: `add_shard` from 3 to 4 shards against a raw SQLite copy-and-delete of the
+//! same rows between the same files, in the same run; and the latency that readers and writers
+//! see while the move runs.
+//!
+//! ```text
+//! cargo bench -p collegedb --bench growth                      # 1,000,000 rows
+//! COLLEGEDB_BENCH_MOVE_ROWS=200000 cargo bench -p collegedb --bench growth
+//! ```
+//!
+//! * The deployment: `COLLEGEDB_BENCH_MOVE_ROWS` hash-placed rows over 3 shard files, copied
+//!   byte for byte before the move so that both sides start from identical files.
+//! * Contender: `add_shard("s3")` with its defaults, while one reader (`find`) and one writer
+//!   (`upsert`) run on their own handles; their latencies are compared with the same loops on the
+//!   idle deployment just before.
+//! * Baseline: for each old shard, the keys that the contender moved off it (known after the
+//!   contender ran) go into a temporary table; then `ATTACH` the new shard's file,
+//!   `INSERT INTO new.users SELECT * FROM users WHERE id IN moved` and `DELETE FROM users WHERE id
+//!   IN moved`, each in one transaction. Building the key tables is not timed. The baseline does
+//!   no routing, no journal, and blocks writers for its whole duration.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collegedb::{CollegeDb, Config, Embedded, Sharded};
+use rusqlite::Connection;
+
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "users")]
+struct User {
+    #[sharded(key)]
+    id: String,
+    name: String,
+    email: Option<String>,
+}
+
+fn user(i: usize) -> User {
+    User {
+        id: format!("user-{i:08}"),
+        name: format!("User number {i}"),
+        email: (i % 4 != 0).then(|| format!("user{i}@example.com")),
+    }
+}
+
+fn rows() -> usize {
+    std::env::var("COLLEGEDB_BENCH_MOVE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
+    let config = Config::with_shard_names((0..shards).map(|i| format!("s{i}")));
+    CollegeDb::open_embedded(config, dir).unwrap()
+}
+
+/// Latencies of `find` and `upsert` on random keys, gathered until `stop`.
+struct Load {
+    reads: Vec<Duration>,
+    writes: Vec<Duration>,
+}
+
+fn load(db: CollegeDb<Embedded>, rows: usize, stop: Arc<AtomicBool>, seed: u64) -> Load {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut load = Load {
+        reads: Vec::new(),
+        writes: Vec::new(),
+    };
+    pollster::block_on(async {
+        while !stop.load(Ordering::Relaxed) {
+            let i = rng.usize(..rows);
+            let started = Instant::now();
+            let found = User::find(&db, user(i).id).await.unwrap();
+            load.reads.push(started.elapsed());
+            assert!(found.is_some());
+            let mut row = user(rng.usize(..rows));
+            row.name = format!("edited {}", load.writes.len());
+            let started = Instant::now();
+            User::upsert(&db, &row).await.unwrap();
+            load.writes.push(started.elapsed());
+        }
+    });
+    load
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let index = ((samples.len() - 1) as f64 * p).round() as usize;
+    samples[index].as_secs_f64() * 1e6
+}
+
+/// Runs the load on its own handle for `duration`, or until `work` returns.
+fn under_load<T>(dir: &std::path::Path, rows: usize, work: impl FnOnce() -> T) -> (T, Load) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (db, stop) = (open(dir, 4), stop.clone());
+        std::thread::spawn(move || load(db, rows, stop, 11))
+    };
+    let result = work();
+    stop.store(true, Ordering::Relaxed);
+    (result, handle.join().unwrap())
+}
+
+fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn keys_on(path: &std::path::Path) -> std::collections::HashSet<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM users").unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("growth: run with `cargo bench -p collegedb --bench growth`");
+        return;
+    }
+    let rows = rows();
+    let dir = tempfile::tempdir().unwrap();
+    let (contender, baseline) = (dir.path().join("contender"), dir.path().join("baseline"));
+
+    println!("seeding {rows} rows over 3 shards ...");
+    {
+        let db = open(&contender, 3);
+        pollster::block_on(async {
+            User::create_table(&db).await.unwrap();
+            let users: Vec<User> = (0..rows).map(user).collect();
+            for chunk in users.chunks(50_000) {
+                User::insert_many(&db, chunk).await.unwrap();
+            }
+        });
+    }
+    copy_folder(&contender, &baseline);
+    let before: Vec<_> = (0..3)
+        .map(|i| keys_on(&contender.join(format!("s{i}.sqlite"))))
+        .collect();
+
+    // Idle latencies, then the move under the same load.
+    let (_, mut idle) = under_load(&contender, rows, || {
+        std::thread::sleep(Duration::from_secs(3))
+    });
+    let db = open(&contender, 4);
+    let ((job, move_seconds), mut busy) = under_load(&contender, rows, || {
+        let started = Instant::now();
+        let page: usize = std::env::var("COLLEGEDB_BENCH_PAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let options = collegedb::GrowthOptions::default().page_rows(page);
+        let job = pollster::block_on(db.add_shard_with("s3", &options)).unwrap();
+        (job, started.elapsed().as_secs_f64())
+    });
+    let moved = job.rows_copied();
+    let report = pollster::block_on(db.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean(), "{report}");
+
+    // The baseline moves the same rows between the same files, with nothing else running.
+    let on_new = keys_on(&contender.join("s3.sqlite"));
+    let mut baseline_seconds = 0.0;
+    let mut baseline_rows = 0;
+    {
+        let conn = Connection::open(baseline.join("s3.sqlite")).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS users (id TEXT NOT NULL PRIMARY KEY, name TEXT NOT NULL, email TEXT)",
+        )
+        .unwrap();
+    }
+    for (i, keys) in before.iter().enumerate() {
+        let conn = Connection::open(baseline.join(format!("s{i}.sqlite"))).unwrap();
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; CREATE TEMP TABLE moved (id TEXT PRIMARY KEY)",
+        )
+        .unwrap();
+        {
+            let mut insert = conn.prepare("INSERT INTO moved VALUES (?)").unwrap();
+            for key in keys.iter().filter(|k| on_new.contains(*k)) {
+                insert.execute([key]).unwrap();
+            }
+        }
+        conn.execute(
+            "ATTACH DATABASE ?1 AS new",
+            [baseline.join("s3.sqlite").to_str().unwrap()],
+        )
+        .unwrap();
+        let started = Instant::now();
+        conn.execute_batch(
+            "BEGIN; INSERT INTO new.users SELECT * FROM main.users WHERE id IN (SELECT id FROM moved); COMMIT;
+             BEGIN; DELETE FROM main.users WHERE id IN (SELECT id FROM moved); COMMIT;",
+        )
+        .unwrap();
+        baseline_seconds += started.elapsed().as_secs_f64();
+        baseline_rows += conn
+            .query_row("SELECT COUNT(*) FROM moved", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64;
+    }
+    assert_eq!(baseline_rows, moved, "the baseline moves the same rows");
+
+    let (contender_rate, baseline_rate) =
+        (moved as f64 / move_seconds, moved as f64 / baseline_seconds);
+    println!("| figure | baseline | collegedb | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| rows moved per second ({moved} of {rows} rows, 3 -> 4 shards) | {baseline_rate:.0} | {contender_rate:.0} | {:.2} of raw |",
+        contender_rate / baseline_rate
+    );
+    println!(
+        "| move duration | {baseline_seconds:.2} s (writers blocked) | {move_seconds:.2} s (online) | - |"
+    );
+    for (name, idle, busy) in [
+        ("find", &mut idle.reads, &mut busy.reads),
+        ("upsert", &mut idle.writes, &mut busy.writes),
+    ] {
+        for p in [0.5, 0.99] {
+            let (a, b) = (percentile(idle, p), percentile(busy, p));
+            println!(
+                "| {name} p{} latency, idle vs during the move | {a:.1} us | {b:.1} us | {:.2}x |",
+                (p * 100.0) as u32,
+                b / a
+            );
+        }
+        println!(
+            "| {name} calls, idle 3 s vs during the move | {} | {} | - |",
+            idle.len(),
+            busy.len()
+        );
+    }
+}
