@@ -1,30 +1,51 @@
 //! `collegedb`: the command-line tool for embedded deployments (one SQLite file per shard in a
-//! folder).
+//! folder, plus `_directory.db`).
 //!
 //! ```text
-//! collegedb status <folder>             the stored shard list, rows per table and shard, sizes
-//! collegedb verify <folder> [--table T]  the placement fsck; exits 1 if a row is misplaced
-//! collegedb adopt <folder> --shards a,b   take over existing <shard>.sqlite files; exits 1 on
+//! collegedb status <folder>               the shard map (version, slots per shard, standby
+//!                                         shards), rows per table and shard, sizes, the growth
+//!                                         operation in progress (phase, rows, rate, ETA) and
+//!                                         the last one finished
+//! collegedb verify <folder> [--table T]    the placement fsck; exits 1 if a row is misplaced,
+//!                                         or stranded in a standby shard's file
+//! collegedb adopt <folder> --shards a,b     take over existing <shard>.sqlite files; exits 1 on
 //!                                         keys found in two files
+//! collegedb add-shard <folder> <shard>    give a new shard its share of the slots and move
+//!                                         their rows onto it, live, with a progress bar
+//! collegedb drain-shard <folder> <shard>  move every row off a shard and retire it from the map;
+//!                                         exits 1 if its file still holds rows at the end
+//! collegedb resume <folder>               finish an interrupted add-shard or drain-shard
 //! ```
 //!
-//! The shard list comes from the folder itself (stored by the first open), so the tool needs no
-//! configuration (`adopt` names the shards once). Growth operations (`add-shard`, `drain-shard`,
-//! `reassign`) will join
-//! these as they are built (docs/growth.md).
+//! The tool needs no configuration: the shard map is stored in the folder, and every other
+//! `<shard>.sqlite` file there is a standby shard (configured, owning no slots). `adopt` names the
+//! shards once. Growth operations run while applications keep reading and writing; every step is
+//! journaled, so a killed run is finished by `resume` (or by running the same command again), and
+//! no other operation starts until then. See the library's `growth` module and docs/growth.md.
+//!
+//! Exit codes: 0 done (including "nothing to do"); 1 `verify` or `adopt` found a problem, or a
+//! drained shard's file still holds rows (so `drain-shard && rm` cannot lose them); 2 an error
+//! (printed as `error [CODE]: message`) or bad usage.
 
-use std::path::PathBuf;
+mod deployment;
+mod growth;
+mod progress;
+mod report;
+mod status;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use collegedb::backend::embedded::stored_map;
 use collegedb::{CollegeDb, Config, EmbeddedDb};
+
+use deployment::Deployment;
 
 #[derive(Parser)]
 #[command(
     name = "collegedb",
     version,
-    about = "Inspect and check an embedded collegedb deployment"
+    about = "Inspect, check and grow an embedded collegedb deployment"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,12 +54,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the stored shard list, rows per table and shard, and sizes.
+    /// Show the shard map (version, slots per shard, standby shards), rows per table and shard,
+    /// sizes, and the growth operation in progress and the last one finished.
     Status {
         /// The deployment's folder.
         folder: PathBuf,
     },
-    /// Check that every row is where the router looks for it, exactly once; exit 1 if not.
+    /// Check that every row is where the router looks for it, exactly once, and that standby
+    /// shard files hold no rows outside an operation in progress; exit 1 if not.
     Verify {
         /// The deployment's folder.
         folder: PathBuf,
@@ -55,50 +78,88 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         shards: Vec<String>,
     },
+    /// Give a shard (new, or standby) its share of the slots, moving their rows onto it while
+    /// the deployment stays live. Does nothing if it already owns slots.
+    AddShard {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The shard to add; its file `<shard>.sqlite` is created in the folder if missing.
+        shard: String,
+    },
+    /// Move every row off a shard to the others and retire it from the shard map, while the
+    /// deployment stays live. Afterwards it can be removed from the configuration. Exits 1 if
+    /// its file still holds rows at the end (keep the file).
+    DrainShard {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The shard to drain.
+        shard: String,
+    },
+    /// Finish an interrupted add-shard or drain-shard from its journal.
+    Resume {
+        /// The deployment's folder.
+        folder: PathBuf,
+    },
 }
 
-fn open(folder: &PathBuf) -> collegedb::Result<(EmbeddedDb, u64)> {
-    let Some(stored) = stored_map(folder)? else {
-        return Err(collegedb::Error::ConfigInvalid(format!(
-            "{} holds no collegedb deployment (no _directory.db)",
-            folder.display()
-        )));
+fn verify(folder: &Path, only: Option<String>) -> collegedb::Result<bool> {
+    let deployment = Deployment::find(folder)?;
+    let mut db = deployment.open_map()?;
+    let mut clean = match verify_tables(&db, only.as_deref()) {
+        // A directory entry names a shard outside the map (a standby file): check again with
+        // every shard file configured. The directory holds entries, so the library keeps the
+        // stored map as it is.
+        Err(collegedb::Error::DirectoryInconsistent(why)) => {
+            println!("{why}: checking again with every shard file of the folder");
+            db = deployment.open_all(None)?;
+            verify_tables(&db, only.as_deref())?
+        }
+        other => other?,
     };
-    let db = CollegeDb::open_embedded(Config::with_shard_names(stored.shards().to_vec()), folder)?;
-    Ok((db, stored.version()))
-}
-
-fn status(folder: &PathBuf) -> collegedb::Result<()> {
-    let (db, version) = open(folder)?;
-    println!(
-        "shard list (version {version}): {}",
-        db.list_known_shards().join(", ")
-    );
-    let stats = pollster::block_on(db.get_shard_stats())?;
-    for shard in stats {
-        let tables: Vec<String> = shard
+    // The router reads the map's shards only: a row in a standby file is reached by no route,
+    // unless the operation in progress is moving it.
+    let growth = pollster::block_on(db.growth_status())?;
+    let moving: Vec<&str> = growth
+        .running
+        .iter()
+        .flat_map(|job| &job.transfers)
+        .flat_map(|t| [t.from.as_str(), t.to.as_str()])
+        .collect();
+    for name in deployment
+        .files
+        .iter()
+        .filter(|name| !growth.map.contains(name))
+    {
+        let held: Vec<String> = deployment::peek(&deployment.file_of(name))?
             .tables
-            .iter()
+            .into_iter()
+            .filter(|(table, rows)| *rows > 0 && only.as_ref().is_none_or(|t| t == table))
             .map(|(table, rows)| format!("{table} {rows}"))
             .collect();
-        println!(
-            "  {:<20} {:>10} rows {:>12} bytes   {}",
-            shard.shard,
-            shard.rows,
-            shard.size_bytes,
-            tables.join(", ")
-        );
+        if held.is_empty() {
+            continue;
+        }
+        if moving.contains(&name.as_str()) {
+            println!(
+                "standby shard {name}: rows in flight for the operation in progress ({})",
+                held.join(", ")
+            );
+        } else {
+            println!(
+                "standby shard {name}: rows that no route reaches ({}): it owns no slots\n  NOT CLEAN",
+                held.join(", ")
+            );
+            clean = false;
+        }
     }
-    let entries = pollster::block_on(collegedb::directory::Directory::count(db.directory()))?;
-    println!("directory entries: {entries}");
-    Ok(())
+    Ok(clean)
 }
 
-fn verify(folder: &PathBuf, only: Option<String>) -> collegedb::Result<bool> {
-    let (db, _) = open(folder)?;
+/// Verifies every table (or `only`), printing each report; whether all are clean.
+fn verify_tables(db: &EmbeddedDb, only: Option<&str>) -> collegedb::Result<bool> {
     let mut clean = true;
     for table in pollster::block_on(db.describe_tables())? {
-        if only.as_ref().is_some_and(|t| *t != table.name) {
+        if only.is_some_and(|t| t != table.name) {
             continue;
         }
         let Some(key) = table.key_column else {
@@ -112,7 +173,7 @@ fn verify(folder: &PathBuf, only: Option<String>) -> collegedb::Result<bool> {
     Ok(clean)
 }
 
-fn adopt(folder: &PathBuf, shards: Vec<String>) -> collegedb::Result<bool> {
+fn adopt(folder: &Path, shards: Vec<String>) -> collegedb::Result<bool> {
     let db = CollegeDb::open_embedded(Config::with_shard_names(shards), folder)?;
     let report = pollster::block_on(db.adopt())?;
     for table in &report.tables {
@@ -137,9 +198,12 @@ fn adopt(folder: &PathBuf, shards: Vec<String>) -> collegedb::Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Status { folder } => status(&folder).map(|()| true),
+        Command::Status { folder } => status::status(&folder).map(|()| true),
         Command::Verify { folder, table } => verify(&folder, table),
         Command::Adopt { folder, shards } => adopt(&folder, shards),
+        Command::AddShard { folder, shard } => growth::add_shard(&folder, &shard),
+        Command::DrainShard { folder, shard } => growth::drain_shard(&folder, &shard),
+        Command::Resume { folder } => growth::resume(&folder),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
