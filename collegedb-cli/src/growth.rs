@@ -3,7 +3,8 @@
 //!
 //! Every step of an operation is journaled in `_directory.db`, so an interrupted run (killed,
 //! Ctrl-C, a failed write) leaves a job that `resume` finishes, and that blocks any other
-//! operation until then. Running the same command again resumes it too.
+//! operation until then. Running the same command again resumes it too, once the interrupted
+//! runner's lease (30 s after its last step) has ended; `resume` takes over at once.
 //!
 //! Each command returns whether it ended clean: `drain-shard` (and `resume` of one) is not clean
 //! while the drained shard's file still holds rows (the library leaves behind rows whose key is

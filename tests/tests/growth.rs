@@ -298,3 +298,49 @@ fn writers_keep_every_acknowledged_write_through_a_rebalance_with_stale_handles(
         assert_eq!(report.rows as usize, rows + written.count());
     });
 }
+
+#[test]
+fn a_second_runner_waits_for_the_lease_and_resume_takes_over_a_stalled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let seed = open(dir.path(), 3);
+        User::create_table(&seed).await.unwrap();
+        let users: Vec<User> = (0..3_000).map(|i| User::new(format!("u{i}"))).collect();
+        User::insert_many(&seed, &users).await.unwrap();
+    });
+    // The first runner stalls inside its fifth step until told to go on.
+    let (stalled_tx, stalled_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let steps = Mutex::new(0);
+    let options = GrowthOptions::default().page_rows(200).on_step(move |_| {
+        let mut steps = steps.lock().unwrap();
+        *steps += 1;
+        if *steps == 5 {
+            stalled_tx.send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    let first = {
+        let db = open(dir.path(), 4);
+        std::thread::spawn(move || block_on(db.add_shard_with("s3", &options)))
+    };
+    stalled_rx.recv().unwrap();
+    let second = open(dir.path(), 4);
+    let refused = block_on(second.add_shard("s3")).unwrap_err();
+    assert_eq!(refused.code(), "CONFIG_INVALID");
+    assert!(refused.to_string().contains("lease"), "{refused}");
+    // The operator decides the first runner is gone and resumes: it takes over and finishes.
+    let job = block_on(second.resume_growth(&GrowthOptions::default()))
+        .unwrap()
+        .unwrap();
+    assert!(job.is_finished());
+    assert_eq!(job.to_version, Some(4));
+    // The stalled runner wakes up, finds the operation taken over, and does nothing more.
+    go_tx.send(()).unwrap();
+    let woken = first.join().unwrap().unwrap_err();
+    assert!(woken.to_string().contains("another runner"), "{woken}");
+    let report = block_on(second.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean() && report.in_flight == 0, "{report}");
+    assert_eq!(keys_per_shard(dir.path(), 4, "users").len(), 3_000);
+}

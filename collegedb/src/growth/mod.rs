@@ -323,8 +323,15 @@ pub struct Job {
     /// When it finished, if it has.
     pub finished_ms: Option<u64>,
     /// Rows that could not be moved: their key is neither INTEGER nor TEXT, so no slot routes
-    /// them. They stay where they are and are counted here.
+    /// them. They stay where they are and are counted here, once per shard.
     pub unroutable: u64,
+    /// The map version the operation produced, once finished.
+    #[serde(default)]
+    pub to_version: Option<u64>,
+    /// The runner holding the operation, and until when (ms since the epoch): a second runner
+    /// is refused while the lease lasts, and a runner that finds its lease taken stops.
+    #[serde(default)]
+    pub lease: Option<Lease>,
     /// Tables skipped because they have no single-column primary key.
     pub skipped_tables: Vec<String>,
 }
@@ -404,6 +411,18 @@ impl std::fmt::Display for Job {
         )
     }
 }
+
+/// Which runner holds a growth operation, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// A random id of the runner.
+    pub runner: u64,
+    /// When the lease ends unless renewed, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
+/// How long a runner's lease lasts after its last journaled step.
+pub const LEASE_MS: u64 = 30_000;
 
 /// What [`CollegeDb::growth_status`] reports.
 #[derive(Debug, Clone)]
@@ -503,10 +522,17 @@ impl<B: Backend> CollegeDb<B> {
         self.start_or_resume(operation, options).await
     }
 
-    /// Finishes an interrupted growth operation, if there is one.
+    /// Finishes an interrupted growth operation, if there is one. Call it when the runner that
+    /// held the operation is gone (killed, crashed): it takes the operation over even while that
+    /// runner's lease lasts ([`LEASE_MS`] after its last step), and a runner still alive stops at
+    /// its next step. [`CollegeDb::add_shard`] and [`CollegeDb::drain_shard`] run again resume
+    /// too, but wait for the lease to end.
     pub async fn resume_growth(&self, options: &GrowthOptions) -> Result<Option<Job>> {
         match self.load_job(JOB).await? {
-            Some(job) => self.run_job(job, options).await.map(Some),
+            Some(mut job) => {
+                job.lease = None;
+                self.run_job(job, options).await.map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -527,6 +553,28 @@ impl<B: Backend> CollegeDb<B> {
                 Error::DirectoryInconsistent(format!("the growth journal `{name}`: {e}"))
             }),
             None => Ok(None),
+        }
+    }
+
+    /// Fails if another runner took the operation over (`resume_growth` while this one stalled).
+    async fn check_lease(&self, job: &Job) -> Result<()> {
+        let Some(ours) = &job.lease else {
+            return Ok(());
+        };
+        match self.load_job(JOB).await? {
+            Some(stored)
+                if stored
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.runner != ours.runner) =>
+            {
+                Err(lease_taken(&stored))
+            }
+            Some(_) => Ok(()),
+            None => Err(Error::config(format!(
+                "another runner finished the growth operation ({}) while this one was stalled",
+                job.operation
+            ))),
         }
     }
 
@@ -579,6 +627,8 @@ impl<B: Backend> CollegeDb<B> {
             started_ms: now_ms(),
             finished_ms: None,
             unroutable: 0,
+            to_version: None,
+            lease: None,
             skipped_tables: Vec::new(),
         };
         if job.transfers.is_empty() {
@@ -642,12 +692,38 @@ impl<B: Backend> CollegeDb<B> {
         options: &GrowthOptions,
         max_steps: usize,
     ) -> Result<Job> {
+        let now = now_ms();
+        if let Some(lease) = &job.lease {
+            if lease.until_ms > now {
+                return Err(lease_taken(&job));
+            }
+        }
+        let runner = fastrand::u64(1..);
+        job.lease = Some(Lease {
+            runner,
+            until_ms: now + LEASE_MS,
+        });
+        self.coordinator()
+            .store_job(
+                JOB,
+                Some(&serde_json::to_string(&job).expect("a job serializes")),
+            )
+            .await?;
         let mut steps = 0;
         while job.current < job.transfers.len() {
             if steps == max_steps {
+                // Hand the lease back, so that the next bounded run may continue at once.
+                job.lease = None;
+                self.save_job(&job, &GrowthOptions::default()).await?;
                 return Ok(job);
             }
             steps += 1;
+            // Before every step, not only at the save after it: a runner that was taken over
+            // does no more work.
+            self.check_lease(&job).await?;
+            if let Some(lease) = &mut job.lease {
+                lease.until_ms = now_ms() + LEASE_MS;
+            }
             if job.transfers[job.current].is_relocation() {
                 relocate::step(self, &mut job, options).await?;
             } else {
@@ -659,6 +735,8 @@ impl<B: Backend> CollegeDb<B> {
             self.save_job(&job, options).await?;
         }
         job.finished_ms = Some(now_ms());
+        job.lease = None;
+        job.to_version = Some(self.shard_map().version());
         let json = serde_json::to_string(&job).expect("a job serializes");
         self.coordinator().store_job(LAST, Some(&json)).await?;
         self.coordinator().store_job(JOB, None).await?;
@@ -667,4 +745,15 @@ impl<B: Backend> CollegeDb<B> {
         }
         Ok(job)
     }
+}
+
+fn lease_taken(job: &Job) -> Error {
+    let seconds = job
+        .lease
+        .as_ref()
+        .map_or(0, |l| l.until_ms.saturating_sub(now_ms()) / 1000);
+    Error::config(format!(
+        "another runner holds the growth operation ({}); its lease ends in {seconds} s unless it makes progress: wait, or check `status`",
+        job.operation
+    ))
 }

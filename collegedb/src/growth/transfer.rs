@@ -58,7 +58,13 @@ pub(super) async fn step<B: Backend>(
             let (moving, unroutable) = select_moving(db, cursor, rows, &slots).await?;
             capture::upsert_rows(db.shard(to), &cursor.table, &moving).await?;
             t.copied += moving.len() as u64;
-            job.unroutable += unroutable;
+            // Every transfer from a shard reads all of it: count its unroutable rows once.
+            let first_from_here = !job.transfers[..job.current]
+                .iter()
+                .any(|other| other.from == job.transfers[job.current].from);
+            if first_from_here {
+                job.unroutable += unroutable;
+            }
         }
         Phase::CatchUp | Phase::FinalCatchUp => {
             let changes = capture::read(db.shard(from), t.log_after, page).await?;

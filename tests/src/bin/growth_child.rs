@@ -131,6 +131,12 @@ fn main() {
             .page_rows(PAGE_ROWS)
             .on_step(hook(stop));
         pollster::block_on(async {
+            // A killed run left its journal (and its lease): take it over, as an operator would
+            // with `collegedb resume`.
+            if op != "adopt" && db.growth_status().await?.running.is_some() {
+                let job = db.resume_growth(&options).await?.expect("journaled");
+                return Ok(format!("done {}", job.rows_copied()));
+            }
             if let Some(shard) = op.strip_prefix("add:") {
                 let job = db.add_shard_with(shard, &options).await?;
                 Ok(format!("done {}", job.rows_copied()))
