@@ -317,10 +317,8 @@ impl<B: Backend> CollegeDb<B> {
     #[inline]
     pub(crate) fn hash_target(&self, key: &Key) -> (usize, i64) {
         let slot = slot_of(key);
-        (
-            self.routing().owner[slot as usize] as usize,
-            i64::from(slot),
-        )
+        let routing = self.inner.routing.read().unwrap_or_else(|p| p.into_inner());
+        (routing.owner[slot as usize] as usize, i64::from(slot))
     }
 
     fn routing(&self) -> Arc<Routing> {
