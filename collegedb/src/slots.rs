@@ -32,6 +32,23 @@ pub fn slot_of(key: &Key) -> u16 {
     (key.placement_hash() >> 52) as u16
 }
 
+/// The slot of a stored key value, as SQL sees it: `None` for a value that cannot be a shard key
+/// (not INTEGER or TEXT, an integer beyond ±(2^53 - 1), an empty or oversized string). Agrees
+/// with [`slot_of`] on every valid key; the embedded backend registers it as the SQL function
+/// `collegedb_slot(key)`, so a move can filter rows by slot inside SQLite.
+pub fn slot_of_stored(integer: Option<i64>, text: Option<&[u8]>) -> Option<u16> {
+    let hash = match (integer, text) {
+        (Some(i), _) if (-crate::MAX_SAFE_INTEGER..=crate::MAX_SAFE_INTEGER).contains(&i) => {
+            xxhash_rust::xxh3::xxh3_64(&i.to_be_bytes())
+        }
+        (None, Some(bytes)) if !bytes.is_empty() && bytes.len() <= crate::MAX_KEY_BYTES => {
+            xxhash_rust::xxh3::xxh3_64(bytes)
+        }
+        _ => return None,
+    };
+    Some((hash >> 52) as u16)
+}
+
 /// Which shard owns each slot, at a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StoredMap", into = "StoredMap")]
@@ -313,6 +330,16 @@ mod tests {
         // Golden: the top 12 bits of the XXH3 vectors in `placement::hash`.
         assert_eq!(slot_of(&Key::Text("a".into())), 0xe6c);
         assert_eq!(slot_of(&Key::Int(42)), 0x2e4);
+        for key in [Key::Int(-7), Key::Int(0), Key::Text("héllo".into())] {
+            let stored = match &key {
+                Key::Int(i) => slot_of_stored(Some(*i), None),
+                Key::Text(t) => slot_of_stored(None, Some(t.as_bytes())),
+            };
+            assert_eq!(stored, Some(slot_of(&key)), "{key}");
+        }
+        assert_eq!(slot_of_stored(Some(1 << 60), None), None);
+        assert_eq!(slot_of_stored(None, Some(b"")), None);
+        assert_eq!(slot_of_stored(None, None), None);
     }
 
     #[test]

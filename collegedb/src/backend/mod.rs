@@ -133,6 +133,29 @@ pub trait ShardConn: MaybeSync + 'static {
         self.execute(sql, params)
     }
 
+    /// Runs a query of unknown cost (a page of a move, raw SQL) and returns its rows; backends
+    /// that run [`ShardConn::query`] on the caller's thread run this on a thread pool.
+    fn query_raw(
+        &self,
+        sql: &str,
+        params: &[Value],
+    ) -> impl Future<Output = Result<Vec<Row>>> + MaybeSend {
+        self.query(sql, params)
+    }
+
+    /// The most bound parameters one statement may carry on this shard: D1's 100 by default.
+    /// Only the mover's bulk statements use more where the backend allows it; the typed layer
+    /// stays within 100 everywhere, so that code tested natively runs on D1.
+    fn max_parameters(&self) -> usize {
+        crate::model::MAX_BOUND_PARAMETERS
+    }
+
+    /// Whether SQL on this shard can call `collegedb_slot(key)`, the slot of a key (see
+    /// [`crate::slots::slot_of_stored`]): the embedded backend registers it; D1 cannot.
+    fn computes_slots(&self) -> bool {
+        false
+    }
+
     /// Runs a query and returns its rows.
     fn query(
         &self,

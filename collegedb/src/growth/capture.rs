@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::backend::{Row, ShardConn, Statement};
 use crate::error::Result;
-use crate::model::MAX_BOUND_PARAMETERS;
 use crate::raw::quote_ident;
 use crate::value::Value;
 
@@ -134,19 +133,54 @@ pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
     Ok(())
 }
 
-/// Pages of a table's rows in key order.
+/// Pages of a table's rows in key order: all of them, or on shards that compute slots in SQL
+/// (see [`ShardConn::computes_slots`]), only those of some slots, so that a move reads only the
+/// rows it moves.
 pub(crate) struct Pages {
     first: String,
     after: String,
+    slots: Option<Value>,
 }
 
 impl Pages {
+    /// Every row (or key) of `table`.
     pub(crate) fn new(table: &str, key: &str, keys_only: bool) -> Self {
+        Self::build(table, key, keys_only, None)
+    }
+
+    /// The rows (or keys) of `slots` when `shard` can select them in SQL, else every row.
+    pub(crate) fn of_slots<S: ShardConn>(
+        shard: &S,
+        table: &str,
+        key: &str,
+        keys_only: bool,
+        slots: &[u16],
+    ) -> Self {
+        let filter = shard
+            .computes_slots()
+            .then(|| Value::Text(serde_json::to_string(slots).expect("slots serialize")));
+        Self::build(table, key, keys_only, filter)
+    }
+
+    fn build(table: &str, key: &str, keys_only: bool, slots: Option<Value>) -> Self {
         let (t, k) = (quote_ident(table), quote_ident(key));
         let columns = if keys_only { k.clone() } else { "*".to_owned() };
+        let filter = if slots.is_some() {
+            format!(" collegedb_slot({k}) IN (SELECT value FROM json_each(?))")
+        } else {
+            String::new()
+        };
+        let (first_where, after_and) = if filter.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!(" WHERE{filter}"), format!(" AND{filter}"))
+        };
         Pages {
-            first: format!("SELECT {columns} FROM {t} ORDER BY {k} LIMIT ? + 0"),
-            after: format!("SELECT {columns} FROM {t} WHERE {k} > ? ORDER BY {k} LIMIT ? + 0"),
+            first: format!("SELECT {columns} FROM {t}{first_where} ORDER BY {k} LIMIT ? + 0"),
+            after: format!(
+                "SELECT {columns} FROM {t} WHERE {k} > ?{after_and} ORDER BY {k} LIMIT ? + 0"
+            ),
+            slots,
         }
     }
 
@@ -157,12 +191,82 @@ impl Pages {
         after: Option<&Value>,
         limit: usize,
     ) -> Result<Vec<Row>> {
-        let limit = Value::Integer(limit as i64);
-        match after {
-            None => shard.query(&self.first, &[limit]).await,
-            Some(key) => shard.query(&self.after, &[key.clone(), limit]).await,
-        }
+        let mut params = Vec::with_capacity(3);
+        let sql = match after {
+            None => &self.first,
+            Some(key) => {
+                params.push(key.clone());
+                &self.after
+            }
+        };
+        params.extend(self.slots.clone());
+        params.push(Value::Integer(limit as i64));
+        shard.query_raw(sql, &params).await
     }
+}
+
+/// On a shard that computes slots in SQL: deletes the next page of `table`'s rows of `slots`
+/// after `after` in one statement, and returns how many it deleted and the largest key deleted.
+pub(crate) async fn delete_page_of_slots<S: ShardConn>(
+    shard: &S,
+    (table, key): (&str, &str),
+    slots: &[u16],
+    after: Option<&Value>,
+    limit: usize,
+) -> Result<(usize, Option<Value>)> {
+    let (t, k) = (quote_ident(table), quote_ident(key));
+    let mut params = Vec::with_capacity(3);
+    let bound = match after {
+        Some(after) => {
+            params.push(after.clone());
+            format!("{k} > ? AND ")
+        }
+        None => String::new(),
+    };
+    params.push(Value::Text(
+        serde_json::to_string(slots).expect("slots serialize"),
+    ));
+    params.push(Value::Integer(limit as i64));
+    let sql = format!(
+        "DELETE FROM {t} WHERE {k} IN (SELECT {k} FROM {t} WHERE {bound}\
+         collegedb_slot({k}) IN (SELECT value FROM json_each(?)) ORDER BY {k} LIMIT ? + 0) \
+         RETURNING {k}"
+    );
+    let rows = shard.query_raw(&sql, &params).await?;
+    let last = rows
+        .iter()
+        .filter_map(|row| row.values().first())
+        .max_by(|a, b| crate::scan::compare_values(a, b))
+        .cloned();
+    Ok((rows.len(), last))
+}
+
+/// Rows of `table` on `shard` whose key no slot can route (not INTEGER or TEXT, out of range),
+/// when the shard computes slots in SQL; `None` otherwise (the move counts them as it reads).
+pub(crate) async fn count_unroutable<S: ShardConn>(
+    shard: &S,
+    table: &str,
+    key: &str,
+) -> Result<Option<u64>> {
+    if !shard.computes_slots() {
+        return Ok(None);
+    }
+    let rows = shard
+        .query_raw(
+            &format!(
+                "SELECT COUNT(*) AS n FROM {} WHERE collegedb_slot({}) IS NULL",
+                quote_ident(table),
+                quote_ident(key)
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Some(
+        rows.first()
+            .map(|row| row.get::<i64>("n"))
+            .transpose()?
+            .unwrap_or(0) as u64,
+    ))
 }
 
 /// The rows of `keys` in `table`, read in chunks within the parameter limit.
@@ -173,14 +277,14 @@ pub(crate) async fn rows_by_key<S: ShardConn>(
     keys: &[Value],
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for chunk in keys.chunks(MAX_BOUND_PARAMETERS) {
+    for chunk in keys.chunks(shard.max_parameters()) {
         let sql = format!(
             "SELECT * FROM {} WHERE {} IN ({})",
             quote_ident(table),
             quote_ident(key),
             vec!["?"; chunk.len()].join(", ")
         );
-        rows.extend(shard.query(&sql, chunk).await?);
+        rows.extend(shard.query_raw(&sql, chunk).await?);
     }
     Ok(rows)
 }
@@ -197,7 +301,7 @@ pub(crate) async fn upsert_rows<S: ShardConn>(shard: &S, table: &str, rows: &[Ro
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let per_statement = (MAX_BOUND_PARAMETERS / columns.len().max(1)).max(1);
+    let per_statement = (shard.max_parameters() / columns.len().max(1)).max(1);
     let one = format!("({})", vec!["?"; columns.len()].join(", "));
     let statements: Vec<Statement> = rows
         .chunks(per_statement)
@@ -226,7 +330,7 @@ pub(crate) async fn delete_keys<S: ShardConn>(
         return Ok(0);
     }
     let statements: Vec<Statement> = keys
-        .chunks(MAX_BOUND_PARAMETERS)
+        .chunks(shard.max_parameters())
         .map(|chunk| {
             Statement::new(
                 format!(

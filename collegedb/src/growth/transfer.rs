@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::capture::{self, Change, Pages};
 use super::{GrowthOptions, Job, Phase, StoredValue, TableCursor, Transfer};
-use crate::backend::{Backend, Coordinator, Row};
+use crate::backend::{Backend, Coordinator, Row, ShardConn};
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::fence;
@@ -43,6 +43,18 @@ pub(super) async fn step<B: Backend>(
             }
             crate::marker::copy(db.shard(from), db.shard(to)).await?;
             capture::install(db.shard(from), &key_columns(&tables)).await?;
+            // Rows no slot routes stay; count them once per shard (a filtered copy skips them).
+            let first_from_here = !job.transfers[..job.current]
+                .iter()
+                .any(|other| other.from == job.transfers[job.current].from);
+            if first_from_here {
+                for cursor in &tables {
+                    let shard = db.shard(from);
+                    let unroutable = capture::count_unroutable(shard, &cursor.table, &cursor.key);
+                    job.unroutable += unroutable.await?.unwrap_or(0);
+                }
+            }
+            let t = &mut job.transfers[job.current];
             t.tables = tables;
             t.phase = Phase::Copy;
         }
@@ -51,8 +63,9 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::CatchUp;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, false)
-                .read(db.shard(from), cursor.after().as_ref(), page)
+            let shard = db.shard(from);
+            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, false, &t.slots)
+                .read(shard, cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
             let (moving, unroutable) = select_moving(db, cursor, rows, &slots).await?;
@@ -101,8 +114,23 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::Done;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, true)
-                .read(db.shard(from), cursor.after().as_ref(), page)
+            let shard = db.shard(from);
+            if shard.computes_slots() && !cursor.marked {
+                // Natively: one statement per page, no key leaves SQLite.
+                let table = (cursor.table.as_str(), cursor.key.as_str());
+                let after = cursor.after();
+                let (deleted, last) =
+                    capture::delete_page_of_slots(shard, table, &t.slots, after.as_ref(), page)
+                        .await?;
+                cursor.done = deleted < page;
+                if let Some(last) = last {
+                    cursor.after = Some(StoredValue::from(&last));
+                }
+                t.deleted += deleted as u64;
+                return Ok(());
+            }
+            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, true, &t.slots)
+                .read(shard, cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
             let (moved, _) = select_moving(db, cursor, rows, &slots).await?;

@@ -73,6 +73,19 @@ impl ShardConn for SqliteShard {
         self.pool.execute_offloaded(sql, params).await
     }
 
+    async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.pool.query_offloaded(sql, params).await
+    }
+
+    fn computes_slots(&self) -> bool {
+        true
+    }
+
+    fn max_parameters(&self) -> usize {
+        // SQLite's own limit is 32,766; statements of a few thousand keep their text small.
+        3_000
+    }
+
     async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
         self.pool.batch(statements).await
     }

@@ -122,6 +122,25 @@ impl EmbeddedOptions {
 }
 
 /// One connection and the step budget its progress handler enforces.
+/// Registers `collegedb_slot(key)` (see [`crate::slots::slot_of_stored`]) on a connection, so
+/// that a move can select the rows of its slots inside SQLite.
+fn register_slot_function(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    conn.create_scalar_function(
+        "collegedb_slot",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Integer(i) => crate::slots::slot_of_stored(Some(i), None),
+                ValueRef::Text(bytes) => crate::slots::slot_of_stored(None, Some(bytes)),
+                _ => None,
+            })
+        },
+    )
+}
+
 struct Slot {
     conn: Connection,
     budget: Arc<AtomicUsize>,
@@ -139,6 +158,8 @@ impl Slot {
             .and_then(|_| conn.busy_timeout(Duration::ZERO))
             .map_err(|e| Error::Io(format!("cannot configure {}: {e}", path.display())))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        register_slot_function(&conn)
+            .map_err(|e| Error::Io(format!("cannot configure {}: {e}", path.display())))?;
         let budget = Arc::new(AtomicUsize::new(UNLIMITED));
         let counter = budget.clone();
         conn.progress_handler(
@@ -330,6 +351,17 @@ impl Pool {
         let (sql, params) = (sql.to_owned(), params.to_vec());
         self.run_blocking(move |conn| execute(conn, &sql, &params))
             .await
+    }
+
+    /// Runs a query of unknown cost on the thread pool, never inline.
+    pub(crate) async fn query_offloaded(
+        self: &Arc<Self>,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<Row>> {
+        let (sql, params) = (sql.to_owned(), params.to_vec());
+        self.run_blocking(move |conn| query(conn, &sql, &params, false))
+            .await?
     }
 
     /// Runs a query: inline under a step budget when it is read-only, else on the thread pool.
