@@ -356,32 +356,24 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
             None => Ok(None),
         };
     }
-    // Hash-first: one statement on the slot's owner returns the row, or tells whether the miss
-    // is final (no off-hash marker) or the directory must be asked, or that the map was stale.
+    // Hash-first: the slot's owner returns the row if it owns the slot; after an empty answer,
+    // one more query tells a final miss from a stale map and from a key placed elsewhere.
     let mut backoff = Backoff::new();
     let (hash_shard, marked) = loop {
         let (shard, slot) = db.hash_target(&key);
-        let params = [
-            key.to_value(),
-            Value::Text(M::TABLE.to_owned()),
-            Value::Integer(slot),
-        ];
+        let params = [key.to_value(), Value::Integer(slot)];
         let rows = fence::query(db, shard, &M::sql().find_on_owner, &params).await?;
-        let (mut found, mut marked, mut stale) = (None, false, false);
-        for row in rows {
-            let mut values = row.into_values();
-            match values.pop() {
-                Some(Value::Integer(0)) => found = Some(values),
-                Some(Value::Integer(1)) => marked = true,
-                _ => stale = true,
-            }
+        if let Some(row) = rows.into_iter().next() {
+            return M::from_values(row.into_values()).map(Some);
         }
-        if stale {
+        let (owned, marked) = if db.directory_cache().is_marked(M::TABLE, shard) {
+            (fence::admits(db, shard, slot).await?, true)
+        } else {
+            fence::after_miss(db, shard, slot, M::TABLE).await?
+        };
+        if !owned {
             db.after_not_owned(slot, &mut backoff).await?;
             continue;
-        }
-        if let Some(values) = found {
-            return M::from_values(values).map(Some);
         }
         break (shard, marked);
     };

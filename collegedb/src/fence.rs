@@ -36,7 +36,7 @@ pub const TABLE: &str = "_collegedb_slots";
 pub const GUARD: &str = "_collegedb_guard";
 
 /// The ownership test that fenced statements embed; binds the slot.
-pub const OWNED: &str = "EXISTS (SELECT 1 FROM \"_collegedb_slots\" WHERE \"slot\" = ?)";
+pub const OWNED: &str = "? IN (SELECT \"slot\" FROM \"_collegedb_slots\")";
 
 /// The fence value of statements sent where a directory entry points: every live shard admits it.
 pub const LIVE: i64 = -1;
@@ -57,6 +57,8 @@ const FILL: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) SELECT value F
      WHERE NOT EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = -2)";
 const FILLED: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) VALUES (-2)";
 const PROBE: &str = "SELECT 1 FROM _collegedb_slots WHERE slot = ?";
+const AFTER_MISS: &str = "SELECT EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = ?) AS owned, \
+     EXISTS (SELECT 1 FROM _collegedb_placed WHERE scope = ?) AS marked";
 const GRANT: &str = "INSERT OR IGNORE INTO _collegedb_slots (slot) SELECT value FROM json_each(?)";
 const REVOKE: &str = "DELETE FROM _collegedb_slots WHERE slot IN (SELECT value FROM json_each(?))";
 const LIST: &str = "SELECT slot FROM _collegedb_slots WHERE slot >= 0 ORDER BY slot";
@@ -181,6 +183,22 @@ pub(crate) async fn admits<B: Backend>(
 ) -> Result<bool> {
     let rows = query(db, index, PROBE, &[Value::Integer(fence)]).await?;
     Ok(!rows.is_empty())
+}
+
+/// After a fenced read of `table` by a key of `slot` found nothing on shard `index`: whether the
+/// shard owns the slot (if not, the map was stale), and whether it carries the table's off-hash
+/// marker (if so, the directory may place the key elsewhere), in one query.
+pub(crate) async fn after_miss<B: Backend>(
+    db: &CollegeDb<B>,
+    index: usize,
+    slot: i64,
+    table: &str,
+) -> Result<(bool, bool)> {
+    let params = [Value::Integer(slot), Value::Text(table.to_owned())];
+    let rows = query(db, index, AFTER_MISS, &params).await?;
+    let row = rows.first();
+    let flag = |name| row.is_some_and(|r| r.value(name) == Some(&Value::Integer(1)));
+    Ok((flag("owned"), flag("marked")))
 }
 
 /// The slots a shard's fence lists.

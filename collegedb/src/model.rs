@@ -57,11 +57,10 @@ pub trait Model: Sized + MaybeSync + 'static {
 pub struct ModelSql {
     /// `SELECT <columns> FROM t WHERE key = ?`.
     pub select_by_key: String,
-    /// The hash-first read on the slot's owner: the row's columns plus a flag column, `0` for
-    /// the row, with `UNION ALL` a flag `1` row if the table's off-hash marker is set (see
-    /// [`crate::marker`]) and a flag `2` row if the shard does not own the slot (see
-    /// [`crate::fence`]); parameters: the key, the table name, the slot. One statement tells the
-    /// row, whether a miss is final, and whether the map was stale.
+    /// The hash-first read on the slot's owner: `select_by_key AND <owned>`; parameters: the key,
+    /// then the slot. A hit costs one probe of the fence beside the row's own lookup; an empty
+    /// result is followed by [`crate::fence::after_miss`] (owned? marked?), so that a miss is
+    /// told apart from a stale map and from a key placed elsewhere.
     pub find_on_owner: String,
     /// `select_by_key UNION ALL` one all-NULL row if the shard does not own the slot;
     /// parameters: the key, then the slot.
@@ -116,19 +115,7 @@ impl ModelSql {
             .0;
         let nulls = vec!["NULL"; columns.len()].join(", ");
         let owned = crate::fence::OWNED;
-        let flagged = Query::select()
-            .columns(columns.iter().copied())
-            .expr(Expr::cust("0"))
-            .from(table)
-            .and_where(Expr::col(key).eq(placeholder()))
-            .to_owned()
-            .build(SqliteQueryBuilder)
-            .0;
-        let find_on_owner = format!(
-            "{flagged} UNION ALL SELECT {nulls}, 1 FROM \"{}\" WHERE \"scope\" = ? \
-             UNION ALL SELECT {nulls}, 2 WHERE NOT {owned}",
-            crate::marker::TABLE
-        );
+        let find_on_owner = format!("{select_by_key} AND {owned}");
         let select_by_key_fenced =
             format!("{select_by_key} UNION ALL SELECT {nulls} WHERE NOT {owned}");
         let scan_first = Query::select()
