@@ -9,9 +9,9 @@
 //!
 //! * The deployment: `COLLEGEDB_BENCH_MOVE_ROWS` hash-placed rows over 3 shard files, copied
 //!   byte for byte before the move so that both sides start from identical files.
-//! * Contender: `add_shard("s3")` with its defaults, while one reader (`find`) and one writer
-//!   (`upsert`) run on their own handles; their latencies are compared with the same loops on the
-//!   idle deployment just before.
+//! * Contender: `add_shard("s3")` with its defaults, alone (as the baseline runs); then again on
+//!   a second copy while one reader (`find`) and one writer (`upsert`) run on their own handles,
+//!   whose latencies are compared with the same loops on the idle deployment just before.
 //! * Baseline: for each old shard, the keys that the contender moved off it (known after the
 //!   contender ran) go into a temporary table; then `ATTACH` the new shard's file,
 //!   `INSERT INTO new.users SELECT * FROM users WHERE id IN moved` and `DELETE FROM users WHERE id
@@ -128,7 +128,8 @@ fn main() {
     }
     let rows = rows();
     let dir = tempfile::tempdir().unwrap();
-    let (contender, baseline) = (dir.path().join("contender"), dir.path().join("baseline"));
+    let contender = dir.path().join("contender");
+    let (loaded, baseline) = (dir.path().join("loaded"), dir.path().join("baseline"));
 
     println!("seeding {rows} rows over 3 shards ...");
     {
@@ -142,25 +143,32 @@ fn main() {
         });
     }
     copy_folder(&contender, &baseline);
+    copy_folder(&contender, &loaded);
     let before: Vec<_> = (0..3)
         .map(|i| keys_on(&contender.join(format!("s{i}.sqlite"))))
         .collect();
+    let page: usize = std::env::var("COLLEGEDB_BENCH_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let options = collegedb::GrowthOptions::default().page_rows(page);
 
-    // Idle latencies, then the move under the same load.
-    let (_, mut idle) = under_load(&contender, rows, || {
-        std::thread::sleep(Duration::from_secs(3))
-    });
+    // The move alone, as the baseline runs.
     let db = open(&contender, 4);
-    let ((job, move_seconds), mut busy) = under_load(&contender, rows, || {
+    let started = Instant::now();
+    let job = pollster::block_on(db.add_shard_with("s3", &options)).unwrap();
+    let move_seconds = started.elapsed().as_secs_f64();
+
+    // The same move while a reader and a writer keep going, against the same loop when idle.
+    let (_, mut idle) = under_load(&loaded, rows, || std::thread::sleep(Duration::from_secs(3)));
+    let loaded_db = open(&loaded, 4);
+    let (loaded_seconds, mut busy) = under_load(&loaded, rows, || {
         let started = Instant::now();
-        let page: usize = std::env::var("COLLEGEDB_BENCH_PAGE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        let options = collegedb::GrowthOptions::default().page_rows(page);
-        let job = pollster::block_on(db.add_shard_with("s3", &options)).unwrap();
-        (job, started.elapsed().as_secs_f64())
+        pollster::block_on(loaded_db.add_shard_with("s3", &options)).unwrap();
+        started.elapsed().as_secs_f64()
     });
+    let report = pollster::block_on(loaded_db.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean() && report.in_flight == 0, "{report}");
     let moved = job.rows_copied();
     let report = pollster::block_on(db.verify_table("users", "id")).unwrap();
     assert!(report.is_clean(), "{report}");
@@ -216,6 +224,11 @@ fn main() {
     );
     println!(
         "| move duration | {baseline_seconds:.2} s (writers blocked) | {move_seconds:.2} s (online) | - |"
+    );
+    println!(
+        "| rows moved per second with a reader and a writer running | - | {:.0} | {:.2} of raw |",
+        moved as f64 / loaded_seconds,
+        moved as f64 / loaded_seconds / baseline_rate
     );
     for (name, idle, busy) in [
         ("find", &mut idle.reads, &mut busy.reads),
