@@ -129,6 +129,15 @@ impl DirectoryCache {
         }
     }
 
+    /// Remembers `map`, read from the store, unless the one known is newer: a stored map also
+    /// replaces a handle's guess of the same version.
+    pub(crate) fn remember_stored_map(&self, map: &std::sync::Arc<crate::slots::ShardMap>) {
+        let mut known = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if known.as_ref().is_none_or(|k| k.version() <= map.version()) {
+            *known = Some(map.clone());
+        }
+    }
+
     /// Whether `shard` is known to carry the off-hash marker of `table`.
     pub fn is_marked(&self, table: &str, shard: usize) -> bool {
         let marked = self.marked.lock().unwrap_or_else(|p| p.into_inner());

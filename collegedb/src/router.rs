@@ -343,19 +343,26 @@ impl<B: Backend> CollegeDb<B> {
         self.adopt_map(map)
     }
 
-    /// Routes by `map` from now on if it is newer than the one in use.
+    /// Routes by `map` (a stored map) from now on if it is newer than the one in use, or of the
+    /// same version but different: a handle built from a configured list that the store does
+    /// not hold (a list with standby shards, on a backend whose handles start from the list's
+    /// seed) routes by a guess until the stored map of that version replaces it.
     pub(crate) fn adopt_map(&self, map: ShardMap) -> Result<bool> {
-        if map.version() <= self.routing().map.version() {
+        let replaces = |current: &ShardMap| {
+            map.version() > current.version()
+                || (map.version() == current.version() && map != *current)
+        };
+        if !replaces(&self.routing().map) {
             return Ok(false);
         }
-        let routing = Routing::new(&self.inner.config, &self.inner.shard_index, map)?;
+        let routing = Routing::new(&self.inner.config, &self.inner.shard_index, map.clone())?;
         let mut current = self
             .inner
             .routing
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if routing.map.version() > current.map.version() {
-            self.inner.cache.remember_map(&routing.map);
+        if replaces(&current.map) {
+            self.inner.cache.remember_stored_map(&routing.map);
             *current = Arc::new(routing);
         }
         Ok(true)

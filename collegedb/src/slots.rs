@@ -104,6 +104,8 @@ impl ShardMap {
         self.version
     }
 
+    // Used by the embedded backend only.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     pub(crate) fn set_version(&mut self, version: u64) {
         self.version = version;
     }

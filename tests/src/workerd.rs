@@ -1,7 +1,9 @@
 //! A local workerd (`wrangler dev --local`) running the Worker example (or the raw D1 Worker of
 //! `tests/workerd-raw`, the load benchmark's baseline), for end-to-end tests and the load
 //! benchmark. Every address is on 127.0.0.1; the server runs in its own process group and is
-//! stopped, group and all, when the [`Workerd`] value is dropped, whatever the outcome.
+//! stopped, group and all, when the [`Workerd`] value is dropped, whatever the outcome. Crash
+//! tests kill the group with SIGKILL ([`Workerd::kill`]) and start it again on the same port and
+//! persisted state ([`Workerd::restart`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -16,8 +18,11 @@ pub struct Workerd {
     child: Child,
     base: String,
     agent: ureq::Agent,
-    _persist: tempfile::TempDir,
+    persist: tempfile::TempDir,
     log: PathBuf,
+    port: u16,
+    config: Option<PathBuf>,
+    probe: String,
 }
 
 /// One HTTP answer.
@@ -73,6 +78,75 @@ fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
     Some((ppid, name, utime + stime))
 }
 
+/// Starts `wrangler dev --local` in its own process group, persisting under `persist/state`,
+/// appending its output to `log`.
+fn spawn(config: Option<&Path>, persist: &Path, port: u16, log: &Path) -> Child {
+    let root = repository_root();
+    let wrangler = root.join("node_modules/.bin/wrangler");
+    assert!(
+        wrangler.exists(),
+        "wrangler is not installed: run scripts/install-wasm-toolchain.sh"
+    );
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let tools = std::env::var("COLLEGEDB_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(root.join(".tools"));
+    let path = format!(
+        "{}:{}",
+        tools.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(&wrangler)
+        .args([
+            "dev",
+            "--local",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(config.map(|c| format!("--config={}", c.display())))
+        .arg("--persist-to")
+        .arg(persist.join("state"))
+        .args([
+            "--show-interactive-dev-session=false",
+            "--log-level",
+            "warn",
+        ])
+        .current_dir(&root)
+        .env("PATH", path)
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("XDG_CONFIG_HOME", persist.join("xdg-config"))
+        .env("XDG_CACHE_HOME", persist.join("xdg-cache"))
+        .env("WRANGLER_LOG_PATH", persist.join("wrangler-logs"))
+        .env_remove("CLOUDFLARE_API_TOKEN")
+        .env_remove("CLOUDFLARE_ACCOUNT_ID")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .expect("start wrangler dev")
+}
+
+/// Whether `pid` is a workerd process that has not exited (a zombie waiting to be reaped has).
+fn running_workerd(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("X");
+    &stat[open + 1..close] == "workerd" && state != "Z" && state != "X"
+}
+
 impl Workerd {
     /// Starts the Worker example (the repository's `wrangler.toml`) with `wrangler dev --local`
     /// on a free port with persistence in a fresh temporary folder, and waits (at most 90 s)
@@ -97,57 +171,10 @@ impl Workerd {
     /// Starts `wrangler dev --local` with `config` (default: the repository's `wrangler.toml`)
     /// and waits until `GET probe` answers 200.
     fn start_with(config: Option<&Path>, probe: &str) -> Workerd {
-        let root = repository_root();
-        let wrangler = root.join("node_modules/.bin/wrangler");
-        assert!(
-            wrangler.exists(),
-            "wrangler is not installed: run scripts/install-wasm-toolchain.sh"
-        );
         let persist = tempfile::tempdir().expect("temporary folder");
         let port = free_port();
         let log = persist.path().join("wrangler.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let tools = std::env::var("COLLEGEDB_TOOLS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or(root.join(".tools"));
-        let path = format!(
-            "{}:{}",
-            tools.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new(&wrangler)
-            .args([
-                "dev",
-                "--local",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .args(config.map(|c| format!("--config={}", c.display())))
-            .arg("--persist-to")
-            .arg(persist.path().join("state"))
-            .args([
-                "--show-interactive-dev-session=false",
-                "--log-level",
-                "warn",
-            ])
-            .current_dir(&root)
-            .env("PATH", path)
-            .env("WRANGLER_SEND_METRICS", "false")
-            .env("WRANGLER_SEND_ERROR_REPORTS", "false")
-            .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
-            .env("XDG_CONFIG_HOME", persist.path().join("xdg-config"))
-            .env("XDG_CACHE_HOME", persist.path().join("xdg-cache"))
-            .env("WRANGLER_LOG_PATH", persist.path().join("wrangler-logs"))
-            .env_remove("CLOUDFLARE_API_TOKEN")
-            .env_remove("CLOUDFLARE_ACCOUNT_ID")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .process_group(0)
-            .spawn()
-            .expect("start wrangler dev");
+        let child = spawn(config, persist.path(), port, &log);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -157,26 +184,70 @@ impl Workerd {
             child,
             base: format!("http://127.0.0.1:{port}"),
             agent,
-            _persist: persist,
+            persist,
             log,
+            port,
+            config: config.map(Path::to_owned),
+            probe: probe.to_owned(),
         };
+        server.wait_until_ready();
+        server
+    }
+
+    fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(reply) = server.try_request("GET", probe, None) {
+            if let Ok(reply) = self.try_request("GET", &self.probe.clone(), None) {
                 if reply.status == 200 {
-                    return server;
+                    return;
                 }
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("wrangler dev exited with {status}:\n{}", server.log_tail());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("wrangler dev exited with {status}:\n{}", self.log_tail());
             }
             assert!(
                 Instant::now() < deadline,
                 "wrangler dev did not answer within 90 s:\n{}",
-                server.log_tail()
+                self.log_tail()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Kills wrangler and workerd at once with SIGKILL (the whole process group: no shutdown
+    /// of any kind), and waits until every process of the group is gone and the port is free.
+    pub fn kill(&mut self) {
+        let workerd = self.workerd_pids();
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {group} failed");
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let alive = workerd.iter().any(|pid| running_workerd(*pid));
+            let port_free = TcpListener::bind(("127.0.0.1", self.port)).is_ok();
+            if !alive && port_free {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the killed server did not go away (workerd alive: {alive}, port free: {port_free})"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server again, after [`Workerd::kill`], on the same port with the same
+    /// persisted state (D1, KV, Durable Objects and their alarms), and waits until it answers.
+    pub fn restart(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+        self.child = spawn(self.config.as_deref(), self.persist.path(), self.port, &self.log);
+        self.wait_until_ready();
     }
 
     /// The last lines of wrangler's output, for failure messages.

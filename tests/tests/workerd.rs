@@ -12,16 +12,20 @@ use serde_json::{json, Value};
 
 const SHARDS: [&str; 3] = ["DB_EAST", "DB_WEST", "DB_EU"];
 
+/// The example's standby shard: configured, owning no slots until `add_shard`.
+const STANDBY: &str = "DB_APAC";
+
 fn user(id: &str) -> Value {
     json!({ "id": id, "name": format!("name {id}"), "email": null, "karma": 7, "active": true,
             "avatar": [0, 1, 254, 255], "profile": { "tags": ["a", "b"], "n": 1.5 } })
 }
 
-/// Rows of `table` per shard, as the shards themselves count them.
+/// Rows of `table` per serving shard, as the shards themselves count them. The standby shard
+/// must hold none.
 fn rows_per_shard(server: &Workerd, table: &str) -> BTreeMap<String, u64> {
     let stats = server.get("/stats");
     assert_eq!(stats.status, 200, "{}", stats.text);
-    stats
+    let mut counts: BTreeMap<String, u64> = stats
         .json
         .as_array()
         .unwrap()
@@ -32,7 +36,14 @@ fn rows_per_shard(server: &Workerd, table: &str) -> BTreeMap<String, u64> {
                 s["tables"][table].as_u64().unwrap(),
             )
         })
-        .collect()
+        .collect();
+    assert_eq!(
+        counts.remove(STANDBY),
+        Some(0),
+        "{table}: the standby shard holds rows: {}",
+        stats.text
+    );
+    counts
 }
 
 fn directory_entries(server: &Workerd, query: &str) -> u64 {
@@ -46,7 +57,10 @@ fn worker_example_end_to_end() {
     let server = Workerd::start();
     let setup = server.post("/setup", &json!({}));
     assert_eq!(setup.status, 200, "{}", setup.text);
-    assert_eq!(setup.json["shards"], json!(SHARDS));
+    assert_eq!(
+        setup.json["shards"],
+        json!(["DB_EAST", "DB_WEST", "DB_EU", STANDBY])
+    );
     assert_eq!(setup.json["coordinator"]["status"], "ok", "{}", setup.text);
     assert_eq!(setup.json["coordinator"]["shards"], 3);
 
@@ -66,6 +80,7 @@ fn worker_example_end_to_end() {
     recount_sets_the_coordinator_from_the_shards(&server);
     coordinator_serves_the_seed_http_api(&server);
     coordinator_failure_falls_back_to_a_local_counter(&server);
+    fence_sql_runs_on_d1(&server);
     flush_empties_everything(&server);
 }
 
@@ -720,6 +735,87 @@ fn coordinator_failure_falls_back_to_a_local_counter(server: &Workerd) {
     );
     let health = server.get("/coordinator/health");
     assert_eq!(health.json["status"], "ok", "{}", health.text);
+}
+
+/// The fence's SQL, run by hand on local D1: the table, view and trigger exist on every shard
+/// (the standby one included), the guard's `RAISE(ABORT)` refuses a slot the shard does not own
+/// with collegedb's message, `json_each` binds a JSON array, and a fenced upsert
+/// (`INSERT ... SELECT ... WHERE EXISTS ... ON CONFLICT`) writes only where the slot is owned.
+fn fence_sql_runs_on_d1(server: &Workerd) {
+    let raw = |shard: &str, sql: &str, params: Value| {
+        server.post(
+            &format!("/raw/{shard}"),
+            &json!({ "sql": sql, "params": params }),
+        )
+    };
+    for shard in SHARDS.iter().chain([&STANDBY]) {
+        let objects = raw(
+            shard,
+            "SELECT type, name FROM sqlite_master WHERE name LIKE '\\_collegedb\\_%' ESCAPE '\\' ORDER BY name",
+            json!([]),
+        );
+        assert_eq!(objects.status, 200, "{}", objects.text);
+        for (kind, name) in [
+            ("view", "_collegedb_guard"),
+            ("trigger", "_collegedb_guard_check"),
+            ("table", "_collegedb_slots"),
+        ] {
+            assert!(
+                objects
+                    .json
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!({ "type": kind, "name": name })),
+                "{shard}: no {kind} {name}: {}",
+                objects.text
+            );
+        }
+    }
+    // The seed of the three serving shards (sorted: DB_EAST, DB_EU, DB_WEST) gives slot 0 to
+    // DB_EAST and slot 4095 to DB_WEST; the standby shard owns none.
+    let owned = raw(
+        "DB_EAST",
+        "INSERT INTO _collegedb_guard (slot) VALUES (?)",
+        json!([0]),
+    );
+    assert_eq!(owned.status, 200, "{}", owned.text);
+    for (shard, slot) in [("DB_EAST", 4095), (STANDBY, 0)] {
+        let refused = raw(
+            shard,
+            "INSERT INTO _collegedb_guard (slot) VALUES (?)",
+            json!([slot]),
+        );
+        eprintln!("D1's answer to a refused guard: {}", refused.text);
+        assert_eq!(refused.status, 500, "{}", refused.text);
+        assert!(
+            refused.text.contains("collegedb: slot not owned by this shard"),
+            "{}",
+            refused.text
+        );
+    }
+    let slots = raw(
+        "DB_EAST",
+        "SELECT value FROM json_each(?) WHERE value IN (SELECT slot FROM _collegedb_slots) \
+         ORDER BY value",
+        json!(["[0, 1, 4095, -1]"]),
+    );
+    assert_eq!(
+        slots.json,
+        json!([{ "value": -1 }, { "value": 0 }, { "value": 1 }]),
+        "{}",
+        slots.text
+    );
+    let upsert = "INSERT INTO events (id, kind) SELECT ?, ? \
+                  WHERE EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = ?) \
+                  ON CONFLICT (id) DO UPDATE SET kind = excluded.kind";
+    for (slot, kind) in [(0, "owned"), (4095, "not owned"), (0, "owned again")] {
+        let reply = raw("DB_EAST", upsert, json!([777_777, kind, slot]));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let row = raw("DB_EAST", "SELECT kind FROM events WHERE id = ?", json!([777_777]));
+    assert_eq!(row.json, json!([{ "kind": "owned again" }]), "{}", row.text);
+    let gone = raw("DB_EAST", "DELETE FROM events WHERE id = ?", json!([777_777]));
+    assert_eq!(gone.status, 200, "{}", gone.text);
 }
 
 fn flush_empties_everything(server: &Workerd) {

@@ -1,5 +1,6 @@
-//! collegedb in a Cloudflare Worker: three D1 shards, a KV and a Durable Object directory, the
-//! ShardCoordinator, and four models with their own strategies, behind a small JSON API.
+//! collegedb in a Cloudflare Worker: three D1 shards serving rows and a fourth on standby, a KV
+//! and a Durable Object directory, the ShardCoordinator, the growth runner, and four models with
+//! their own strategies, behind a small JSON API.
 //!
 //! | request | does |
 //! | --- | --- |
@@ -22,6 +23,9 @@
 //! | `GET /directory/count` | directory entries |
 //! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
+//! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
+//! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
+//! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
@@ -33,9 +37,19 @@
 //! ([`cloudflare::StatsBatching`]). The coordinator's figures therefore lag the shards by up to
 //! about 10 s, and lose the unsent batch of an isolate that is evicted; `POST /stats/recount`
 //! resets them from the shards. The exact numbers are always `GET /stats`.
+//!
+//! Growth: `DB_APAC` is configured but owns no slots (the stored map is seeded from the other
+//! three, once, by the first request of the deployment: see [`INITIAL_SHARDS`]). `POST
+//! /admin/shards/DB_APAC/add` journals the operation in the coordinator and sets the alarm of the
+//! `GrowthRunner` object, which advances it in bounded slices (see
+//! [`cloudflare::RunnerSettings`]) while the routes above keep serving; `GET /admin/growth`
+//! shows the progress, and sets the runner's alarm again if it was lost. The runner consults the
+//! Durable Object directory: rows placed through `?dir=kv` are not known to it, so grow a
+//! deployment that uses one directory.
 
 use collegedb::backend::cloudflare::{self, Cloudflare, DirectoryChoice};
 use collegedb::directory::Directory;
+use collegedb::growth::Operation;
 use collegedb::{CollegeDb, Config, Model, Region, ShardConfig, Sharded, Strategy, Value};
 use std::collections::BTreeMap;
 
@@ -92,17 +106,52 @@ pub struct Event {
 
 const MODELS: [&str; 4] = ["users", "posts", "sessions", "events"];
 
+/// The shards that serve rows from the start. The fourth configured shard, `DB_APAC`, is standby
+/// until `POST /admin/shards/DB_APAC/add`.
+pub const INITIAL_SHARDS: [&str; 3] = ["DB_EAST", "DB_WEST", "DB_EU"];
+
+/// The growth runner's Durable Object binding.
+const GROWTH_RUNNER: &str = "GROWTH_RUNNER";
+
 fn config(region: Region) -> Config {
     Config::new()
         .shard(ShardConfig::new("DB_EAST").region(Region::Enam))
         .shard(ShardConfig::new("DB_WEST").region(Region::Wnam))
         .shard(ShardConfig::new("DB_EU").region(Region::Weur))
+        .shard(ShardConfig::new("DB_APAC").region(Region::Apac))
         .with_strategy(Strategy::Hash)
         .with_target_region(region)
         .allow_flush(true)
 }
 
-fn open(env: &Env, req: &Request) -> collegedb::Result<Db> {
+thread_local! {
+    /// Whether this isolate routes by the stored shard map already (see [`ready`]).
+    static MAP_READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Once per isolate: routes by the coordinator's stored map, storing the seed of
+/// [`INITIAL_SHARDS`] if the deployment has none yet (so the standby shard owns no slots). Later
+/// handles of the isolate start from the map it remembers.
+async fn ready(db: Db) -> collegedb::Result<Db> {
+    if !MAP_READY.with(|r| r.get()) {
+        cloudflare::use_stored_map(&db, &INITIAL_SHARDS).await?;
+        MAP_READY.with(|r| r.set(true));
+    }
+    Ok(db)
+}
+
+/// The handle the growth runner uses: the Durable Object directory, default region.
+async fn open_for_growth(env: &Env) -> collegedb::Result<Db> {
+    let db = cloudflare::open(
+        env,
+        config(Region::Enam),
+        DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
+        "COORDINATOR",
+    )?;
+    ready(db).await
+}
+
+async fn open(env: &Env, req: &Request) -> collegedb::Result<Db> {
     let url = req
         .url()
         .map_err(|e| collegedb::Error::ConfigInvalid(e.to_string()))?;
@@ -118,7 +167,13 @@ fn open(env: &Env, req: &Request) -> collegedb::Result<Db> {
             _ => {}
         }
     }
-    cloudflare::open(env, config(region), directory, "COORDINATOR")
+    ready(cloudflare::open(
+        env,
+        config(region),
+        directory,
+        "COORDINATOR",
+    )?)
+    .await
 }
 
 fn json_error(error: &collegedb::Error) -> Result<Response> {
@@ -282,10 +337,65 @@ async fn create_tables(db: &Db) -> collegedb::Result<()> {
     Post::create_table(db).await?;
     Session::create_table(db).await?;
     Event::create_table(db).await?;
-    for shard in db.list_known_shards() {
+    // The coordinator's registry lists the shards that serve rows; the growth runner adds a
+    // shard there when its `add_shard` finishes.
+    for shard in db.shard_map().shards() {
         db.coordinator().add_shard(shard).await?;
     }
     Ok(())
+}
+
+fn growth_runner(env: &Env) -> collegedb::Result<cloudflare::GrowthRunnerClient> {
+    env.durable_object(GROWTH_RUNNER)
+        .map(cloudflare::GrowthRunnerClient::new)
+        .map_err(|e| collegedb::Error::ConfigInvalid(format!("binding `{GROWTH_RUNNER}`: {e}")))
+}
+
+/// `POST /admin/shards/{shard}/{add|drain}`: journals the operation and starts the runner.
+async fn start_growth(
+    db: &Db,
+    env: &Env,
+    req: &mut Request,
+    shard: &str,
+    operation: Operation,
+) -> collegedb::Result<Response> {
+    if !db.list_known_shards().contains(&shard) {
+        return Err(collegedb::Error::ShardNotFound {
+            shard: shard.to_owned(),
+            known: db.list_known_shards().join(", "),
+        });
+    }
+    let text = req.text().await.unwrap_or_default();
+    let settings: Option<cloudflare::RunnerSettings> = if text.trim().is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|e| collegedb::Error::ConfigInvalid(format!("runner settings: {e}")))?,
+        )
+    };
+    match growth_runner(env)?.start(&operation, settings).await {
+        Ok(started) => Ok(Response::from_json(&started)
+            .expect("JSON")
+            .with_status(202)),
+        // Another operation is journaled: a conflict with the deployment's state.
+        Err(error @ collegedb::Error::ConfigInvalid(_)) => Ok(Response::from_json(
+            &serde_json::json!({ "error": error.to_string(), "code": error.code() }),
+        )
+        .expect("JSON")
+        .with_status(409)),
+        Err(error) => Err(error),
+    }
+}
+
+/// `GET /admin/growth`: the status, and the runner's alarm set again if a job is journaled.
+async fn growth_status(db: &Db, env: &Env) -> collegedb::Result<Response> {
+    let runner = growth_runner(env)?.kick().await?;
+    let status = db.growth_status().await?;
+    let mut body = cloudflare::growth_status_json(db, &status);
+    body["runner"] = runner["runner"].clone();
+    body["rearmed"] = runner["armed"].clone();
+    Ok(Response::from_json(&body).expect("JSON"))
 }
 
 async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
@@ -302,6 +412,19 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             }),
             Err(e) => Err(e),
         },
+        (Method::Post, ["admin", "shards", shard, "add"]) => {
+            let operation = Operation::AddShard {
+                shard: (*shard).to_owned(),
+            };
+            start_growth(db, env, &mut req, shard, operation).await
+        }
+        (Method::Post, ["admin", "shards", shard, "drain"]) => {
+            let operation = Operation::DrainShard {
+                shard: (*shard).to_owned(),
+            };
+            start_growth(db, env, &mut req, shard, operation).await
+        }
+        (Method::Get, ["admin", "growth"]) => growth_status(db, env).await,
         (Method::Get, ["stats", "coordinator"]) => db
             .coordinator()
             .stats()
@@ -415,7 +538,7 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let db = match open(&env, &req) {
+    let db = match open(&env, &req).await {
         Ok(db) => db,
         Err(error) => return json_error(&error),
     };
@@ -533,5 +656,40 @@ impl DurableObject for ShardDirectory {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         cloudflare::serve_directory(&self.state, req).await
+    }
+}
+
+/// Runs growth operations: its alarm advances the journaled operation in bounded slices
+/// ([`cloudflare::run_growth_alarm`]); its `fetch` serves [`cloudflare::serve_growth_runner`]
+/// (start, kick, status) for the admin routes. It builds the database handle from its own `env`,
+/// which holds the same bindings as the Worker's.
+#[durable_object]
+pub struct GrowthRunner {
+    state: State,
+    env: Env,
+}
+
+impl DurableObject for GrowthRunner {
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        match open_for_growth(&self.env).await {
+            Ok(db) => cloudflare::serve_growth_runner(&self.state, &db, req).await,
+            Err(error) => Response::error(format!("growth runner: {error}"), 500),
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        match open_for_growth(&self.env).await {
+            Ok(db) => cloudflare::run_growth_alarm(&self.state, &db).await,
+            Err(error) => {
+                // Nothing could run: try again later, as a failed slice would.
+                worker::console_error!("collegedb growth: cannot open the database: {error}");
+                self.state.storage().set_alarm(5_000).await?;
+                Response::ok("")
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The ShardCoordinator: a Durable Object with SQLite storage that keeps the shard registry, the
-//! round-robin counters and per-shard, per-table row counts, behind the seed's HTTP API:
+//! round-robin counters, per-shard, per-table row counts, the stored shard map
+//! ([`crate::slots`]) and the growth journal ([`crate::growth`]), behind the seed's HTTP API and
+//! a few routes of its own:
 //!
 //! | request | body | answer |
 //! | --- | --- | --- |
@@ -11,13 +13,23 @@
 //! | `PUT /stats` | `{"counts": [{"shard", "table", "rows"}]}` | `{"success": true}`; replaces the figures of the shards named |
 //! | `POST /allocate` | `{"table"?, "count"?, "primaryKey"?, "strategy"?}` | `{"ticket", "count", "shard"?}` |
 //! | `POST /flush` | | `{"success": true}`; refused with 403 unless the object's `COLLEGEDB_ALLOW_FLUSH` var is `"true"` |
-//! | `GET /health` | | `{"status": "ok", "shards": n}` |
+//! | `GET /health` | | `{"status": "ok", "shards": n, "mapVersion": v}` (`v` 0: no map stored) |
+//! | `GET /map` | | the stored shard map's JSON ([`ShardMap::to_json`]), or `null` |
+//! | `PUT /map` | a map's JSON | `{"stored": bool, "version": v}`: stored only if the stored version is the map's minus one (nothing stored counts as 0); `v` is the version stored afterwards |
+//! | `GET /jobs?name=` | | `{"name", "state"}`: the journal document, or `null` |
+//! | `PUT /jobs` | `{"name", "state"}` | `{"success": true}`; a `null` state removes the document |
 //!
 //! [`CoordinatorClient`] is the typed client; the router uses it for round-robin tickets (reserved
 //! [`TICKET_BLOCK`] at a time and kept per isolate, so the object is not on every insert's path)
 //! and to send the row-count changes of its writes.
 //!
 //! Statistics are batched per isolate: see [`super::stats`] for how, and how stale they may be.
+//!
+//! The map and the journal live in the object's tables `slot_map (id, version, map)` and
+//! `jobs (name, state)`. The compare-and-set of `PUT /map` reads and writes with no `await`
+//! between, so the object applies it as one unit: of two writers of the same next version, one
+//! stores and the other is told `stored: false`. `POST /flush` keeps both (the shards' fences
+//! follow the map, and emptying rows changes neither).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -32,6 +44,7 @@ use super::stats::{now_ms, RowCount, TimerStep, STATS};
 use crate::backend::{Coordinator, RowDelta};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::slots::ShardMap;
 
 /// Round-robin tickets reserved per call to the coordinator.
 pub const TICKET_BLOCK: u64 = 16;
@@ -119,6 +132,13 @@ impl CoordinatorClient {
         path: &str,
         body: Option<String>,
     ) -> Result<T> {
+        let text = self.call_text(method, path, body).await?;
+        serde_json::from_str(&text).map_err(|e| failed(format!("{path}: {e}")))
+    }
+
+    /// One request; the answer's body as text (parsed by serde_json, not by JavaScript, so that
+    /// documents such as the map and the journal round-trip exactly).
+    async fn call_text(&self, method: Method, path: &str, body: Option<String>) -> Result<String> {
         let stub = self
             .namespace
             .get_by_name(COORDINATOR_NAME)
@@ -128,14 +148,14 @@ impl CoordinatorClient {
         let url = format!("https://collegedb-coordinator{path}");
         let request = Request::new_with_init(&url, &init).map_err(failed)?;
         let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
+        let text = response.text().await.unwrap_or_default();
         if response.status_code() != 200 {
-            let text = response.text().await.unwrap_or_default();
             return Err(failed(format!(
                 "{path}: status {}: {text}",
                 response.status_code()
             )));
         }
-        response.json().await.map_err(failed)
+        Ok(text)
     }
 
     /// `GET /shards`.
@@ -257,6 +277,25 @@ impl CoordinatorClient {
     }
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+struct JobBody {
+    name: String,
+    state: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAnswer {
+    stored: bool,
+    version: u64,
+}
+
+fn job_path(name: &str) -> String {
+    let query: String = worker::Url::parse_with_params("https://collegedb-coordinator/jobs", &[("name", name)])
+        .map(|url| url.query().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    format!("/jobs?{query}")
+}
+
 impl Coordinator for CoordinatorClient {
     async fn next_ticket(&self, table: &str) -> Result<u64> {
         let cached = TICKETS.with(|t| {
@@ -286,6 +325,40 @@ impl Coordinator for CoordinatorClient {
         true
     }
 
+    /// `GET /map`.
+    async fn load_map(&self) -> Result<Option<ShardMap>> {
+        let text = self.call_text(Method::Get, "/map", None).await?;
+        if text.trim() == "null" {
+            return Ok(None);
+        }
+        ShardMap::from_json(&text).map(Some)
+    }
+
+    /// `PUT /map`: compare and set inside the object (stored only over version `map.version() - 1`,
+    /// nothing stored counting as version 0).
+    async fn store_map(&self, map: &ShardMap) -> Result<bool> {
+        let answer: StoredAnswer = self.call(Method::Put, "/map", Some(map.to_json())).await?;
+        Ok(answer.stored)
+    }
+
+    /// `GET /jobs?name=`.
+    async fn load_job(&self, name: &str) -> Result<Option<String>> {
+        let body: JobBody = self.call(Method::Get, &job_path(name), None).await?;
+        Ok(body.state)
+    }
+
+    /// `PUT /jobs`.
+    async fn store_job(&self, name: &str, json: Option<&str>) -> Result<()> {
+        let body = serde_json::to_string(&JobBody {
+            name: name.to_owned(),
+            state: json.map(str::to_owned),
+        })
+        .map_err(failed)?;
+        self.call::<serde_json::Value>(Method::Put, "/jobs", Some(body))
+            .await
+            .map(drop)
+    }
+
     /// Adds the changes to this isolate's batch. No I/O, unless the batch is now due (it holds
     /// [`StatsBatching::max_rows`](super::stats::StatsBatching::max_rows) changed rows, or is older than [`StatsBatching::max_age_ms`](super::stats::StatsBatching::max_age_ms)):
     /// then the batch is sent by this call.
@@ -312,6 +385,17 @@ struct NameRow {
 #[derive(Deserialize)]
 struct ValueRow {
     value: f64,
+}
+
+#[derive(Deserialize)]
+struct MapRow {
+    version: f64,
+    map: String,
+}
+
+#[derive(Deserialize)]
+struct StateRow {
+    state: String,
 }
 
 #[derive(Deserialize)]
@@ -345,9 +429,20 @@ pub async fn serve_coordinator(
              shard TEXT NOT NULL, table_name TEXT NOT NULL,
              row_count INTEGER NOT NULL, updated_at INTEGER NOT NULL,
              PRIMARY KEY (shard, table_name)
-         );",
+         );
+         CREATE TABLE IF NOT EXISTS slot_map (
+             id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, map TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY NOT NULL, state TEXT NOT NULL);",
         None,
     )?;
+    // The stored map, if any: `(version, JSON)`.
+    let stored_map = || -> worker::Result<Option<(u64, String)>> {
+        let rows: Vec<MapRow> = sql
+            .exec("SELECT version, map FROM slot_map WHERE id = 1", None)?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| (r.version as u64, r.map)))
+    };
     let now = worker::Date::now().as_millis() as i64;
     // Registration order (rowid), which hash allocation maps keys onto.
     let registered = || -> worker::Result<Vec<String>> {
@@ -361,7 +456,69 @@ pub async fn serve_coordinator(
         (Method::Get, "/health") => Response::from_json(&serde_json::json!({
             "status": "ok",
             "shards": registered()?.len(),
+            "mapVersion": stored_map()?.map_or(0, |(version, _)| version),
         })),
+        (Method::Get, "/map") => match stored_map()? {
+            Some((_, json)) => Response::ok(json),
+            None => Response::ok("null"),
+        },
+        (Method::Put, "/map") => {
+            let body = request.text().await?;
+            let map = match ShardMap::from_json(&body) {
+                Ok(map) => map,
+                Err(error) => return Response::error(format!("PUT /map: {error}"), 400),
+            };
+            // No await from here to the answer: the object applies the check and the write as
+            // one unit.
+            let current = stored_map()?.map_or(0, |(version, _)| version);
+            let stored = map.version() == current + 1;
+            if stored {
+                sql.exec(
+                    "INSERT INTO slot_map (id, version, map) VALUES (1, ?, ?)
+                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, map = excluded.map",
+                    vec![
+                        SqlStorageValue::Integer(map.version() as i64),
+                        text(&map.to_json()),
+                    ],
+                )?;
+            }
+            Response::from_json(&StoredAnswer {
+                stored,
+                version: if stored { map.version() } else { current },
+            })
+        }
+        (Method::Get, "/jobs") => {
+            let url = request.url()?;
+            let Some(name) = url
+                .query_pairs()
+                .find(|(k, _)| k == "name")
+                .map(|(_, v)| v.into_owned())
+            else {
+                return Response::error("GET /jobs needs ?name=", 400);
+            };
+            let rows: Vec<StateRow> = sql
+                .exec("SELECT state FROM jobs WHERE name = ?", vec![text(&name)])?
+                .to_array()?;
+            Response::from_json(&JobBody {
+                name,
+                state: rows.into_iter().next().map(|r| r.state),
+            })
+        }
+        (Method::Put, "/jobs") => {
+            let body: JobBody = match serde_json::from_str(&request.text().await?) {
+                Ok(body) => body,
+                Err(error) => return Response::error(format!("PUT /jobs: {error}"), 400),
+            };
+            match &body.state {
+                Some(state) => sql.exec(
+                    "INSERT INTO jobs (name, state) VALUES (?, ?)
+                     ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+                    vec![text(&body.name), text(state)],
+                )?,
+                None => sql.exec("DELETE FROM jobs WHERE name = ?", vec![text(&body.name)])?,
+            };
+            success()
+        }
         (Method::Get, "/shards") => Response::from_json(&registered()?),
         (Method::Post, "/shards") => {
             let body: ShardBody = request.json().await?;

@@ -24,6 +24,7 @@
 mod coordinator;
 mod d1;
 mod durable;
+mod growth;
 mod kv;
 mod stats;
 
@@ -37,6 +38,10 @@ pub use coordinator::{
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
+pub use growth::{
+    growth_status_json, job_json, run_growth_alarm, serve_growth_runner, GrowthRunnerClient,
+    RunnerRecord, RunnerSettings, GROWTH_RUNNER_NAME, SUBREQUEST_LIMIT,
+};
 pub use kv::KvDirectory;
 pub use stats::{
     discard_pending_stats, pending_stats, recount_stats, set_stats_batching, stats_timer_needed,
@@ -45,12 +50,13 @@ pub use stats::{
 
 use worker::Env;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Coordinator};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryCache, DirectoryPage};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::router::CollegeDb;
+use crate::slots::ShardMap;
 
 /// The Cloudflare backend bundle.
 #[derive(Debug)]
@@ -179,4 +185,43 @@ pub fn open(
             .clone()
     });
     CollegeDb::from_parts_with_cache(config, shards, directory, coordinator, cache)
+}
+
+/// Makes `db` route by the coordinator's stored shard map from its first statement, and returns
+/// that map. If the coordinator holds no map yet, the map seeded from `initial` (configured
+/// shards) is stored first; afterwards `initial` means nothing.
+///
+/// A handle starts from the seed of its configured list, and the first handle to need a map
+/// stores its own seed. A deployment whose configuration lists *standby* shards from the start
+/// (bindings waiting for [`CollegeDb::add_shard`](crate::CollegeDb::add_shard), as in the Worker
+/// example) calls this once per isolate, before the first statement, naming the shards that
+/// serve rows at first. Fails with [`Error::ConfigInvalid`] when a shard of the stored map is not
+/// configured (its rows would be unreachable: see [`crate::shard_map`]).
+pub async fn use_stored_map(db: &CollegeDb<Cloudflare>, initial: &[&str]) -> Result<ShardMap> {
+    let map = match db.coordinator().load_map().await? {
+        Some(map) => map,
+        None => {
+            for name in initial {
+                db.shard_by_name(name)?;
+            }
+            let names: Vec<String> = initial.iter().map(|s| (*s).to_owned()).collect();
+            // Refused when another isolate stored a map meanwhile: theirs is the map.
+            db.coordinator().store_map(&ShardMap::seed(&names)?).await?;
+            db.coordinator().load_map().await?.ok_or_else(|| {
+                Error::CoordinatorUnavailable("the coordinator kept no shard map".into())
+            })?
+        }
+    };
+    let configured: Vec<String> = db
+        .list_known_shards()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let crate::shard_map::ListChange::Missing(why) =
+        crate::shard_map::compare(&map, &configured)
+    {
+        return Err(crate::shard_map::refused(&map, &why));
+    }
+    db.adopt_map(map.clone())?;
+    Ok(map)
 }

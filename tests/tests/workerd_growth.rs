@@ -1,0 +1,511 @@
+//! Growth end to end in local workerd: the Worker example adds its standby shard (`DB_APAC`)
+//! through `POST /admin/shards/DB_APAC/add` while other requests keep writing and reading; the
+//! growth runner's Durable Object alarm advances the job; wrangler and workerd are killed with
+//! SIGKILL in the middle of the job and started again on the same persisted state; the job
+//! finishes, and every acknowledged write is found exactly once with its last value. Run with
+//! `--features workerd` after building the example (scripts/test.sh does both). The server is
+//! stopped when the test ends, whatever the outcome.
+#![cfg(feature = "workerd")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use collegedb_tests::workerd::Workerd;
+use serde_json::{json, Value};
+
+const SERVING: [&str; 3] = ["DB_EAST", "DB_WEST", "DB_EU"];
+const STANDBY: &str = "DB_APAC";
+/// Hash-placed users loaded before the operation.
+const USERS: usize = 1500;
+/// Round-robin posts loaded before the operation (directory-placed: they stay where they are).
+const POSTS: i64 = 90;
+/// Threads writing and reading during the operation, and the keys each owns.
+const WRITERS: usize = 4;
+const KEYS_PER_WRITER: usize = 24;
+/// The most requests one writer thread sends.
+const MAX_OPS: usize = 600;
+
+fn user(id: &str, karma: i64) -> Value {
+    json!({ "id": id, "name": format!("name {id}"), "email": null, "karma": karma,
+            "active": true, "avatar": null, "profile": { "k": karma } })
+}
+
+fn all_shards() -> impl Iterator<Item = &'static str> {
+    SERVING.into_iter().chain([STANDBY])
+}
+
+/// What a key may hold: `None` is "no row".
+#[derive(Debug, Clone)]
+enum Expect {
+    /// The last write was acknowledged.
+    Known(Option<i64>),
+    /// Writes whose outcome is unknown (sent while the server was killed) followed the last
+    /// acknowledged state: any of these.
+    OneOf(BTreeSet<Option<i64>>),
+}
+
+impl Expect {
+    fn allows(&self, value: Option<i64>) -> bool {
+        match self {
+            Expect::Known(known) => *known == value,
+            Expect::OneOf(set) => set.contains(&value),
+        }
+    }
+
+    fn unsure(&mut self, attempted: Option<i64>) {
+        let mut set = match self {
+            Expect::Known(known) => BTreeSet::from([*known]),
+            Expect::OneOf(set) => std::mem::take(set),
+        };
+        set.insert(attempted);
+        *self = Expect::OneOf(set);
+    }
+}
+
+/// What the writers saw.
+#[derive(Default)]
+struct Observed {
+    /// Requests answered.
+    answered: u64,
+    /// Requests with no answer (the server was being killed or restarted).
+    unanswered: u64,
+    /// `SLOT_MOVING` answers: a move held the slot frozen for longer than the router waits.
+    slot_moving: u64,
+    /// Anything that must not happen: wrong values, lost rows, other errors.
+    violations: Vec<String>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// `(status, body)`, or `None` when no answer came.
+fn send(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+    let result = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("POST", body) => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body.map(Value::to_string).unwrap_or_default()),
+        _ => unreachable!("{method}"),
+    };
+    let mut response = result.ok()?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// One writer: upserts its keys with increasing karma and reads them back, checking each read
+/// against what it knows. Returns its keys' expectations.
+fn writer(
+    index: usize,
+    base: String,
+    stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+    observed: Arc<Mutex<Observed>>,
+) -> BTreeMap<String, Expect> {
+    let agent = agent();
+    // A small xorshift: reproducible choices per writer.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (index as u64 + 1);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Half the keys were loaded before the operation (karma 0), half are new.
+    let mut keys: BTreeMap<String, Expect> = (0..KEYS_PER_WRITER)
+        .map(|k| {
+            if k % 2 == 0 {
+                let n = (k / 2) * WRITERS + index;
+                (format!("u-{n:05}"), Expect::Known(Some(0)))
+            } else {
+                (format!("w{index}-{k:03}"), Expect::Known(None))
+            }
+        })
+        .collect();
+    let names: Vec<String> = keys.keys().cloned().collect();
+    let mut karma = (index as i64 + 1) * 1_000_000;
+    let note = |f: &mut dyn FnMut(&mut Observed)| f(&mut observed.lock().unwrap());
+    for _ in 0..MAX_OPS {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if down.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let key = &names[next() as usize % names.len()];
+        if next() % 2 == 0 {
+            karma += 1;
+            let answer = send(
+                &agent,
+                "POST",
+                &format!("{base}/users/upsert"),
+                Some(&user(key, karma)),
+            );
+            let expect = keys.get_mut(key).unwrap();
+            match answer {
+                Some((200, _)) => {
+                    *expect = Expect::Known(Some(karma));
+                    note(&mut |o| o.answered += 1);
+                }
+                Some((503, body)) if body["code"] == "SLOT_MOVING" => {
+                    // Refused before any write, but treat it as unknown all the same.
+                    expect.unsure(Some(karma));
+                    note(&mut |o| {
+                        o.answered += 1;
+                        o.slot_moving += 1
+                    });
+                }
+                Some((status, body)) => {
+                    expect.unsure(Some(karma));
+                    note(&mut |o| {
+                        o.answered += 1;
+                        o.violations.push(format!("upsert {key}: {status} {body}"))
+                    });
+                }
+                None => {
+                    expect.unsure(Some(karma));
+                    note(&mut |o| o.unanswered += 1);
+                }
+            }
+        } else {
+            let answer = send(&agent, "GET", &format!("{base}/users/{key}"), None);
+            let expect = &keys[key];
+            match answer {
+                Some((200, body)) => {
+                    let got = body["karma"].as_i64();
+                    note(&mut |o| {
+                        o.answered += 1;
+                        if !expect.allows(got) {
+                            o.violations
+                                .push(format!("read {key}: karma {got:?}, expected {expect:?}"));
+                        }
+                    });
+                }
+                Some((404, _)) => note(&mut |o| {
+                    o.answered += 1;
+                    if !expect.allows(None) {
+                        o.violations
+                            .push(format!("read {key}: not found, expected {expect:?}"));
+                    }
+                }),
+                Some((503, body)) if body["code"] == "SLOT_MOVING" => note(&mut |o| {
+                    o.answered += 1;
+                    o.slot_moving += 1
+                }),
+                Some((status, body)) => note(&mut |o| {
+                    o.answered += 1;
+                    o.violations.push(format!("read {key}: {status} {body}"))
+                }),
+                None => note(&mut |o| o.unanswered += 1),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    keys
+}
+
+fn growth(server: &Workerd) -> Value {
+    let reply = server.get("/admin/growth");
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text, server.log_tail());
+    reply.json
+}
+
+/// Every `(key, karma)` of `users` on `shard`, read on the shard itself.
+fn users_on(server: &Workerd, shard: &str) -> Vec<(String, i64)> {
+    let reply = server.post(
+        &format!("/raw/{shard}"),
+        &json!({ "sql": "SELECT id, karma FROM users ORDER BY id" }),
+    );
+    assert_eq!(reply.status, 200, "{shard}: {}", reply.text);
+    reply
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["id"].as_str().unwrap().to_owned(),
+                row["karma"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every key of a table on `shard`.
+fn keys_on(server: &Workerd, shard: &str, table: &str, key: &str) -> Vec<Value> {
+    let reply = server.post(
+        &format!("/raw/{shard}"),
+        &json!({ "sql": format!("SELECT {key} AS k FROM {table} ORDER BY {key}") }),
+    );
+    assert_eq!(reply.status, 200, "{shard}: {}", reply.text);
+    reply
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["k"].clone())
+        .collect()
+}
+
+#[test]
+fn add_shard_survives_a_kill_of_workerd_mid_job() {
+    let started = Instant::now();
+    let mut server = Workerd::start();
+    let setup = server.post("/setup", &json!({}));
+    assert_eq!(setup.status, 200, "{}", setup.text);
+    assert_eq!(setup.json["coordinator"]["shards"], 3, "{}", setup.text);
+
+    // The standby shard owns no slots and serves nothing.
+    let before = growth(&server);
+    assert_eq!(before["mapVersion"], 1, "{before}");
+    assert!(before["running"].is_null(), "{before}");
+    for shard in before["shards"].as_array().unwrap() {
+        let standby = shard["shard"] == STANDBY;
+        assert_eq!(shard["standby"], standby, "{before}");
+    }
+
+    // Load: hash-placed users and round-robin posts.
+    for chunk in (0..USERS).collect::<Vec<_>>().chunks(150) {
+        let rows: Vec<Value> = chunk.iter().map(|i| user(&format!("u-{i:05}"), 0)).collect();
+        let reply = server.post("/users/batch", &Value::Array(rows));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let posts: Vec<Value> = (0..POSTS)
+        .map(|id| json!({ "id": id, "author": "a", "title": format!("post {id}"), "score": 1.0 }))
+        .collect();
+    let reply = server.post("/posts/batch", &Value::Array(posts));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(users_on(&server, STANDBY).len(), 0);
+
+    // Admin routes refuse what they cannot do.
+    let unknown = server.post("/admin/shards/DB_NOWHERE/add", &json!({}));
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+
+    // Writers and readers run throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let down = Arc::new(AtomicBool::new(false));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|index| {
+            let (base, stop, down, observed) = (
+                server.base().to_owned(),
+                stop.clone(),
+                down.clone(),
+                observed.clone(),
+            );
+            std::thread::spawn(move || writer(index, base, stop, down, observed))
+        })
+        .collect();
+
+    // Small pages, two steps per alarm and a pause between alarms: slow enough to be caught
+    // in the middle, about 100 steps in all.
+    let settings = json!({ "pageRows": 50, "maxSteps": 2, "intervalMs": 100 });
+    let start = server.post(&format!("/admin/shards/{STANDBY}/add"), &settings);
+    assert_eq!(start.status, 202, "{}", start.text);
+    assert_eq!(start.json["job"]["kind"], "add_shard", "{}", start.text);
+    assert_eq!(start.json["job"]["transfers"], 3, "{}", start.text);
+    // Another operation is refused while this one runs; the same one answers its journal.
+    let other = server.post("/admin/shards/DB_EAST/drain", &json!({}));
+    assert_eq!(other.status, 409, "{}", other.text);
+    assert_eq!(other.json["code"], "CONFIG_INVALID", "{}", other.text);
+    let again = server.post(&format!("/admin/shards/{STANDBY}/add"), &settings);
+    assert_eq!(again.status, 202, "{}", again.text);
+
+    // Wait until the job is well under way: the first transfer switched, the second started.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let midway = loop {
+        let status = growth(&server);
+        let running = &status["running"];
+        assert!(
+            !running.is_null(),
+            "the job finished before it could be interrupted: {status}"
+        );
+        if running["transfer"].as_u64().unwrap() >= 2 && running["rowsCopied"].as_u64() > Some(0)
+        {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not get under way: {status}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("killing mid-job: {midway}");
+    assert!(midway["mapVersion"].as_u64().unwrap() >= 2, "{midway}");
+    assert_eq!(midway["running"]["finished"], false, "{midway}");
+    let apac = midway["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == STANDBY)
+        .unwrap()["slots"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        apac > 0 && apac < 1024,
+        "part of the slots moved: {midway}"
+    );
+
+    // SIGKILL wrangler and workerd mid-job, then start them again on the same state.
+    down.store(true, Ordering::SeqCst);
+    server.kill();
+    let killed_at = Instant::now();
+    server.restart();
+    eprintln!(
+        "restarted in {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    down.store(false, Ordering::SeqCst);
+
+    // The job resumes (from the persisted alarm, or re-armed by the status request) and ends.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rearmed = false;
+    let done = loop {
+        let status = growth(&server);
+        rearmed |= status["rearmed"] == true;
+        if status["running"].is_null() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish after the restart: {status}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("finished (alarm re-armed by a status request: {rearmed}): {done}");
+    let last = &done["last"];
+    assert_eq!(last["kind"], "add_shard", "{done}");
+    assert_eq!(last["finished"], true, "{done}");
+    assert_eq!(done["mapVersion"], 4, "one map version per transfer: {done}");
+    for shard in done["shards"].as_array().unwrap() {
+        let slots = shard["slots"].as_u64().unwrap();
+        assert!((1000..=1050).contains(&slots), "even slots: {done}");
+    }
+    assert!(
+        last["rowsCopied"].as_u64().unwrap() > (USERS / 6) as u64,
+        "{done}"
+    );
+    assert!(
+        done["runner"]["failures"] == 0 && done["runner"]["alarmAt"].is_null(),
+        "{done}"
+    );
+
+    // A little more traffic on the grown deployment, then stop the writers.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let mut expected: BTreeMap<String, Expect> = (0..USERS)
+        .map(|i| (format!("u-{i:05}"), Expect::Known(Some(0))))
+        .collect();
+    for handle in writers {
+        expected.extend(handle.join().expect("writer thread"));
+    }
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    eprintln!(
+        "writers: {} answered, {} unanswered (killed), {} SLOT_MOVING",
+        observed.answered, observed.unanswered, observed.slot_moving
+    );
+    assert!(
+        observed.violations.is_empty(),
+        "{} violations, first: {:#?}",
+        observed.violations.len(),
+        &observed.violations[..observed.violations.len().min(10)]
+    );
+    assert!(observed.answered > 200, "the writers ran: {}", observed.answered);
+
+    // Exactly once: no key on two shards; every expected row present with its last value.
+    let mut holders: BTreeMap<String, Vec<(&str, i64)>> = BTreeMap::new();
+    let mut per_shard = BTreeMap::new();
+    for shard in all_shards() {
+        let rows = users_on(&server, shard);
+        per_shard.insert(shard, rows.len());
+        for (id, karma) in rows {
+            holders.entry(id).or_default().push((shard, karma));
+        }
+    }
+    let twice: Vec<_> = holders.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(twice.is_empty(), "keys on two shards: {twice:?}");
+    for (key, expect) in &expected {
+        let found = holders.get(key).map(|h| h[0].1);
+        assert!(
+            expect.allows(found),
+            "{key}: the shards hold {found:?}, expected {expect:?}"
+        );
+    }
+    let unexpected: Vec<_> = holders
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    assert!(unexpected.is_empty(), "rows nobody wrote: {unexpected:?}");
+    // Through the routes too: every key read back with its value, from the shard that holds it.
+    let agent = agent();
+    for (i, (key, expect)) in expected.iter().enumerate() {
+        let (status, body) = send(&agent, "GET", &format!("{}/users/{key}", server.base()), None)
+            .expect("an answer");
+        let got = (status == 200).then(|| body["karma"].as_i64().unwrap());
+        assert!(
+            (status == 200 || status == 404) && expect.allows(got),
+            "GET /users/{key}: {status} {body}, expected {expect:?}"
+        );
+        if i % 10 == 0 && got.is_some() {
+            let (_, at) = send(&agent, "GET", &format!("{}/users/{key}/shard", server.base()), None)
+                .expect("an answer");
+            assert_eq!(at["shard"], holders[key][0].0, "{key}");
+        }
+    }
+
+    // The new shard holds about a quarter of the hash-placed rows.
+    let total: usize = per_shard.values().sum();
+    let share = per_shard[STANDBY] as f64 / total as f64;
+    eprintln!("users per shard after the add: {per_shard:?} ({:.1} % on {STANDBY})", share * 100.0);
+    assert!((0.18..=0.32).contains(&share), "{per_shard:?}");
+    for shard in SERVING {
+        let share = per_shard[shard] as f64 / total as f64;
+        assert!((0.18..=0.32).contains(&share), "{per_shard:?}");
+    }
+
+    // Directory-placed rows stayed where their entries point, each once.
+    let mut posts = BTreeMap::new();
+    for shard in all_shards() {
+        for key in keys_on(&server, shard, "posts", "id") {
+            *posts.entry(key.as_i64().unwrap()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(posts.len() as i64, POSTS);
+    assert!(posts.values().all(|&n| n == 1), "posts on two shards: {posts:?}");
+    assert!(keys_on(&server, STANDBY, "posts", "id").is_empty());
+    for id in 0..POSTS {
+        let reply = server.get(&format!("/posts/{id}"));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+
+    // Change capture is gone from every giving shard.
+    for shard in SERVING {
+        let reply = server.post(
+            &format!("/raw/{shard}"),
+            &json!({ "sql": "SELECT name FROM sqlite_master WHERE name LIKE '%collegedb_c%'" }),
+        );
+        assert_eq!(reply.json, json!([]), "{shard}: {}", reply.text);
+    }
+
+    // New keys follow the new map: some land on the added shard.
+    let fresh: Vec<Value> = (0..200).map(|i| user(&format!("after-{i:03}"), i)).collect();
+    let reply = server.post("/users/batch", &Value::Array(fresh));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let landed = users_on(&server, STANDBY)
+        .iter()
+        .filter(|(id, _)| id.starts_with("after-"))
+        .count();
+    assert!((20..=80).contains(&landed), "{landed} of 200 new keys on {STANDBY}");
+    eprintln!("growth test took {:.1} s", started.elapsed().as_secs_f64());
+}
