@@ -246,7 +246,12 @@ impl Workerd {
         if let Ok(None) = self.child.try_wait() {
             self.kill();
         }
-        self.child = spawn(self.config.as_deref(), self.persist.path(), self.port, &self.log);
+        self.child = spawn(
+            self.config.as_deref(),
+            self.persist.path(),
+            self.port,
+            &self.log,
+        );
         self.wait_until_ready();
     }
 

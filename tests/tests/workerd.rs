@@ -788,7 +788,9 @@ fn fence_sql_runs_on_d1(server: &Workerd) {
         eprintln!("D1's answer to a refused guard: {}", refused.text);
         assert_eq!(refused.status, 500, "{}", refused.text);
         assert!(
-            refused.text.contains("collegedb: slot not owned by this shard"),
+            refused
+                .text
+                .contains("collegedb: slot not owned by this shard"),
             "{}",
             refused.text
         );
@@ -812,9 +814,17 @@ fn fence_sql_runs_on_d1(server: &Workerd) {
         let reply = raw("DB_EAST", upsert, json!([777_777, kind, slot]));
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
-    let row = raw("DB_EAST", "SELECT kind FROM events WHERE id = ?", json!([777_777]));
+    let row = raw(
+        "DB_EAST",
+        "SELECT kind FROM events WHERE id = ?",
+        json!([777_777]),
+    );
     assert_eq!(row.json, json!([{ "kind": "owned again" }]), "{}", row.text);
-    let gone = raw("DB_EAST", "DELETE FROM events WHERE id = ?", json!([777_777]));
+    let gone = raw(
+        "DB_EAST",
+        "DELETE FROM events WHERE id = ?",
+        json!([777_777]),
+    );
     assert_eq!(gone.status, 200, "{}", gone.text);
 }
 

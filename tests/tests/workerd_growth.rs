@@ -86,7 +86,12 @@ fn agent() -> ureq::Agent {
 }
 
 /// `(status, body)`, or `None` when no answer came.
-fn send(agent: &ureq::Agent, method: &str, url: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
     let result = match (method, body) {
         ("GET", _) => agent.get(url).call(),
         ("POST", body) => agent
@@ -174,6 +179,7 @@ fn writer(
                 None => {
                     expect.unsure(Some(karma));
                     note(&mut |o| o.unanswered += 1);
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         } else {
@@ -205,7 +211,10 @@ fn writer(
                     o.answered += 1;
                     o.violations.push(format!("read {key}: {status} {body}"))
                 }),
-                None => note(&mut |o| o.unanswered += 1),
+                None => {
+                    note(&mut |o| o.unanswered += 1);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(15));
@@ -256,6 +265,28 @@ fn keys_on(server: &Workerd, shard: &str, table: &str, key: &str) -> Vec<Value> 
         .collect()
 }
 
+/// Polls `/admin/growth` until the running job satisfies `ready`; fails if it finishes first.
+fn wait_for(server: &Workerd, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = growth(server);
+        let running = &status["running"];
+        assert!(
+            !running.is_null(),
+            "the job finished before this point: {status}"
+        );
+        if ready(running) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not get there: {status}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn add_shard_survives_a_kill_of_workerd_mid_job() {
     let started = Instant::now();
@@ -275,7 +306,10 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
 
     // Load: hash-placed users and round-robin posts.
     for chunk in (0..USERS).collect::<Vec<_>>().chunks(150) {
-        let rows: Vec<Value> = chunk.iter().map(|i| user(&format!("u-{i:05}"), 0)).collect();
+        let rows: Vec<Value> = chunk
+            .iter()
+            .map(|i| user(&format!("u-{i:05}"), 0))
+            .collect();
         let reply = server.post("/users/batch", &Value::Array(rows));
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
@@ -320,26 +354,23 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     let again = server.post(&format!("/admin/shards/{STANDBY}/add"), &settings);
     assert_eq!(again.status, 202, "{}", again.text);
 
+    // A lost alarm (fault injection) stops the job until an admin request sets it again.
+    wait_for(&server, |running| running["rowsCopied"].as_u64() > Some(0));
+    let lost = server.post("/admin/growth/lose-alarm", &json!({}));
+    assert_eq!(lost.status, 200, "{}", lost.text);
+    assert!(lost.json["alarmAt"].is_null(), "{}", lost.text);
+    std::thread::sleep(Duration::from_secs(1));
+    let status = growth(&server);
+    assert_eq!(status["rearmed"], true, "{status}");
+    assert_eq!(
+        status["runner"]["alarms"], lost.json["alarms"],
+        "no alarm ran while it was lost: {status}"
+    );
+
     // Wait until the job is well under way: the first transfer switched, the second started.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let midway = loop {
-        let status = growth(&server);
-        let running = &status["running"];
-        assert!(
-            !running.is_null(),
-            "the job finished before it could be interrupted: {status}"
-        );
-        if running["transfer"].as_u64().unwrap() >= 2 && running["rowsCopied"].as_u64() > Some(0)
-        {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the job did not get under way: {status}\n{}",
-            server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let midway = wait_for(&server, |running| {
+        running["transfer"].as_u64() >= Some(2) && running["rowsCopied"].as_u64() > Some(0)
+    });
     eprintln!("killing mid-job: {midway}");
     assert!(midway["mapVersion"].as_u64().unwrap() >= 2, "{midway}");
     assert_eq!(midway["running"]["finished"], false, "{midway}");
@@ -351,25 +382,27 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         .unwrap()["slots"]
         .as_u64()
         .unwrap();
-    assert!(
-        apac > 0 && apac < 1024,
-        "part of the slots moved: {midway}"
-    );
+    assert!(apac > 0 && apac < 1024, "part of the slots moved: {midway}");
 
-    // SIGKILL wrangler and workerd mid-job, then start them again on the same state.
-    down.store(true, Ordering::SeqCst);
+    // SIGKILL wrangler and workerd mid-job, with the writers' requests in flight; the writers
+    // pause while the server is down, then start again on the same state.
     server.kill();
     let killed_at = Instant::now();
+    down.store(true, Ordering::SeqCst);
     server.restart();
-    eprintln!(
-        "restarted in {:.1} s",
-        killed_at.elapsed().as_secs_f64()
-    );
+    eprintln!("restarted in {:.1} s", killed_at.elapsed().as_secs_f64());
     down.store(false, Ordering::SeqCst);
+    // No admin request for a moment: does the alarm persisted before the kill fire by itself?
+    std::thread::sleep(Duration::from_secs(3));
 
     // The job resumes (from the persisted alarm, or re-armed by the status request) and ends.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut rearmed = false;
+    let first = growth(&server);
+    eprintln!(
+        "first status after the restart (rearmed: the alarm was lost): rearmed {}, {}",
+        first["rearmed"], first["runner"]
+    );
+    let mut rearmed = first["rearmed"] == true;
     let done = loop {
         let status = growth(&server);
         rearmed |= status["rearmed"] == true;
@@ -387,7 +420,10 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     let last = &done["last"];
     assert_eq!(last["kind"], "add_shard", "{done}");
     assert_eq!(last["finished"], true, "{done}");
-    assert_eq!(done["mapVersion"], 4, "one map version per transfer: {done}");
+    assert_eq!(
+        done["mapVersion"], 4,
+        "one map version per transfer: {done}"
+    );
     for shard in done["shards"].as_array().unwrap() {
         let slots = shard["slots"].as_u64().unwrap();
         assert!((1000..=1050).contains(&slots), "even slots: {done}");
@@ -396,10 +432,19 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         last["rowsCopied"].as_u64().unwrap() > (USERS / 6) as u64,
         "{done}"
     );
+    let runner = &done["runner"];
     assert!(
-        done["runner"]["failures"] == 0 && done["runner"]["alarmAt"].is_null(),
+        runner["failures"] == 0 && runner["alarmAt"].is_null(),
         "{done}"
     );
+    // Every alarm stayed well under the Workers limit of 1,000 subrequests (the counter is the
+    // isolate's, so it also counts the writers' requests served meanwhile: an upper bound).
+    let most = runner["maxSubrequests"].as_u64().unwrap();
+    eprintln!(
+        "alarms: {}, steps: {}, most subrequests in one alarm: {most}",
+        runner["alarms"], runner["steps"]
+    );
+    assert!(most > 0 && most < 1000, "{done}");
 
     // A little more traffic on the grown deployment, then stop the writers.
     std::thread::sleep(Duration::from_secs(2));
@@ -421,7 +466,11 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         observed.violations.len(),
         &observed.violations[..observed.violations.len().min(10)]
     );
-    assert!(observed.answered > 200, "the writers ran: {}", observed.answered);
+    assert!(
+        observed.answered > 200,
+        "the writers ran: {}",
+        observed.answered
+    );
 
     // Exactly once: no key on two shards; every expected row present with its last value.
     let mut holders: BTreeMap<String, Vec<(&str, i64)>> = BTreeMap::new();
@@ -450,16 +499,26 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     // Through the routes too: every key read back with its value, from the shard that holds it.
     let agent = agent();
     for (i, (key, expect)) in expected.iter().enumerate() {
-        let (status, body) = send(&agent, "GET", &format!("{}/users/{key}", server.base()), None)
-            .expect("an answer");
+        let (status, body) = send(
+            &agent,
+            "GET",
+            &format!("{}/users/{key}", server.base()),
+            None,
+        )
+        .expect("an answer");
         let got = (status == 200).then(|| body["karma"].as_i64().unwrap());
         assert!(
             (status == 200 || status == 404) && expect.allows(got),
             "GET /users/{key}: {status} {body}, expected {expect:?}"
         );
         if i % 10 == 0 && got.is_some() {
-            let (_, at) = send(&agent, "GET", &format!("{}/users/{key}/shard", server.base()), None)
-                .expect("an answer");
+            let (_, at) = send(
+                &agent,
+                "GET",
+                &format!("{}/users/{key}/shard", server.base()),
+                None,
+            )
+            .expect("an answer");
             assert_eq!(at["shard"], holders[key][0].0, "{key}");
         }
     }
@@ -467,7 +526,10 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     // The new shard holds about a quarter of the hash-placed rows.
     let total: usize = per_shard.values().sum();
     let share = per_shard[STANDBY] as f64 / total as f64;
-    eprintln!("users per shard after the add: {per_shard:?} ({:.1} % on {STANDBY})", share * 100.0);
+    eprintln!(
+        "users per shard after the add: {per_shard:?} ({:.1} % on {STANDBY})",
+        share * 100.0
+    );
     assert!((0.18..=0.32).contains(&share), "{per_shard:?}");
     for shard in SERVING {
         let share = per_shard[shard] as f64 / total as f64;
@@ -482,7 +544,10 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         }
     }
     assert_eq!(posts.len() as i64, POSTS);
-    assert!(posts.values().all(|&n| n == 1), "posts on two shards: {posts:?}");
+    assert!(
+        posts.values().all(|&n| n == 1),
+        "posts on two shards: {posts:?}"
+    );
     assert!(keys_on(&server, STANDBY, "posts", "id").is_empty());
     for id in 0..POSTS {
         let reply = server.get(&format!("/posts/{id}"));
@@ -499,13 +564,18 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     }
 
     // New keys follow the new map: some land on the added shard.
-    let fresh: Vec<Value> = (0..200).map(|i| user(&format!("after-{i:03}"), i)).collect();
+    let fresh: Vec<Value> = (0..200)
+        .map(|i| user(&format!("after-{i:03}"), i))
+        .collect();
     let reply = server.post("/users/batch", &Value::Array(fresh));
     assert_eq!(reply.status, 200, "{}", reply.text);
     let landed = users_on(&server, STANDBY)
         .iter()
         .filter(|(id, _)| id.starts_with("after-"))
         .count();
-    assert!((20..=80).contains(&landed), "{landed} of 200 new keys on {STANDBY}");
+    assert!(
+        (20..=80).contains(&landed),
+        "{landed} of 200 new keys on {STANDBY}"
+    );
     eprintln!("growth test took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -26,6 +26,7 @@
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
+//! | `POST /admin/growth/lose-alarm` | deletes the runner's alarm, as a lost alarm would be (fault injection for tests): `{"alarmAt": null, "alarms": n}`; the next admin request sets it again |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
@@ -124,19 +125,11 @@ fn config(region: Region) -> Config {
         .allow_flush(true)
 }
 
-thread_local! {
-    /// Whether this isolate routes by the stored shard map already (see [`ready`]).
-    static MAP_READY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Once per isolate: routes by the coordinator's stored map, storing the seed of
-/// [`INITIAL_SHARDS`] if the deployment has none yet (so the standby shard owns no slots). Later
-/// handles of the isolate start from the map it remembers.
+/// Routes by the coordinator's stored map, storing the seed of [`INITIAL_SHARDS`] if the
+/// deployment has none yet (so the standby shard owns no slots). Only the isolate's first call
+/// makes requests.
 async fn ready(db: Db) -> collegedb::Result<Db> {
-    if !MAP_READY.with(|r| r.get()) {
-        cloudflare::use_stored_map(&db, &INITIAL_SHARDS).await?;
-        MAP_READY.with(|r| r.set(true));
-    }
+    cloudflare::use_stored_map(&db, &INITIAL_SHARDS).await?;
     Ok(db)
 }
 
@@ -339,8 +332,11 @@ async fn create_tables(db: &Db) -> collegedb::Result<()> {
     Event::create_table(db).await?;
     // The coordinator's registry lists the shards that serve rows; the growth runner adds a
     // shard there when its `add_shard` finishes.
-    for shard in db.shard_map().shards() {
-        db.coordinator().add_shard(shard).await?;
+    let map = db.shard_map();
+    for shard in db.list_known_shards() {
+        if map.contains(shard) {
+            db.coordinator().add_shard(shard).await?;
+        }
     }
     Ok(())
 }
@@ -425,6 +421,18 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             start_growth(db, env, &mut req, shard, operation).await
         }
         (Method::Get, ["admin", "growth"]) => growth_status(db, env).await,
+        (Method::Post, ["admin", "growth", "lose-alarm"]) => {
+            let stub = env
+                .durable_object(GROWTH_RUNNER)?
+                .get_by_name(cloudflare::GROWTH_RUNNER_NAME)?;
+            let mut init = worker::RequestInit::new();
+            init.with_method(Method::Post);
+            let request =
+                Request::new_with_init("https://collegedb-growth-runner/lose-alarm", &init)?;
+            let mut upstream = stub.fetch_with_request(request).await?;
+            let status = upstream.status_code();
+            return Ok(Response::ok(upstream.text().await?)?.with_status(status));
+        }
         (Method::Get, ["stats", "coordinator"]) => db
             .coordinator()
             .stats()
@@ -675,6 +683,9 @@ impl DurableObject for GrowthRunner {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        if req.path() == "/lose-alarm" {
+            return self.lose_alarm().await;
+        }
         match open_for_growth(&self.env).await {
             Ok(db) => cloudflare::serve_growth_runner(&self.state, &db, req).await,
             Err(error) => Response::error(format!("growth runner: {error}"), 500),
@@ -682,6 +693,10 @@ impl DurableObject for GrowthRunner {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        if self.state.storage().get::<bool>("lose-alarms").await? == Some(true) {
+            // Fault injection: this alarm is lost, and sets no other.
+            return Response::ok("");
+        }
         match open_for_growth(&self.env).await {
             Ok(db) => cloudflare::run_growth_alarm(&self.state, &db).await,
             Err(error) => {
@@ -691,5 +706,23 @@ impl DurableObject for GrowthRunner {
                 Response::ok("")
             }
         }
+    }
+}
+
+impl GrowthRunner {
+    /// Fault injection: loses the alarm. Alarms that fire during the next 1.5 s (one already
+    /// running sets the next before it ends) do nothing and set none, and the alarm is deleted;
+    /// afterwards no alarm is set until an admin request sets it again.
+    async fn lose_alarm(&self) -> Result<Response> {
+        let storage = self.state.storage();
+        storage.put("lose-alarms", true).await?;
+        worker::Delay::from(std::time::Duration::from_millis(1500)).await;
+        storage.delete_alarm().await?;
+        storage.put("lose-alarms", false).await?;
+        let record = cloudflare::runner_record(&self.state).await?;
+        Response::from_json(&serde_json::json!({
+            "alarmAt": storage.get_alarm().await?,
+            "alarms": record.alarms,
+        }))
     }
 }

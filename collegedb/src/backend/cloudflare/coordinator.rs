@@ -147,6 +147,7 @@ impl CoordinatorClient {
         init.with_method(method).with_body(body.map(Into::into));
         let url = format!("https://collegedb-coordinator{path}");
         let request = Request::new_with_init(&url, &init).map_err(failed)?;
+        super::note_subrequest();
         let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
         let text = response.text().await.unwrap_or_default();
         if response.status_code() != 200 {
@@ -290,9 +291,10 @@ struct StoredAnswer {
 }
 
 fn job_path(name: &str) -> String {
-    let query: String = worker::Url::parse_with_params("https://collegedb-coordinator/jobs", &[("name", name)])
-        .map(|url| url.query().unwrap_or_default().to_owned())
-        .unwrap_or_default();
+    let query: String =
+        worker::Url::parse_with_params("https://collegedb-coordinator/jobs", &[("name", name)])
+            .map(|url| url.query().unwrap_or_default().to_owned())
+            .unwrap_or_default();
     format!("/jobs?{query}")
 }
 

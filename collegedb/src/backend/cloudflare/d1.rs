@@ -127,6 +127,7 @@ impl D1Shard {
         let promise = raw
             .call1(inner, &options)
             .map_err(|e| self.failed(js_error(&e)))?;
+        super::note_subrequest();
         let result = JsFuture::from(js_sys::Promise::from(promise))
             .await
             .map_err(|e| self.failed(js_error(&e)))?;
@@ -168,6 +169,7 @@ fn js_error(error: &JsValue) -> String {
 
 impl ShardConn for D1Shard {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        super::note_subrequest();
         let result = self
             .prepare(sql, params)?
             .run()
@@ -187,6 +189,7 @@ impl ShardConn for D1Shard {
             .iter()
             .map(|s| self.prepare(&s.sql, &s.params))
             .collect::<Result<Vec<_>>>()?;
+        super::note_subrequest();
         let results = self
             .database
             .batch(prepared)
@@ -202,6 +205,7 @@ impl ShardConn for D1Shard {
     }
 
     async fn size_bytes(&self) -> Result<u64> {
+        super::note_subrequest();
         let result = self
             .database
             .prepare("SELECT 1")

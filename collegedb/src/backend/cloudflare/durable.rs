@@ -96,6 +96,7 @@ impl DurableDirectory {
         init.with_method(Method::Post).with_body(Some(body.into()));
         let request =
             Request::new_with_init("https://collegedb-directory/op", &init).map_err(failed)?;
+        super::note_subrequest();
         let mut response = stub.fetch_with_request(request).await.map_err(failed)?;
         if response.status_code() != 200 {
             let text = response.text().await.unwrap_or_default();

@@ -118,9 +118,19 @@ pub struct RunnerRecord {
     pub last_run_ms: u64,
     /// The worst-case subrequests the last alarm planned for.
     pub last_planned_subrequests: usize,
+    /// Subrequests the isolate sent during the last alarm ([`super::subrequests_sent`]; an upper
+    /// bound of the alarm's own).
+    pub last_subrequests: u64,
+    /// The most subrequests the isolate sent during one alarm, over every alarm so far.
+    pub max_subrequests: u64,
 }
 
 const RECORD: &str = "runner";
+
+/// The runner's record, as its object stores it (for wrappers of [`serve_growth_runner`]).
+pub async fn runner_record(state: &State) -> worker::Result<RunnerRecord> {
+    load_record(state).await
+}
 
 async fn load_record(state: &State) -> worker::Result<RunnerRecord> {
     Ok(state
@@ -181,8 +191,10 @@ pub async fn serve_growth_runner(
                 record.settings = body.settings.unwrap_or_default().sanitized();
                 record.failures = 0;
                 record.last_error = None;
+                record.max_subrequests = 0;
                 state.storage().put(RECORD, &record).await?;
-                if state.storage().get_alarm().await?.is_none() {
+                if !ALARM_RUNNING.with(|r| r.get()) && state.storage().get_alarm().await?.is_none()
+                {
                     state.storage().set_alarm(0).await?;
                 }
             }
@@ -198,7 +210,10 @@ pub async fn serve_growth_runner(
                 .await
                 .map_err(worker_error)?
                 .is_some_and(|job| !job.is_finished());
-            let armed = journaled && state.storage().get_alarm().await?.is_none();
+            // While an alarm runs, `get_alarm` answers none; that alarm sets the next one itself.
+            let armed = journaled
+                && !ALARM_RUNNING.with(|r| r.get())
+                && state.storage().get_alarm().await?.is_none();
             if armed {
                 state.storage().set_alarm(0).await?;
             }
@@ -211,7 +226,9 @@ pub async fn serve_growth_runner(
         }
         (Method::Get, "/status") => {
             let record = load_record(state).await?;
-            Response::from_json(&serde_json::json!({ "runner": runner_json(state, &record).await? }))
+            Response::from_json(
+                &serde_json::json!({ "runner": runner_json(state, &record).await? }),
+            )
         }
         _ => Response::error(format!("no route for {:?} {path}", request.method()), 404),
     }
@@ -225,10 +242,14 @@ pub async fn run_growth_alarm(
     state: &State,
     db: &CollegeDb<Cloudflare>,
 ) -> worker::Result<Response> {
+    let _running = AlarmRunning::start();
     let mut record = load_record(state).await?;
     record.alarms += 1;
+    let sent = super::subrequests_sent();
     let outcome = advance_slice(db, &record.settings).await;
     record.last_run_ms = now_ms();
+    record.last_subrequests = super::subrequests_sent() - sent;
+    record.max_subrequests = record.max_subrequests.max(record.last_subrequests);
     match outcome {
         Ok(slice) => {
             record.steps += slice.steps as u64;
@@ -262,6 +283,28 @@ pub async fn run_growth_alarm(
     }
     state.storage().put(RECORD, &record).await?;
     Response::ok("")
+}
+
+thread_local! {
+    /// Whether this isolate is running the runner's alarm. Kept in memory on purpose: a killed
+    /// isolate leaves no stale mark behind.
+    static ALARM_RUNNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the alarm as running until dropped.
+struct AlarmRunning;
+
+impl AlarmRunning {
+    fn start() -> Self {
+        ALARM_RUNNING.with(|r| r.set(true));
+        AlarmRunning
+    }
+}
+
+impl Drop for AlarmRunning {
+    fn drop(&mut self) {
+        ALARM_RUNNING.with(|r| r.set(false));
+    }
 }
 
 /// What one alarm did.

@@ -90,6 +90,7 @@ impl KvDirectory {
         if let Some(key) = long_key {
             put = put.metadata(LongKey { key }).map_err(kv_failed)?;
         }
+        super::note_subrequest();
         put.execute().await.map_err(kv_failed)
     }
 }
@@ -97,12 +98,21 @@ impl KvDirectory {
 impl Directory for KvDirectory {
     async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
         let (name, _) = Self::entry_name(table, key);
-        self.kv.get(&name).text().await.map_err(kv_failed)
+        {
+            super::note_subrequest();
+            self.kv.get(&name).text().await
+        }
+        .map_err(kv_failed)
     }
 
     async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
         let (name, long_key) = Self::entry_name(table, key);
-        if let Some(existing) = self.kv.get(&name).text().await.map_err(kv_failed)? {
+        if let Some(existing) = {
+            super::note_subrequest();
+            self.kv.get(&name).text().await
+        }
+        .map_err(kv_failed)?
+        {
             return Ok(existing);
         }
         self.put(&name, shard, long_key).await?;
@@ -116,7 +126,11 @@ impl Directory for KvDirectory {
 
     async fn remove(&self, table: &str, key: &Key) -> Result<()> {
         let (name, _) = Self::entry_name(table, key);
-        self.kv.delete(&name).await.map_err(kv_failed)
+        {
+            super::note_subrequest();
+            self.kv.delete(&name).await
+        }
+        .map_err(kv_failed)
     }
 
     async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
@@ -128,11 +142,15 @@ impl Directory for KvDirectory {
         if let Some(cursor) = cursor {
             list = list.cursor(cursor.to_owned());
         }
-        let page = list.execute().await.map_err(kv_failed)?;
+        let page = {
+            super::note_subrequest();
+            list.execute().await.map_err(kv_failed)?
+        };
         let mut entries = Vec::with_capacity(page.keys.len());
         for entry in &page.keys {
             let key = Self::parse_name(table, &entry.name, entry.metadata.as_ref())?;
             // Listing returns names only: one read per entry for its shard.
+            super::note_subrequest();
             let shard = self
                 .kv
                 .get(&entry.name)
@@ -160,7 +178,10 @@ impl Directory for KvDirectory {
             if let Some(c) = cursor.take() {
                 list = list.cursor(c);
             }
-            let page = list.execute().await.map_err(kv_failed)?;
+            let page = {
+                super::note_subrequest();
+                list.execute().await.map_err(kv_failed)?
+            };
             total += page.keys.len() as u64;
             if page.list_complete || page.cursor.is_none() {
                 return Ok(total);
@@ -171,6 +192,7 @@ impl Directory for KvDirectory {
 
     async fn clear(&self) -> Result<()> {
         loop {
+            super::note_subrequest();
             let page = self
                 .kv
                 .list()
@@ -182,7 +204,11 @@ impl Directory for KvDirectory {
                 return Ok(());
             }
             for entry in page.keys {
-                self.kv.delete(&entry.name).await.map_err(kv_failed)?;
+                {
+                    super::note_subrequest();
+                    self.kv.delete(&entry.name).await
+                }
+                .map_err(kv_failed)?;
             }
         }
     }

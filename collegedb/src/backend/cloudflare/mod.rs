@@ -39,8 +39,8 @@ pub use coordinator::{
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
 pub use growth::{
-    growth_status_json, job_json, run_growth_alarm, serve_growth_runner, GrowthRunnerClient,
-    RunnerRecord, RunnerSettings, GROWTH_RUNNER_NAME, SUBREQUEST_LIMIT,
+    growth_status_json, job_json, run_growth_alarm, runner_record, serve_growth_runner,
+    GrowthRunnerClient, RunnerRecord, RunnerSettings, GROWTH_RUNNER_NAME, SUBREQUEST_LIMIT,
 };
 pub use kv::KvDirectory;
 pub use stats::{
@@ -131,8 +131,26 @@ impl Directory for CloudflareDirectory {
 }
 
 thread_local! {
+    /// Subrequests sent through collegedb by this isolate (see [`subrequests_sent`]).
+    static SUBREQUESTS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The stored shard map [`use_stored_map`] loaded, shared by the handles of every directory
+    /// binding (each cache also remembers newer maps on its own).
+    static STORED_MAP: RefCell<Option<Arc<ShardMap>>> = const { RefCell::new(None) };
     /// One directory cache per directory binding, for the life of the isolate.
     static CACHES: RefCell<HashMap<String, Arc<DirectoryCache>>> = RefCell::new(HashMap::new());
+}
+
+pub(crate) fn note_subrequest() {
+    SUBREQUESTS.with(|n| n.set(n.get() + 1));
+}
+
+/// Subrequests this isolate has sent through collegedb since it started: D1 statements and
+/// batches, coordinator and Durable Object directory requests, KV reads, writes and deletes.
+/// Each counts against a Workers invocation's limit ([`SUBREQUEST_LIMIT`]). The counter is per
+/// isolate: the difference across an invocation is an upper bound of that invocation's
+/// subrequests (other invocations served by the isolate meanwhile count too).
+pub fn subrequests_sent() -> u64 {
+    SUBREQUESTS.with(|n| n.get())
 }
 
 fn binding(error: worker::Error, name: &str) -> Error {
@@ -184,6 +202,10 @@ pub fn open(
             .or_insert_with(|| Arc::new(DirectoryCache::new(capacity)))
             .clone()
     });
+    // Start from the stored map if this isolate has loaded it, not from the list's seed.
+    if let Some(map) = STORED_MAP.with(|m| m.borrow().clone()) {
+        cache.remember_stored_map(&map);
+    }
     CollegeDb::from_parts_with_cache(config, shards, directory, coordinator, cache)
 }
 
@@ -194,10 +216,20 @@ pub fn open(
 /// A handle starts from the seed of its configured list, and the first handle to need a map
 /// stores its own seed. A deployment whose configuration lists *standby* shards from the start
 /// (bindings waiting for [`CollegeDb::add_shard`](crate::CollegeDb::add_shard), as in the Worker
-/// example) calls this once per isolate, before the first statement, naming the shards that
-/// serve rows at first. Fails with [`Error::ConfigInvalid`] when a shard of the stored map is not
-/// configured (its rows would be unreachable: see [`crate::shard_map`]).
+/// example) calls this on every handle before its first statement, naming the shards that serve
+/// rows at first: a handle that routed by its list's seed would place rows on a standby shard.
+/// Only the first call in an isolate makes requests (one or three to the coordinator); later
+/// handles of the isolate, whatever their directory, start from the map it loaded ([`open`]),
+/// and newer maps reach them as usual, when a shard refuses a statement. Fails with
+/// [`Error::ConfigInvalid`] when a shard of the stored map is not configured (its rows would be
+/// unreachable: see [`crate::shard_map`]).
 pub async fn use_stored_map(db: &CollegeDb<Cloudflare>, initial: &[&str]) -> Result<ShardMap> {
+    if let Some(map) = STORED_MAP.with(|m| m.borrow().clone()) {
+        if map.version() >= db.shard_map().version() {
+            db.adopt_map((*map).clone())?;
+        }
+        return Ok((*db.shard_map()).clone());
+    }
     let map = match db.coordinator().load_map().await? {
         Some(map) => map,
         None => {
@@ -217,11 +249,11 @@ pub async fn use_stored_map(db: &CollegeDb<Cloudflare>, initial: &[&str]) -> Res
         .into_iter()
         .map(str::to_owned)
         .collect();
-    if let crate::shard_map::ListChange::Missing(why) =
-        crate::shard_map::compare(&map, &configured)
+    if let crate::shard_map::ListChange::Missing(why) = crate::shard_map::compare(&map, &configured)
     {
         return Err(crate::shard_map::refused(&map, &why));
     }
     db.adopt_map(map.clone())?;
-    Ok(map)
+    STORED_MAP.with(|m| *m.borrow_mut() = Some(Arc::new(map)));
+    Ok((*db.shard_map()).clone())
 }
