@@ -356,7 +356,7 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
 
     // A lost alarm (fault injection) stops the job until an admin request sets it again.
     wait_for(&server, |running| running["rowsCopied"].as_u64() > Some(0));
-    let lost = server.post("/admin/growth/lose-alarm", &json!({}));
+    let lost = server.post("/admin/growth/fault", &json!({ "loseAlarm": true }));
     assert_eq!(lost.status, 200, "{}", lost.text);
     assert!(lost.json["alarmAt"].is_null(), "{}", lost.text);
     std::thread::sleep(Duration::from_secs(1));
@@ -577,5 +577,121 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         (20..=80).contains(&landed),
         "{landed} of 200 new keys on {STANDBY}"
     );
+
+    drain_moves_everything_off_a_shard_through_failing_alarms(&server);
     eprintln!("growth test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Drains `DB_EU` (hash-placed users and round-robin posts) while its first two alarms fail:
+/// the runner backs off and goes on, and afterwards `DB_EU` holds nothing and every row is
+/// elsewhere exactly once, the posts' directory entries pointing at their new shards.
+fn drain_moves_everything_off_a_shard_through_failing_alarms(server: &Workerd) {
+    const DRAINED: &str = "DB_EU";
+    let mut users = BTreeMap::new();
+    let mut posts = BTreeSet::new();
+    for shard in all_shards() {
+        for (id, karma) in users_on(server, shard) {
+            assert!(users.insert(id, karma).is_none(), "a key on two shards");
+        }
+        posts.extend(
+            keys_on(server, shard, "posts", "id")
+                .iter()
+                .map(|k| k.as_i64().unwrap()),
+        );
+    }
+    assert!(!users_on(server, DRAINED).is_empty());
+    assert!(!keys_on(server, DRAINED, "posts", "id").is_empty());
+
+    let fault = server.post("/admin/growth/fault", &json!({ "failAlarms": 2 }));
+    assert_eq!(fault.status, 200, "{}", fault.text);
+    let start = server.post(
+        &format!("/admin/shards/{DRAINED}/drain"),
+        &json!({ "pageRows": 100 }),
+    );
+    assert_eq!(start.status, 202, "{}", start.text);
+    assert_eq!(start.json["job"]["kind"], "drain_shard", "{}", start.text);
+    // Three slot transfers and the relocation of its directory-placed rows.
+    assert_eq!(start.json["job"]["transfers"], 4, "{}", start.text);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (mut failed, mut error) = (0, Value::Null);
+    let done = loop {
+        let status = growth(server);
+        let runner = &status["runner"];
+        if runner["failures"].as_u64() > Some(0) {
+            failed = failed.max(runner["failures"].as_u64().unwrap());
+            error = runner["lastError"].clone();
+        }
+        if status["running"].is_null() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drain did not finish: {status}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("drain finished after {failed} failed alarm(s) ({error}): {done}");
+    assert!(failed >= 1, "the failing alarms were seen: {done}");
+    assert!(
+        error
+            .as_str()
+            .unwrap_or("")
+            .contains("COORDINATOR_UNAVAILABLE"),
+        "{error}"
+    );
+    assert_eq!(done["runner"]["failures"], 0, "{done}");
+    assert_eq!(done["last"]["kind"], "drain_shard", "{done}");
+    for shard in done["shards"].as_array().unwrap() {
+        let slots = shard["slots"].as_u64().unwrap();
+        if shard["shard"] == DRAINED {
+            assert_eq!((slots, &shard["standby"]), (0, &json!(true)), "{done}");
+        } else {
+            assert!((1300..=1400).contains(&slots), "{done}");
+        }
+    }
+
+    assert!(
+        users_on(server, DRAINED).is_empty(),
+        "users left on {DRAINED}"
+    );
+    assert!(
+        keys_on(server, DRAINED, "posts", "id").is_empty(),
+        "posts left on {DRAINED}"
+    );
+    let mut after = BTreeMap::new();
+    for shard in all_shards() {
+        for (id, karma) in users_on(server, shard) {
+            assert!(after.insert(id, karma).is_none(), "a key on two shards");
+        }
+    }
+    assert_eq!(after, users, "every user, once, with its value");
+    let agent = agent();
+    for (i, (id, karma)) in users.iter().enumerate() {
+        if i % 7 == 0 {
+            let (status, body) = send(
+                &agent,
+                "GET",
+                &format!("{}/users/{id}", server.base()),
+                None,
+            )
+            .expect("an answer");
+            assert_eq!(
+                (status, body["karma"].as_i64()),
+                (200, Some(*karma)),
+                "{id}"
+            );
+        }
+    }
+    for id in &posts {
+        let reply = server.get(&format!("/posts/{id}"));
+        assert_eq!(reply.status, 200, "post {id}: {}", reply.text);
+        let at = server.get(&format!("/posts/{id}/shard"));
+        assert_ne!(at.json["shard"], DRAINED, "post {id}: {}", at.text);
+        let holders = all_shards()
+            .filter(|shard| keys_on(server, shard, "posts", "id").contains(&json!(id)))
+            .count();
+        assert_eq!(holders, 1, "post {id}");
+    }
 }

@@ -26,7 +26,7 @@
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
-//! | `POST /admin/growth/lose-alarm` | deletes the runner's alarm, as a lost alarm would be (fault injection for tests): `{"alarmAt": null, "alarms": n}`; the next admin request sets it again |
+//! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator) |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
@@ -421,14 +421,14 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             start_growth(db, env, &mut req, shard, operation).await
         }
         (Method::Get, ["admin", "growth"]) => growth_status(db, env).await,
-        (Method::Post, ["admin", "growth", "lose-alarm"]) => {
+        (Method::Post, ["admin", "growth", "fault"]) => {
+            let body = req.text().await?;
             let stub = env
                 .durable_object(GROWTH_RUNNER)?
                 .get_by_name(cloudflare::GROWTH_RUNNER_NAME)?;
             let mut init = worker::RequestInit::new();
-            init.with_method(Method::Post);
-            let request =
-                Request::new_with_init("https://collegedb-growth-runner/lose-alarm", &init)?;
+            init.with_method(Method::Post).with_body(Some(body.into()));
+            let request = Request::new_with_init("https://collegedb-growth-runner/fault", &init)?;
             let mut upstream = stub.fetch_with_request(request).await?;
             let status = upstream.status_code();
             return Ok(Response::ok(upstream.text().await?)?.with_status(status));
@@ -683,8 +683,8 @@ impl DurableObject for GrowthRunner {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        if req.path() == "/lose-alarm" {
-            return self.lose_alarm().await;
+        if req.path() == "/fault" {
+            return self.fault(req).await;
         }
         match open_for_growth(&self.env).await {
             Ok(db) => cloudflare::serve_growth_runner(&self.state, &db, req).await,
@@ -696,6 +696,27 @@ impl DurableObject for GrowthRunner {
         if self.state.storage().get::<bool>("lose-alarms").await? == Some(true) {
             // Fault injection: this alarm is lost, and sets no other.
             return Response::ok("");
+        }
+        let failing = self
+            .state
+            .storage()
+            .get::<u32>("fail-alarms")
+            .await?
+            .unwrap_or(0);
+        if failing > 0 {
+            // Fault injection: a handle whose coordinator binding names another class, so the
+            // slice fails at its first coordinator request and the runner backs off.
+            self.state.storage().put("fail-alarms", failing - 1).await?;
+            let db = cloudflare::open(
+                &self.env,
+                config(Region::Enam),
+                DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
+                "DIRECTORY_DO",
+            );
+            return match db {
+                Ok(db) => cloudflare::run_growth_alarm(&self.state, &db).await,
+                Err(error) => Response::error(error.to_string(), 500),
+            };
         }
         match open_for_growth(&self.env).await {
             Ok(db) => cloudflare::run_growth_alarm(&self.state, &db).await,
@@ -710,9 +731,22 @@ impl DurableObject for GrowthRunner {
 }
 
 impl GrowthRunner {
-    /// Fault injection: loses the alarm. Alarms that fire during the next 1.5 s (one already
-    /// running sets the next before it ends) do nothing and set none, and the alarm is deleted;
-    /// afterwards no alarm is set until an admin request sets it again.
+    /// Fault injection (`POST /fault`): `{"failAlarms": n}` or `{"loseAlarm": true}`.
+    async fn fault(&self, mut req: Request) -> Result<Response> {
+        let body: serde_json::Value = req.json().await?;
+        if let Some(n) = body["failAlarms"].as_u64() {
+            self.state.storage().put("fail-alarms", n as u32).await?;
+            return Response::from_json(&serde_json::json!({ "failAlarms": n }));
+        }
+        if body["loseAlarm"] == true {
+            return self.lose_alarm().await;
+        }
+        Response::error("expected {\"failAlarms\": n} or {\"loseAlarm\": true}", 400)
+    }
+
+    /// Loses the alarm: alarms that fire during the next 1.5 s (one already running sets the
+    /// next before it ends) do nothing and set none, and the alarm is deleted; afterwards no
+    /// alarm is set until an admin request sets it again.
     async fn lose_alarm(&self) -> Result<Response> {
         let storage = self.state.storage();
         storage.put("lose-alarms", true).await?;
