@@ -79,5 +79,5 @@ grep -E "Finished|Done in" target/worker-build.log || true
 wasm=examples/worker/build/index_bg.wasm
 printf 'bundle: %s bytes raw, %s bytes gzip\n' "$(wc -c < "$wasm")" "$(gzip -9 -c "$wasm" | wc -c)"
 
-section "end-to-end tests in local workerd (D1, KV, Durable Objects)"
-cargo test --quiet -p collegedb-tests --features workerd --test workerd
+section "end-to-end tests in local workerd (D1, KV, Durable Objects; growth with a kill mid-job)"
+cargo test --quiet -p collegedb-tests --features workerd --test workerd --test workerd_growth

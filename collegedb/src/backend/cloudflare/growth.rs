@@ -39,29 +39,38 @@ pub const GROWTH_RUNNER_NAME: &str = "collegedb-growth-runner";
 /// A Workers invocation's subrequest limit (D1 queries, Durable Object and KV calls count).
 pub const SUBREQUEST_LIMIT: usize = 1000;
 
-/// Subrequests a step costs besides its page: the journal's load and store, a handful of D1
+/// What an alarm never plans past: nine tenths of [`SUBREQUEST_LIMIT`].
+const HARD_LIMIT: usize = SUBREQUEST_LIMIT - SUBREQUEST_LIMIT / 10;
+
+/// Subrequests a step costs besides its rows: the journal's load and store, a handful of D1
 /// statements, and the fixed cost of a transfer's preparation (schema, markers, counts, change
 /// capture for a few tables).
 const STEP_OVERHEAD: usize = 40;
 
-/// Steps a frozen transfer may take past the budget, to reach its switch in the same alarm.
+/// The steps from a freeze to its switch (freeze, final catch-up, switch) that a catch-up step
+/// must leave room for.
 const FROZEN_STEPS: usize = 3;
 
-/// How the runner paces an operation. The defaults keep an alarm under half the subrequest
-/// limit.
+/// How the runner paces an operation.
 ///
-/// A step reads one page of `page_rows` rows (or makes one phase change) and costs at most
-/// `page_rows + 40` subrequests: a few D1 statements and one coordinator call, plus one
-/// directory lookup per row of the moving slots in tables placed by round-robin, random or
-/// location (hash-placed tables need none). An alarm takes steps while their worst cost fits in
-/// `budget`, except that a transfer between its freeze and its switch is advanced up to three
-/// steps further (never past [`SUBREQUEST_LIMIT`]), so that writers of the moving slots wait for
-/// one alarm's tail, not for the next alarm; and a catch-up step, which may freeze, is taken only
-/// when those steps would fit too.
+/// A step reads one page of `page_rows` rows (or makes one phase change). Its worst cost is
+/// [`RunnerSettings::step_cost`], `2 × page_rows + 40` subrequests: a few D1 statements and one
+/// coordinator call, plus per row of the page at most two more: a directory lookup (only for
+/// rows of the moving slots in tables placed by round-robin, random or location; hash-placed
+/// tables need none) and, when a drained shard's directory-placed rows move, a directory update
+/// or a single-row delete. A step of a hash-placed table actually costs about five.
+///
+/// An alarm counts the subrequests it has sent ([`super::subrequests_sent`]) and takes another
+/// step only while that count plus one worst-case step fits in `budget`. Two exceptions: a
+/// transfer between its freeze and its switch goes on up to nine tenths of
+/// [`SUBREQUEST_LIMIT`], so that writers of the moving slots wait for the alarm's tail rather
+/// than for the next alarm; and a catch-up step, which may freeze, is taken only if three more
+/// worst-case steps would fit under that line too. The first step of an alarm is always taken,
+/// and no step can reach the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RunnerSettings {
-    /// Rows per page ([`GrowthOptions::page_rows`]). Default 100.
+    /// Rows per page (the `page_rows` of [`GrowthOptions`]). Default 100.
     pub page_rows: usize,
     /// Subrequests an alarm plans for ordinary steps. Default 500.
     pub budget: usize,
@@ -83,19 +92,16 @@ impl Default for RunnerSettings {
 }
 
 impl RunnerSettings {
-    /// The worst subrequest cost of one step.
+    /// The worst subrequest cost of one step: `2 × page_rows + 40`.
     pub fn step_cost(&self) -> usize {
-        self.page_rows.max(1) + STEP_OVERHEAD
+        2 * self.page_rows.max(1) + STEP_OVERHEAD
     }
 
+    /// Pages small enough that one step fits under nine tenths of the limit, and a budget of
+    /// at least one step.
     fn sanitized(mut self) -> Self {
-        self.page_rows = self.page_rows.clamp(1, 1000);
-        // At least one step per alarm, always under the limit.
-        let hard = SUBREQUEST_LIMIT - SUBREQUEST_LIMIT / 10;
-        self.budget = self.budget.clamp(self.step_cost(), hard);
-        if self.step_cost() > hard {
-            self.page_rows = hard - STEP_OVERHEAD;
-        }
+        self.page_rows = self.page_rows.clamp(1, (HARD_LIMIT - STEP_OVERHEAD) / 2);
+        self.budget = self.budget.clamp(self.step_cost(), HARD_LIMIT);
         self
     }
 }
@@ -116,12 +122,10 @@ pub struct RunnerRecord {
     pub last_error: Option<String>,
     /// When the last alarm ended, in milliseconds since the Unix epoch.
     pub last_run_ms: u64,
-    /// The worst-case subrequests the last alarm planned for.
-    pub last_planned_subrequests: usize,
     /// Subrequests the isolate sent during the last alarm ([`super::subrequests_sent`]; an upper
     /// bound of the alarm's own).
     pub last_subrequests: u64,
-    /// The most subrequests the isolate sent during one alarm, over every alarm so far.
+    /// The most subrequests the isolate sent during one alarm of the operation.
     pub max_subrequests: u64,
 }
 
@@ -144,6 +148,7 @@ async fn runner_json(state: &State, record: &RunnerRecord) -> worker::Result<ser
     let alarm = state.storage().get_alarm().await?;
     let mut value = serde_json::to_value(record)?;
     value["alarmAt"] = serde_json::json!(alarm);
+    value["stepCost"] = serde_json::json!(record.settings.step_cost());
     Ok(value)
 }
 
@@ -253,7 +258,6 @@ pub async fn run_growth_alarm(
     match outcome {
         Ok(slice) => {
             record.steps += slice.steps as u64;
-            record.last_planned_subrequests = slice.planned;
             record.failures = 0;
             record.last_error = None;
             let finished = slice.job.as_ref().is_none_or(Job::is_finished);
@@ -311,7 +315,6 @@ impl Drop for AlarmRunning {
 struct Slice {
     job: Option<Job>,
     steps: usize,
-    planned: usize,
 }
 
 /// Advances the journaled operation one step at a time within `settings`' budget.
@@ -319,40 +322,34 @@ async fn advance_slice(db: &CollegeDb<Cloudflare>, settings: &RunnerSettings) ->
     let settings = settings.sanitized();
     let options = GrowthOptions::default().page_rows(settings.page_rows);
     let cost = settings.step_cost();
-    let hard = SUBREQUEST_LIMIT - SUBREQUEST_LIMIT / 10;
+    let sent_before = super::subrequests_sent();
     // Loads the journal (one coordinator call) without taking a step.
     let mut job = db.advance_growth(&options, 0).await?;
-    // `planned`: the worst-case subrequests so far (the journal's load is one); `over`: frozen
-    // steps taken past the budget.
-    let (mut steps, mut planned, mut over) = (0usize, 1usize, 0usize);
+    let mut steps = 0usize;
     while let Some(current) = job.as_ref().filter(|job| !job.is_finished()) {
         let phase = current
             .transfers
             .get(current.current)
             .map_or(Phase::Done, |t| t.phase);
+        let spent = (super::subrequests_sent() - sent_before) as usize;
         let frozen = matches!(phase, Phase::Freeze | Phase::FinalCatchUp | Phase::Switch);
-        let within = planned + cost <= settings.budget;
-        let fits = match phase {
-            _ if frozen => planned + cost <= hard && (within || over < FROZEN_STEPS),
-            Phase::CatchUp => within && planned + (1 + FROZEN_STEPS) * cost <= hard,
-            _ => within,
-        };
+        let fits = steps == 0
+            || match phase {
+                _ if frozen => spent + cost <= HARD_LIMIT,
+                Phase::CatchUp => {
+                    spent + cost <= settings.budget
+                        && spent + (1 + FROZEN_STEPS) * cost <= HARD_LIMIT
+                }
+                _ => spent + cost <= settings.budget,
+            };
         let paced = settings.max_steps == 0 || steps < settings.max_steps;
         if !fits || !(paced || frozen) {
             break;
         }
-        if !within {
-            over += 1;
-        }
         job = db.advance_growth(&options, 1).await?;
         steps += 1;
-        planned += cost;
     }
-    Ok(Slice {
-        job,
-        steps,
-        planned,
-    })
+    Ok(Slice { job, steps })
 }
 
 /// After an operation finished: the coordinator's registry follows the map, and its row counts
