@@ -209,12 +209,14 @@ pub async fn serve_growth_runner(
             }))
         }
         (Method::Post, "/kick") => {
-            // Loads the journal without taking a step.
+            // Reads the journal only: finishing a job is the alarm's (it then updates the
+            // coordinator's registry and statistics).
             let journaled = db
-                .advance_growth(&GrowthOptions::default(), 0)
+                .growth_status()
                 .await
                 .map_err(worker_error)?
-                .is_some_and(|job| !job.is_finished());
+                .running
+                .is_some();
             // While an alarm runs, `get_alarm` answers none; that alarm sets the next one itself.
             let armed = journaled
                 && !ALARM_RUNNING.with(|r| r.get())
