@@ -367,6 +367,26 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         "no alarm ran while it was lost: {status}"
     );
 
+    // A lease left behind (as by a slice killed in the middle) makes the runner wait for its
+    // end, without counting a failure, and then go on.
+    let held = server.post("/admin/growth/fault", &json!({ "holdLease": 3000 }));
+    assert_eq!(held.status, 200, "{}", held.text);
+    let until = held.json["leaseUntilMs"].as_u64().unwrap();
+    let copied = growth(&server)["running"]["rowsCopied"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let waiting = growth(&server);
+    assert_eq!(
+        waiting["runner"]["leaseWaitUntilMs"].as_u64(),
+        Some(until),
+        "{waiting}"
+    );
+    assert_eq!(waiting["runner"]["failures"], 0, "{waiting}");
+    assert_eq!(
+        waiting["running"]["rowsCopied"].as_u64(),
+        Some(copied),
+        "no step while the lease is held: {waiting}"
+    );
+
     // Wait until the job is well under way: the first transfer switched, the second started.
     let midway = wait_for(&server, |running| {
         running["transfer"].as_u64() >= Some(2) && running["rowsCopied"].as_u64() > Some(0)
@@ -437,6 +457,7 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
         runner["failures"] == 0 && runner["alarmAt"].is_null(),
         "{done}"
     );
+    assert!(runner["leaseWaits"].as_u64() >= Some(1), "{done}");
     // Every alarm stayed well under the Workers limit of 1,000 subrequests (the counter is the
     // isolate's, so it also counts the writers' requests served meanwhile: an upper bound).
     let most = runner["maxSubrequests"].as_u64().unwrap();

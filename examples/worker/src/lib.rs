@@ -26,7 +26,7 @@
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
-//! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator) |
+//! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator); `{"holdLease": ms}` gives the operation's lease to another runner for `ms`, as a slice killed in the middle leaves it |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
@@ -741,7 +741,47 @@ impl GrowthRunner {
         if body["loseAlarm"] == true {
             return self.lose_alarm().await;
         }
-        Response::error("expected {\"failAlarms\": n} or {\"loseAlarm\": true}", 400)
+        if let Some(ms) = body["holdLease"].as_u64() {
+            return self.hold_lease(ms).await;
+        }
+        Response::error(
+            "expected {\"failAlarms\": n}, {\"loseAlarm\": true} or {\"holdLease\": ms}",
+            400,
+        )
+    }
+
+    /// Gives the operation's lease to another runner for `ms` milliseconds, as a slice killed
+    /// in the middle leaves it: alarms pause while the journal is rewritten, then the alarm is
+    /// set, finds the lease held, and waits for it to end.
+    async fn hold_lease(&self, ms: u64) -> Result<Response> {
+        use collegedb::backend::Coordinator;
+        let storage = self.state.storage();
+        storage.put("lose-alarms", true).await?;
+        worker::Delay::from(std::time::Duration::from_millis(1500)).await;
+        let held = async {
+            let db = open_for_growth(&self.env).await?;
+            let Some(mut job) = db.growth_status().await?.running else {
+                return Err(collegedb::Error::ConfigInvalid(
+                    "no operation in progress".into(),
+                ));
+            };
+            let until_ms = collegedb::growth::now_ms() + ms;
+            job.lease = Some(collegedb::growth::Lease {
+                runner: 1,
+                until_ms,
+            });
+            // The journal's name in the coordinator (see `collegedb::growth`).
+            let json = serde_json::to_string(&job).expect("a job serializes");
+            db.coordinator().store_job("growth", Some(&json)).await?;
+            Ok(until_ms)
+        }
+        .await;
+        storage.put("lose-alarms", false).await?;
+        storage.set_alarm(0).await?;
+        match held {
+            Ok(until_ms) => Response::from_json(&serde_json::json!({ "leaseUntilMs": until_ms })),
+            Err(error) => Response::error(error.to_string(), 500),
+        }
     }
 
     /// Loses the alarm: alarms that fire during the next 1.5 s (one already running sets the

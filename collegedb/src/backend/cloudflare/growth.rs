@@ -15,7 +15,10 @@
 //!
 //! The journal lives in the coordinator ([`super::CoordinatorClient`]), not in the runner: the
 //! runner keeps only its settings and counters, and any process that can reach the coordinator
-//! (this object after a restart, or another one) resumes the operation from its last step.
+//! (this object after a restart, or another one) resumes the operation from its last step. Each
+//! slice holds the operation's lease ([`crate::growth::Lease`]) while it runs; a slice killed in
+//! the middle leaves its lease behind, and the runner then waits for it to end (at most
+//! [`crate::growth::LEASE_MS`] after the killed slice's last step) before it goes on.
 //!
 //! Routes of the runner object ([`serve_growth_runner`]):
 //!
@@ -127,6 +130,11 @@ pub struct RunnerRecord {
     pub last_subrequests: u64,
     /// The most subrequests the isolate sent during one alarm of the operation.
     pub max_subrequests: u64,
+    /// Set while the runner waits for the lease of a slice that was killed in the middle
+    /// ([`crate::growth::LEASE_MS`] after its last step): when it ends.
+    pub lease_wait_until_ms: Option<u64>,
+    /// Alarms that found the lease held and waited for it.
+    pub lease_waits: u64,
 }
 
 const RECORD: &str = "runner";
@@ -259,6 +267,7 @@ pub async fn run_growth_alarm(
     record.max_subrequests = record.max_subrequests.max(record.last_subrequests);
     match outcome {
         Ok(slice) => {
+            record.lease_wait_until_ms = None;
             record.steps += slice.steps as u64;
             record.failures = 0;
             record.last_error = None;
@@ -276,16 +285,27 @@ pub async fn run_growth_alarm(
                     .await?;
             }
         }
-        Err(error) => {
-            record.failures = record.failures.saturating_add(1);
-            record.last_error = Some(format!("{}: {error}", error.code()));
-            let backoff = (1000u64 << record.failures.min(6).saturating_sub(1)).min(60_000);
-            worker::console_error!(
-                "collegedb growth: alarm failed ({} in a row), again in {backoff} ms: {error}",
-                record.failures
-            );
-            state.storage().set_alarm(backoff as i64).await?;
-        }
+        Err(error) => match lease_held(db, &error).await {
+            Some(until) => {
+                // A slice killed in the middle (this object's previous life: alarms of one
+                // object never overlap) still holds the operation's lease. Wait for it to end;
+                // not a failure.
+                record.lease_wait_until_ms = Some(until);
+                record.lease_waits += 1;
+                let wait = until.saturating_sub(now_ms()) + 250;
+                state.storage().set_alarm(wait as i64).await?;
+            }
+            None => {
+                record.failures = record.failures.saturating_add(1);
+                record.last_error = Some(format!("{}: {error}", error.code()));
+                let backoff = (1000u64 << record.failures.min(6).saturating_sub(1)).min(60_000);
+                worker::console_error!(
+                    "collegedb growth: alarm failed ({} in a row), again in {backoff} ms: {error}",
+                    record.failures
+                );
+                state.storage().set_alarm(backoff as i64).await?;
+            }
+        },
     }
     state.storage().put(RECORD, &record).await?;
     Response::ok("")
@@ -311,6 +331,16 @@ impl Drop for AlarmRunning {
     fn drop(&mut self) {
         ALARM_RUNNING.with(|r| r.set(false));
     }
+}
+
+/// When `error` refused a slice because the operation's lease is held: when the lease ends.
+async fn lease_held(db: &CollegeDb<Cloudflare>, error: &Error) -> Option<u64> {
+    if !matches!(error, Error::ConfigInvalid(_)) {
+        return None;
+    }
+    let status = db.growth_status().await.ok()?;
+    let until = status.running?.lease?.until_ms;
+    (until > now_ms()).then_some(until)
 }
 
 /// What one alarm did.
@@ -404,6 +434,8 @@ pub fn job_json(job: &Job, now_ms: u64) -> serde_json::Value {
         "finishedMs": job.finished_ms,
         "finished": job.is_finished(),
         "unroutable": job.unroutable,
+        "toVersion": job.to_version,
+        "leaseUntilMs": job.lease.as_ref().map(|lease| lease.until_ms),
         "skippedTables": job.skipped_tables,
     })
 }
