@@ -91,7 +91,14 @@ fn with_live(slots: &[u16]) -> Vec<i64> {
 pub(crate) async fn ensure<B: Backend>(db: &CollegeDb<B>, index: usize) -> Result<()> {
     db.ensure_stored_map().await?;
     let name = db.shard_name(index).to_owned();
-    let owned = with_live(&db.shard_map().slots_of(&name));
+    // A shard that owns no slot (standby, or drained) is not live either: no directory entry
+    // may name it until a transfer's preparation grants it.
+    let slots = db.shard_map().slots_of(&name);
+    let owned = if slots.is_empty() {
+        Vec::new()
+    } else {
+        with_live(&slots)
+    };
     let mut statements: Vec<Statement> = CREATE
         .iter()
         .map(|sql| Statement::new(*sql, Vec::new()))

@@ -59,7 +59,7 @@ pub struct ModelSql {
     pub select_by_key: String,
     /// The hash-first read on the slot's owner: `select_by_key AND <owned>`; parameters: the key,
     /// then the slot. A hit costs one probe of the fence beside the row's own lookup; an empty
-    /// result is followed by [`crate::fence::after_miss`] (owned? marked?), so that a miss is
+    /// result is followed by one more query on the same shard (owned? marked?), so that a miss is
     /// told apart from a stale map and from a key placed elsewhere.
     pub find_on_owner: String,
     /// `select_by_key UNION ALL` one all-NULL row if the shard does not own the slot;

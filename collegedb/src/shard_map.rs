@@ -1,6 +1,6 @@
 //! The guard that stops an edited configuration from stranding rows.
 //!
-//! Placement follows the stored [`ShardMap`](crate::slots::ShardMap), not positions in the
+//! Placement follows the stored [`ShardMap`], not positions in the
 //! configured list, so reordering the list changes nothing, and a configured shard that the map
 //! does not list yet is simply *standby*: reachable, owning no slots, receiving no new keys until
 //! [`CollegeDb::add_shard`](crate::CollegeDb::add_shard) gives it its share. What cannot be allowed

@@ -578,6 +578,25 @@ impl<B: Backend> CollegeDb<B> {
         }
     }
 
+    /// Clears this runner's lease on the journal as last saved (not on `job`, which a failed
+    /// step may have advanced past what it did). Best effort: a failure leaves the lease to lapse.
+    async fn release_lease(&self, job: &Job) {
+        let Some(ours) = &job.lease else {
+            return;
+        };
+        if let Ok(Some(mut stored)) = self.load_job(JOB).await {
+            if stored
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.runner == ours.runner)
+            {
+                stored.lease = None;
+                let json = serde_json::to_string(&stored).expect("a job serializes");
+                let _ = self.coordinator().store_job(JOB, Some(&json)).await;
+            }
+        }
+    }
+
     async fn save_job(&self, job: &Job, options: &GrowthOptions) -> Result<()> {
         let json = serde_json::to_string(job).expect("a job serializes");
         self.coordinator().store_job(JOB, Some(&json)).await?;
@@ -724,10 +743,16 @@ impl<B: Backend> CollegeDb<B> {
             if let Some(lease) = &mut job.lease {
                 lease.until_ms = now_ms() + LEASE_MS;
             }
-            if job.transfers[job.current].is_relocation() {
-                relocate::step(self, &mut job, options).await?;
+            let stepped = if job.transfers[job.current].is_relocation() {
+                relocate::step(self, &mut job, options).await
             } else {
-                transfer::step(self, &mut job, options).await?;
+                transfer::step(self, &mut job, options).await
+            };
+            if let Err(error) = stepped {
+                // A failed step (a transient database error, say) hands the lease back, so that
+                // the next attempt need not wait for it to lapse.
+                self.release_lease(&job).await;
+                return Err(error);
             }
             if job.transfers[job.current].phase == Phase::Done {
                 job.current += 1;
