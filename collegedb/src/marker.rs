@@ -60,13 +60,21 @@ pub(crate) async fn ensure_table<B: Backend>(db: &CollegeDb<B>, index: usize) ->
             Err(error) => return Err(error),
         }
     }
+    db.shard(index)
+        .batch(&create_holding(scopes))
+        .await
+        .map(drop)
+}
+
+/// The statements that create the marker table (if absent) and set `scopes` in it.
+fn create_holding(scopes: impl IntoIterator<Item = String>) -> Vec<Statement> {
     let mut statements = vec![Statement::new(CREATE, Vec::new())];
     statements.extend(
         scopes
             .into_iter()
             .map(|scope| Statement::new(SET, vec![Value::Text(scope)])),
     );
-    db.shard(index).batch(&statements).await.map(drop)
+    statements
 }
 
 /// Sets the marker for `table` on shard `index`, creating the marker table on first use.
@@ -103,13 +111,7 @@ pub(crate) async fn copy<S: ShardConn>(from: &S, to: &S) -> Result<()> {
         Err(error) if missing_table(&error) => Vec::new(),
         Err(error) => return Err(error),
     };
-    let mut statements = vec![Statement::new(CREATE, Vec::new())];
-    statements.extend(
-        scopes
-            .into_iter()
-            .map(|scope| Statement::new(SET, vec![Value::Text(scope)])),
-    );
-    to.batch(&statements).await.map(drop)
+    to.batch(&create_holding(scopes)).await.map(drop)
 }
 
 /// Whether any shard of the map carries `table`'s marker: whether any of its keys may be placed by a

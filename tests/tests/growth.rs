@@ -344,3 +344,44 @@ fn a_second_runner_waits_for_the_lease_and_resume_takes_over_a_stalled_one() {
     assert!(report.is_clean() && report.in_flight == 0, "{report}");
     assert_eq!(keys_per_shard(dir.path(), 4, "users").len(), 3_000);
 }
+
+#[test]
+fn a_step_that_fails_hands_the_lease_back_and_the_next_run_resumes_at_once() {
+    use collegedb::backend::embedded::EmbeddedOptions;
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let seed = open(dir.path(), 3);
+        User::create_table(&seed).await.unwrap();
+        let users: Vec<User> = (0..2_000).map(|i| User::new(format!("u{i}"))).collect();
+        User::insert_many(&seed, &users).await.unwrap();
+    });
+    let config = Config::with_shard_names(["s0", "s1", "s2", "s3"]);
+    let options = EmbeddedOptions::default().busy_timeout(std::time::Duration::from_millis(200));
+    let db = CollegeDb::open_embedded_with(config, dir.path(), options).unwrap();
+    // After the third step, another connection takes the new shard's write lock and keeps it:
+    // the next copy page fails with SHARD_BUSY.
+    let lock: Arc<Mutex<Option<rusqlite::Connection>>> = Arc::default();
+    let (held, steps) = (lock.clone(), Mutex::new(0));
+    let path = dir.path().join("s3.sqlite");
+    let growth = GrowthOptions::default().page_rows(50).on_step(move |_| {
+        let mut steps = steps.lock().unwrap();
+        *steps += 1;
+        if *steps == 3 {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            *held.lock().unwrap() = Some(conn);
+        }
+    });
+    let failed = block_on(db.add_shard_with("s3", &growth)).unwrap_err();
+    assert_eq!(failed.code(), "SHARD_BUSY", "{failed}");
+    let journal = block_on(db.growth_status()).unwrap().running.unwrap();
+    assert!(journal.lease.is_none(), "the failed runner kept its lease");
+    // With the lock gone, running it again resumes at once instead of waiting 30 s.
+    drop(lock.lock().unwrap().take());
+    let started = std::time::Instant::now();
+    let job = block_on(db.add_shard("s3")).unwrap();
+    assert!(job.is_finished() && started.elapsed().as_secs() < 20);
+    let report = block_on(db.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean() && report.in_flight == 0, "{report}");
+    assert_eq!(keys_per_shard(dir.path(), 4, "users").len(), 2_000);
+}

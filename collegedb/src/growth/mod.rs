@@ -305,6 +305,24 @@ impl Transfer {
     pub fn is_relocation(&self) -> bool {
         self.slots.is_empty()
     }
+
+    /// After a catch-up pass that read `read` log entries of at most `page`: a small pass (or
+    /// the 50th) lets the transfer freeze; after the freeze, a short read means the log's end,
+    /// as of a read after the freeze, is reached and the switch may follow.
+    fn after_catch_up_pass(&mut self, read: usize, page: usize) {
+        /// A catch-up pass smaller than `page / CATCH_UP_SMALL` lets the transfer freeze.
+        const CATCH_UP_SMALL: usize = 10;
+        /// Catch-up passes after which the transfer freezes however busy the shard is.
+        const CATCH_UP_PASSES: u32 = 50;
+        self.passes += 1;
+        if self.phase == Phase::CatchUp {
+            if read < page / CATCH_UP_SMALL || self.passes >= CATCH_UP_PASSES {
+                self.phase = Phase::Freeze;
+            }
+        } else if read < page {
+            self.phase = Phase::Switch;
+        }
+    }
 }
 
 /// The journal of a growth operation.
@@ -337,6 +355,15 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether the current transfer is the first of the operation from its giving shard: every
+    /// transfer from a shard reads all of it, so counts of the shard's own rows are taken once.
+    fn first_transfer_from_its_shard(&self) -> bool {
+        let from = &self.transfers[self.current].from;
+        !self.transfers[..self.current]
+            .iter()
+            .any(|other| &other.from == from)
+    }
+
     /// Rows copied so far, over every transfer.
     pub fn rows_copied(&self) -> u64 {
         self.transfers.iter().map(|t| t.copied).sum()

@@ -106,21 +106,18 @@ pub(super) async fn step<B: Backend>(
                 for (target, rows) in upserts {
                     capture::upsert_rows(db.shard(target), &table, &rows).await?;
                 }
+                let mut gone: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
                 for key in ours.iter().filter(|key| !found.contains(key)) {
-                    let target = db.hash_shard(key);
-                    capture::delete_keys(db.shard(target), &table, &cursor.key, &[key.to_value()])
-                        .await?;
+                    gone.entry(db.hash_shard(key))
+                        .or_default()
+                        .push(key.to_value());
+                }
+                for (target, keys) in gone {
+                    capture::delete_keys(db.shard(target), &table, &cursor.key, &keys).await?;
                 }
                 t.caught_up += ours.len() as u64;
             }
-            t.passes += 1;
-            if t.phase == Phase::CatchUp {
-                if read < page / 10 || t.passes >= 50 {
-                    t.phase = Phase::Freeze;
-                }
-            } else if read < page {
-                t.phase = Phase::Switch;
-            }
+            t.after_catch_up_pass(read, page);
         }
         Phase::Freeze => {
             fence::revoke(db.shard(from), &[fence::LIVE]).await?;

@@ -14,11 +14,6 @@ use crate::router::CollegeDb;
 use crate::slots::slot_of;
 use crate::value::Value;
 
-/// A catch-up pass smaller than `page_rows / CATCH_UP_SMALL` lets the transfer freeze.
-const CATCH_UP_SMALL: usize = 10;
-/// Catch-up passes after which the transfer freezes however busy the shard is.
-const CATCH_UP_PASSES: u32 = 50;
-
 /// Advances the job's current transfer by one step.
 pub(super) async fn step<B: Backend>(
     db: &CollegeDb<B>,
@@ -44,10 +39,7 @@ pub(super) async fn step<B: Backend>(
             crate::marker::copy(db.shard(from), db.shard(to)).await?;
             capture::install(db.shard(from), &key_columns(&tables)).await?;
             // Rows no slot routes stay; count them once per shard (a filtered copy skips them).
-            let first_from_here = !job.transfers[..job.current]
-                .iter()
-                .any(|other| other.from == job.transfers[job.current].from);
-            if first_from_here {
+            if job.first_transfer_from_its_shard() {
                 for cursor in &tables {
                     let shard = db.shard(from);
                     let unroutable = capture::count_unroutable(shard, &cursor.table, &cursor.key);
@@ -71,11 +63,7 @@ pub(super) async fn step<B: Backend>(
             let (moving, unroutable) = select_moving(db, cursor, rows, &slots).await?;
             capture::upsert_rows(db.shard(to), &cursor.table, &moving).await?;
             t.copied += moving.len() as u64;
-            // Every transfer from a shard reads all of it: count its unroutable rows once.
-            let first_from_here = !job.transfers[..job.current]
-                .iter()
-                .any(|other| other.from == job.transfers[job.current].from);
-            if first_from_here {
+            if job.first_transfer_from_its_shard() {
                 job.unroutable += unroutable;
             }
         }
@@ -84,16 +72,9 @@ pub(super) async fn step<B: Backend>(
             let read = changes.len();
             let applied = apply(db, t, from, to, &slots, changes).await?;
             t.caught_up += applied;
-            t.passes += 1;
-            if t.phase == Phase::CatchUp {
-                if read < page / CATCH_UP_SMALL || t.passes >= CATCH_UP_PASSES {
-                    t.phase = Phase::Freeze;
-                }
-            } else if read < page {
-                // The log's end as of a read after the freeze: every write of the moving slots
-                // committed before the freeze is applied, and none can follow it.
-                t.phase = Phase::Switch;
-            }
+            // After the freeze, a short read is the log's end: every write of the moving slots
+            // committed before the freeze is applied, and none can follow it.
+            t.after_catch_up_pass(read, page);
         }
         Phase::Freeze => {
             let fences: Vec<i64> = t.slots.iter().map(|&s| i64::from(s)).collect();
