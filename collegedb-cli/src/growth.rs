@@ -61,6 +61,34 @@ pub fn drain_shard(folder: &Path, shard: &str) -> Result<bool> {
     run(&deployment, &db, operation)
 }
 
+/// `collegedb reassign <folder> <table> <key> <shard>`: the key is text unless `int`.
+pub fn reassign(folder: &Path, table: &str, key: &str, int: bool, shard: &str) -> Result<bool> {
+    let deployment = Deployment::find(folder)?;
+    if !deployment.map.contains(shard) {
+        return Err(Error::ConfigInvalid(format!(
+            "shard `{shard}` is not in the shard map of {} ({}): reassign a key to one of them, or add the shard first with `collegedb add-shard`",
+            folder.display(),
+            deployment.map.shards().join(", ")
+        )));
+    }
+    let key = if int {
+        let value = key.parse::<i64>().map_err(|e| {
+            Error::ConfigInvalid(format!("--int: `{key}` is not an integer key: {e}"))
+        })?;
+        collegedb::Key::int(value)?
+    } else {
+        collegedb::Key::text(key)?
+    };
+    let db = deployment.open_all(None)?;
+    let operation = Operation::Reassign {
+        table: table.to_owned(),
+        key,
+        shard: shard.to_owned(),
+    };
+    refuse_another(&db, &operation, folder)?;
+    run(&deployment, &db, operation)
+}
+
 /// `collegedb resume <folder>`.
 pub fn resume(folder: &Path) -> Result<bool> {
     let deployment = Deployment::find(folder)?;
@@ -123,6 +151,9 @@ fn run(deployment: &Deployment, db: &EmbeddedDb, operation: Operation) -> Result
     let result = match &operation {
         Operation::AddShard { shard } => pollster::block_on(db.add_shard_with(shard, &options)),
         Operation::DrainShard { shard } => pollster::block_on(db.drain_shard_with(shard, &options)),
+        Operation::Reassign { table, key, shard } => {
+            pollster::block_on(db.reassign(table, key.clone(), shard))
+        }
     };
     progress.finish();
     match result {
@@ -153,12 +184,25 @@ fn summary(deployment: &Deployment, db: &EmbeddedDb, job: &Job) -> Result<bool> 
     let (verb, shard) = match &job.operation {
         Operation::AddShard { shard } => ("added", shard),
         Operation::DrainShard { shard } => ("drained", shard),
+        Operation::Reassign { table, key, shard } => {
+            match job.transfers.first() {
+                Some(t) => say!(
+                    "reassigned key {key} of {table}: {} ({} row copied, {} deleted); the directory records it on {shard}",
+                    report::route(t),
+                    t.copied,
+                    t.deleted
+                ),
+                None => say!("nothing to do: key {key} of {table} is on shard {shard} already"),
+            }
+            return Ok(true);
+        }
     };
     if job.transfers.is_empty() {
         let owned = map.slots_of(shard).len();
         let why = match &job.operation {
             Operation::AddShard { .. } => format!("shard {shard} already owns {owned} slots"),
             Operation::DrainShard { .. } => format!("shard {shard} owns no slots"),
+            Operation::Reassign { .. } => unreachable!("reported above"),
         };
         say!("nothing to do: {why} (shard map version {})", map.version());
         if map.version() != deployment.map.version() {

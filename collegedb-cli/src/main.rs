@@ -95,7 +95,22 @@ enum Command {
         /// The shard to drain.
         shard: String,
     },
-    /// Finish an interrupted add-shard or drain-shard from its journal.
+    /// Move one key's row of one table to another shard of the map and record it in the
+    /// directory, while the deployment stays live (its writers pause for milliseconds).
+    Reassign {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The table.
+        table: String,
+        /// The key (text, unless --int).
+        key: String,
+        /// The shard it moves to.
+        shard: String,
+        /// The key is an INTEGER.
+        #[arg(long)]
+        int: bool,
+    },
+    /// Finish an interrupted add-shard, drain-shard or reassign from its journal.
     Resume {
         /// The deployment's folder.
         folder: PathBuf,
@@ -203,6 +218,13 @@ fn main() -> ExitCode {
         Command::Adopt { folder, shards } => adopt(&folder, shards),
         Command::AddShard { folder, shard } => growth::add_shard(&folder, &shard),
         Command::DrainShard { folder, shard } => growth::drain_shard(&folder, &shard),
+        Command::Reassign {
+            folder,
+            table,
+            key,
+            shard,
+            int,
+        } => growth::reassign(&folder, &table, &key, int, &shard),
         Command::Resume { folder } => growth::resume(&folder),
     };
     match result {

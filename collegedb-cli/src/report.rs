@@ -8,6 +8,7 @@ pub fn operation(op: &Operation) -> String {
     match op {
         Operation::AddShard { shard } => format!("add-shard {shard}"),
         Operation::DrainShard { shard } => format!("drain-shard {shard}"),
+        Operation::Reassign { table, key, shard } => format!("reassign {table} {key} {shard}"),
     }
 }
 
@@ -39,6 +40,8 @@ pub fn route(t: &Transfer) -> String {
 pub fn what(t: &Transfer) -> String {
     if t.is_relocation() {
         "directory-placed rows".to_owned()
+    } else if t.is_reassignment() {
+        "one key".to_owned()
     } else {
         format!("{} slots", t.slots.len())
     }

@@ -79,6 +79,8 @@ impl<B: Backend> CollegeDb<B> {
             quote_ident(key_column)
         );
         let mut pages = KeyPages::new(table, key_column);
+        // Shards whose fence (and tombstone table) exists, checked once per call.
+        let mut fenced = std::collections::HashSet::new();
         for (index, shard) in self.shards().iter().enumerate() {
             pages.restart();
             loop {
@@ -87,6 +89,8 @@ impl<B: Backend> CollegeDb<B> {
                     break;
                 }
                 let mut claims = Vec::new();
+                let mut tombstones: std::collections::BTreeMap<usize, Vec<crate::value::Value>> =
+                    Default::default();
                 for value in keys {
                     let key = Key::from_value(value.clone())?;
                     adopted.rows += 1;
@@ -97,7 +101,12 @@ impl<B: Backend> CollegeDb<B> {
                     }
                     // Also on its hash shard: a conflict, found from this side (the hash side
                     // records nothing).
-                    if !self.shard(hash).query(&exists, &[value]).await?.is_empty() {
+                    if !self
+                        .shard(hash)
+                        .query(&exists, std::slice::from_ref(&value))
+                        .await?
+                        .is_empty()
+                    {
                         let shards = vec![
                             self.shard_name(hash).to_owned(),
                             self.shard_name(index).to_owned(),
@@ -106,10 +115,19 @@ impl<B: Backend> CollegeDb<B> {
                         continue;
                     }
                     self.mark_off_hash(table, hash).await?;
+                    tombstones.entry(hash).or_default().push(value);
                     claims.push((key, self.shard_name(index).to_owned()));
                 }
                 if claims.is_empty() {
                     continue;
+                }
+                // Tombstone before entry, as marker before entry: an insert of the key on its
+                // hash shard is refused from now on, and follows the entry.
+                for (hash, keys) in tombstones {
+                    if fenced.insert(hash) {
+                        crate::fence::ensure(self, hash).await?;
+                    }
+                    crate::fence::bury(self.shard(hash), table, &keys).await?;
                 }
                 let winners = self.directory().claim_many(table, &claims).await?;
                 for ((key, shard), winner) in claims.into_iter().zip(winners) {

@@ -149,10 +149,11 @@ fn statements<M: Model>(rows: &[&Prepared], ignore_existing: bool) -> Vec<Statem
         .collect()
 }
 
-/// Step 4 for one shard's rows: one transaction behind the fence's guard (see
+/// Step 4 for one shard's rows: one transaction behind the fence's guards (see
 /// [`crate::fence`]): the rows' slots when the map placed them, [`fence::LIVE`] when the
-/// directory did. If the shard refuses (a move), nothing is written there and the rows are
-/// placed again by the refreshed map or directory. Returns the rows changed on each shard.
+/// directory did, and the keys' tombstones. If the shard refuses (a move, or a key reassigned
+/// elsewhere), nothing is written there and the rows are placed again by the refreshed map or
+/// the directory. Returns the rows changed on each shard.
 async fn write_shard<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     shard: usize,
@@ -160,10 +161,10 @@ async fn write_shard<M: Model, B: Backend>(
     by_map: bool,
     ignore_existing: bool,
 ) -> Result<Vec<(usize, u64)>> {
-    let mut pending = vec![(shard, rows)];
+    let mut pending = vec![(shard, by_map, rows)];
     let mut written = Vec::new();
     let mut backoff = Backoff::new();
-    while let Some((shard, rows)) = pending.pop() {
+    while let Some((shard, by_map, rows)) = pending.pop() {
         let fences: Vec<i64> = if by_map {
             rows.iter()
                 .map(|row| i64::from(slot_of(&row.key)))
@@ -171,13 +172,22 @@ async fn write_shard<M: Model, B: Backend>(
         } else {
             vec![fence::LIVE]
         };
+        let keys: Vec<Value> = rows.iter().map(|row| row.key.to_value()).collect();
         let statements = statements::<M>(&rows, ignore_existing);
-        match fence::guarded_batch(db, shard, &fences, &statements)
+        let guard = Some((M::TABLE, &keys[..]));
+        let refusal = match fence::guarded_batch(db, shard, &fences, guard, &statements)
             .await
             .map_err(|e| duplicate_or::<M, B>(db, shard, e))?
         {
-            Some(changed) => written.push((shard, changed.iter().sum())),
-            None => {
+            Ok(changed) => {
+                written.push((shard, changed.iter().sum()));
+                continue;
+            }
+            Err(refusal) => refusal,
+        };
+        let mut regrouped: BTreeMap<(usize, bool), Vec<&Prepared>> = BTreeMap::new();
+        match refusal {
+            fence::Refusal::NotOwned => {
                 db.after_not_owned(fences[0], &mut backoff).await?;
                 let keys: Vec<Key> = rows.iter().map(|row| row.key.clone()).collect();
                 let owners = if by_map {
@@ -189,13 +199,33 @@ async fn write_shard<M: Model, B: Backend>(
                     let write = db.strategies(M::STRATEGY).write;
                     db.place_many(M::TABLE, &keys, write).await?
                 };
-                let mut regrouped: BTreeMap<usize, Vec<&Prepared>> = BTreeMap::new();
                 for (row, owner) in rows.into_iter().zip(owners) {
-                    regrouped.entry(owner).or_default().push(row);
+                    regrouped.entry((owner, by_map)).or_default().push(row);
                 }
-                pending.extend(regrouped);
+            }
+            fence::Refusal::Moved => {
+                // Some key has a tombstone here: each row goes where the directory store names,
+                // or stays (a reassignment in flight, waited out).
+                let mut redirected = false;
+                for row in rows {
+                    match db.directory_lookup_fresh(M::TABLE, &row.key).await? {
+                        Some(owner) if owner != shard => {
+                            redirected = true;
+                            regrouped.entry((owner, false)).or_default().push(row);
+                        }
+                        _ => regrouped.entry((shard, by_map)).or_default().push(row),
+                    }
+                }
+                if !redirected {
+                    backoff.wait(fences[0]).await?;
+                }
             }
         }
+        pending.extend(
+            regrouped
+                .into_iter()
+                .map(|((shard, by_map), rows)| (shard, by_map, rows)),
+        );
     }
     Ok(written)
 }

@@ -14,13 +14,21 @@ use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
 
 /// Walks the shards that may own an existing key: the first guess given by the read strategy,
-/// then, after a miss, the directory's answer if it differs. Performs at most one directory read.
-/// Every guess carries the fence value its statements bind (see [`crate::fence`]): the key's
-/// slot when the map chose the shard, [`fence::LIVE`] when the directory did.
+/// then, after a miss, the directory's answer. Every guess carries the fence value its
+/// statements bind (see [`crate::fence`]): the key's slot when the map chose the shard,
+/// [`fence::LIVE`] when the directory did.
+///
+/// A key can be reassigned between reading its entry and running a statement, so a miss where
+/// an entry pointed is final only when the store named that shard both before the statement and
+/// after it; otherwise the lookup follows the store's newer answer. Without reassignments this
+/// costs one store read more than the first answer, and only on a miss.
 struct Lookup {
     shard: usize,
     fence: i64,
     directory_checked: bool,
+    /// `Some(fresh)` when the current guess came from a directory entry: `fresh` if the entry
+    /// was read from the store (not the cache) before the statement ran.
+    entry: Option<bool>,
 }
 
 impl Lookup {
@@ -36,18 +44,20 @@ impl Lookup {
                 shard,
                 fence,
                 directory_checked,
+                entry: None,
             }
         };
         if hash_first(read) {
             return Ok(by_map(false));
         }
-        Ok(match db.directory_lookup(table, key).await? {
-            Some(shard) => Lookup {
+        Ok(match db.directory_lookup_traced(table, key).await? {
+            (Some(shard), fresh) => Lookup {
                 shard,
                 fence: fence::LIVE,
                 directory_checked: true,
+                entry: Some(fresh),
             },
-            None => by_map(true),
+            (None, _) => by_map(true),
         })
     }
 
@@ -59,7 +69,19 @@ impl Lookup {
         key: &Key,
     ) -> Result<bool> {
         if self.directory_checked {
-            return Ok(false);
+            let Some(fresh) = self.entry else {
+                return Ok(false);
+            };
+            // The entry's shard lacks the row: ask the store where it is now.
+            return Ok(match db.directory_lookup_fresh(table, key).await? {
+                Some(shard) if shard != self.shard || !fresh => {
+                    self.shard = shard;
+                    self.fence = fence::LIVE;
+                    self.entry = Some(true);
+                    true
+                }
+                _ => false,
+            });
         }
         self.directory_checked = true;
         // Hash-first: the first guess was the hash shard. Without its off-hash marker the miss
@@ -67,13 +89,16 @@ impl Lookup {
         if !db.may_be_elsewhere(table, self.shard).await? {
             return Ok(false);
         }
-        match db.directory_lookup(table, key).await? {
-            Some(shard) if shard != self.shard => {
+        // An entry naming the hash shard itself is tried there again, by the entry: the row may
+        // have been reassigned back to it since the miss.
+        match db.directory_lookup_traced(table, key).await? {
+            (Some(shard), fresh) => {
                 self.shard = shard;
                 self.fence = fence::LIVE;
+                self.entry = Some(fresh);
                 Ok(true)
             }
-            _ => Ok(false),
+            (None, _) => Ok(false),
         }
     }
 }
@@ -187,6 +212,7 @@ pub(crate) struct RoutedWrite<'a> {
 /// Runs one write on the shard `lookup` points at.
 async fn write_once<B: Backend>(
     db: &CollegeDb<B>,
+    (table, key): (&str, &Key),
     shard: usize,
     fence_value: i64,
     write: &RoutedWrite<'_>,
@@ -204,10 +230,15 @@ async fn write_once<B: Backend>(
             changed
         }
         None => {
+            // Raw SQL may insert the key: a tombstone here refuses it (the write then follows
+            // the directory, as a stale cached entry does).
             let statement = Statement::new(write.sql, write.params.to_vec());
-            match fence::guarded_batch(db, shard, &[fence_value], &[statement]).await? {
-                Some(changed) => changed[0],
-                None => return Ok(Attempt::NotOwned),
+            let keys = [key.to_value()];
+            let guard = Some((table, &keys[..]));
+            match fence::guarded_batch(db, shard, &[fence_value], guard, &[statement]).await? {
+                Ok(changed) => changed[0],
+                Err(fence::Refusal::NotOwned) => return Ok(Attempt::NotOwned),
+                Err(fence::Refusal::Moved) => return Ok(Attempt::Miss),
             }
         }
     };
@@ -231,7 +262,7 @@ pub(crate) async fn execute_owner<B: Backend>(
     'route: loop {
         let mut lookup = Lookup::start(db, table, key, read).await?;
         loop {
-            match write_once(db, lookup.shard, lookup.fence, &write).await? {
+            match write_once(db, (table, key), lookup.shard, lookup.fence, &write).await? {
                 Attempt::Found(changed) => return Ok(Some((lookup.shard, changed))),
                 Attempt::NotOwned => {
                     db.after_not_admitted(table, key, lookup.fence, &mut backoff)
@@ -274,6 +305,8 @@ async fn write_fenced<M: Model, B: Backend>(
         &M::sql().insert_fenced
     };
     let mut backoff = Backoff::new();
+    // The shard the directory store named after a tombstone refused the key.
+    let mut directed = None;
     loop {
         let existing = if upsert {
             find_shard::<M, B>(db, key).await?
@@ -281,9 +314,10 @@ async fn write_fenced<M: Model, B: Backend>(
             None
         };
         let new = existing.is_none();
-        let (shard, fence_value) = match existing {
-            Some(found) => found,
-            None => place_new::<M, B>(db, key).await?,
+        let (shard, fence_value) = match (existing, directed) {
+            (Some(found), _) => found,
+            (None, Some(shard)) => (shard, fence::LIVE),
+            (None, None) => place_new::<M, B>(db, key).await?,
         };
         let changed = fence::execute(db, shard, fenced, &with_fence(values, fence_value))
             .await
@@ -291,8 +325,15 @@ async fn write_fenced<M: Model, B: Backend>(
         if changed > 0 {
             return Ok((shard, new));
         }
-        db.after_not_admitted(M::TABLE, key, fence_value, &mut backoff)
-            .await?;
+        if !fence::admits(db, shard, fence_value).await? {
+            directed = None;
+            db.after_not_admitted(M::TABLE, key, fence_value, &mut backoff)
+                .await?;
+            continue;
+        }
+        // Admitted, yet nothing written: the key has a tombstone here (it was reassigned, or
+        // adopted, to another shard), and its directory entry says where it lives.
+        directed = db.after_moved(M::TABLE, key, shard, &mut backoff).await?;
     }
 }
 
@@ -381,8 +422,10 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
         return Ok(None);
     }
     db.note_marked(M::TABLE, hash_shard);
+    // An entry naming the hash shard itself is tried again there: the row may have been
+    // reassigned back to it since the miss.
     match db.directory_lookup(M::TABLE, &key).await? {
-        Some(owner) if owner != hash_shard => {
+        Some(_) => {
             let params = [key.to_value()];
             let query = by_key::<M>(&params);
             match query_owner(db, M::TABLE, &key, Strategy::RoundRobin, query).await? {
@@ -390,7 +433,7 @@ pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Resul
                 None => Ok(None),
             }
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 

@@ -41,15 +41,30 @@ pub const OWNED: &str = "? IN (SELECT \"slot\" FROM \"_collegedb_slots\")";
 /// The fence value of statements sent where a directory entry points: every live shard admits it.
 pub const LIVE: i64 = -1;
 
+/// The tombstone table's name: keys whose directory entry names another shard.
+pub const MOVED: &str = "_collegedb_moved";
+
+/// The key guard view's name.
+pub const KEY_GUARD: &str = "_collegedb_key_guard";
+
 /// The message of the guard's abort.
 const NOT_OWNED_MESSAGE: &str = "collegedb: slot not owned by this shard";
 
-const CREATE: [&str; 3] = [
+/// The message of the key guard's abort.
+const MOVED_MESSAGE: &str = "collegedb: key placed on another shard";
+
+const CREATE: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS _collegedb_slots (slot INTEGER PRIMARY KEY NOT NULL)",
     "CREATE VIEW IF NOT EXISTS _collegedb_guard AS SELECT 0 AS slot WHERE 0",
     "CREATE TRIGGER IF NOT EXISTS _collegedb_guard_check INSTEAD OF INSERT ON _collegedb_guard \
      WHEN NOT EXISTS (SELECT 1 FROM _collegedb_slots WHERE slot = NEW.slot) \
      BEGIN SELECT RAISE(ABORT, 'collegedb: slot not owned by this shard'); END",
+    "CREATE TABLE IF NOT EXISTS _collegedb_moved (scope TEXT NOT NULL, key NOT NULL, \
+     PRIMARY KEY (scope, key)) WITHOUT ROWID",
+    "CREATE VIEW IF NOT EXISTS _collegedb_key_guard AS SELECT '' AS scope, 0 AS key WHERE 0",
+    "CREATE TRIGGER IF NOT EXISTS _collegedb_key_guard_check INSTEAD OF INSERT ON _collegedb_key_guard \
+     WHEN EXISTS (SELECT 1 FROM _collegedb_moved WHERE scope = NEW.scope AND key = NEW.key) \
+     BEGIN SELECT RAISE(ABORT, 'collegedb: key placed on another shard'); END",
 ];
 
 /// Fills a never-filled fence with the slots of a JSON array.
@@ -69,12 +84,46 @@ pub(crate) fn missing(error: &Error) -> bool {
     matches!(error, Error::QueryFailed { message, .. }
         if message.contains("no such table: _collegedb_slots")
             || message.contains("no such table: _collegedb_placed")
-            || message.contains("no such table: _collegedb_guard"))
+            || message.contains("no such table: _collegedb_guard")
+            || message.contains("no such table: _collegedb_moved")
+            || message.contains("no such table: _collegedb_key_guard"))
 }
 
-/// Whether `error` is the guard's refusal.
-pub(crate) fn refused(error: &Error) -> bool {
-    matches!(error, Error::QueryFailed { message, .. } if message.contains(NOT_OWNED_MESSAGE))
+/// Why a guarded batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The shard does not own a listed slot (or is not live): the map was stale.
+    NotOwned,
+    /// A listed key has a tombstone here: its directory entry names another shard.
+    Moved,
+}
+
+/// Whether `error` is a guard's refusal, and which.
+pub(crate) fn refusal(error: &Error) -> Option<Refusal> {
+    match error {
+        Error::QueryFailed { message, .. } if message.contains(NOT_OWNED_MESSAGE) => {
+            Some(Refusal::NotOwned)
+        }
+        Error::QueryFailed { message, .. } if message.contains(MOVED_MESSAGE) => {
+            Some(Refusal::Moved)
+        }
+        _ => None,
+    }
+}
+
+/// The tombstone test that fenced inserts and upserts embed: true unless `key` of `table` has a
+/// tombstone on this shard. `key_param` is the number of the key's parameter (`?N`), so that the
+/// test binds nothing new.
+pub(crate) fn not_moved(table: &str, key_param: usize) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM \"_collegedb_moved\" WHERE \"scope\" = {} AND \"key\" = ?{key_param})",
+        sql_text(table)
+    )
+}
+
+/// `text` as an SQL string literal.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn json_slots(slots: &[i64]) -> Value {
@@ -141,15 +190,23 @@ pub(crate) async fn execute<B: Backend>(
     }
 }
 
+/// Keys a guarded batch checks for tombstones: the table, and the keys' values.
+pub(crate) type GuardKeys<'a> = Option<(&'a str, &'a [Value])>;
+
 /// Runs statements in one transaction on shard `index` after a guard for the fence values
-/// `fences`; `Ok(None)` when the shard does not admit one of them (nothing was written).
+/// `fences` and, if given, a key guard for `keys` (refused when one of them has a tombstone
+/// here). `Ok(Err(_))`: the shard refused, and nothing was written.
 pub(crate) async fn guarded_batch<B: Backend>(
     db: &CollegeDb<B>,
     index: usize,
     fences: &[i64],
+    keys: GuardKeys<'_>,
     statements: &[Statement],
-) -> Result<Option<Vec<u64>>> {
+) -> Result<std::result::Result<Vec<u64>, Refusal>> {
     let mut all = guard_statements(fences);
+    if let Some((table, keys)) = keys {
+        all.extend(key_guard_statements(table, keys));
+    }
     let guards = all.len();
     all.extend_from_slice(statements);
     let mut result = db.shard(index).batch(&all).await;
@@ -158,9 +215,11 @@ pub(crate) async fn guarded_batch<B: Backend>(
         result = db.shard(index).batch(&all).await;
     }
     match result {
-        Ok(changed) => Ok(Some(changed[guards..].to_vec())),
-        Err(error) if refused(&error) => Ok(None),
-        Err(error) => Err(error),
+        Ok(changed) => Ok(Ok(changed[guards..].to_vec())),
+        Err(error) => match refusal(&error) {
+            Some(why) => Ok(Err(why)),
+            None => Err(error),
+        },
     }
 }
 
@@ -176,6 +235,20 @@ fn guard_statements(fences: &[i64]) -> Vec<Statement> {
             Statement::new(
                 format!("INSERT INTO {GUARD} (slot) VALUES {values}"),
                 chunk.iter().map(|&s| Value::Integer(s)).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Statements that abort their transaction if a key of `table` has a tombstone on the shard.
+fn key_guard_statements(table: &str, keys: &[Value]) -> Vec<Statement> {
+    let scope = sql_text(table);
+    keys.chunks(crate::model::MAX_BOUND_PARAMETERS)
+        .map(|chunk| {
+            let values = vec![format!("({scope}, ?)"); chunk.len()].join(", ");
+            Statement::new(
+                format!("INSERT INTO {KEY_GUARD} (scope, key) VALUES {values}"),
+                chunk.to_vec(),
             )
         })
         .collect()
@@ -232,4 +305,54 @@ pub(crate) async fn revoke<S: ShardConn>(shard: &S, fences: &[i64]) -> Result<()
         .execute_raw(REVOKE, &[json_slots(fences)])
         .await
         .map(drop)
+}
+
+/// Leaves tombstones for `keys` of `table` on a shard: fenced inserts and upserts of those keys
+/// are refused there from now on, and their writers follow the directory instead. Written before
+/// the directory entry that sends a key elsewhere (as the off-hash marker is).
+pub(crate) async fn bury<S: ShardConn>(shard: &S, table: &str, keys: &[Value]) -> Result<()> {
+    for chunk in keys.chunks(crate::model::MAX_BOUND_PARAMETERS) {
+        let values = vec!["(?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT OR IGNORE INTO {MOVED} (scope, key) SELECT {}, column1 FROM (VALUES {values})",
+            sql_text(table)
+        );
+        shard.execute_raw(&sql, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Removes the tombstone of `key` of `table` from a shard (the key moves back onto it).
+pub(crate) async fn unbury<S: ShardConn>(shard: &S, table: &str, key: &Value) -> Result<()> {
+    let sql = format!("DELETE FROM {MOVED} WHERE scope = ? AND key = ?");
+    shard
+        .execute_raw(&sql, &[Value::Text(table.to_owned()), key.clone()])
+        .await
+        .map(drop)
+}
+
+/// Every tombstone on a shard, as `(table, key)`.
+pub(crate) async fn tombstones<S: ShardConn>(shard: &S) -> Result<Vec<(String, Value)>> {
+    let sql = format!("SELECT scope, key FROM {MOVED} ORDER BY scope, key");
+    let mut all = Vec::new();
+    for row in shard.query(&sql, &[]).await? {
+        let mut values = row.into_values().into_iter();
+        if let (Some(Value::Text(scope)), Some(key)) = (values.next(), values.next()) {
+            all.push((scope, key));
+        }
+    }
+    Ok(all)
+}
+
+/// Removes the tombstones `keys` of `table` from a shard (they moved to another shard with
+/// their slot).
+pub(crate) async fn forget<S: ShardConn>(shard: &S, table: &str, keys: &[Value]) -> Result<()> {
+    for chunk in keys.chunks(crate::model::MAX_BOUND_PARAMETERS - 1) {
+        let marks = vec!["?"; chunk.len()].join(", ");
+        let sql = format!("DELETE FROM {MOVED} WHERE scope = ? AND key IN ({marks})");
+        let mut params = vec![Value::Text(table.to_owned())];
+        params.extend_from_slice(chunk);
+        shard.execute_raw(&sql, &params).await?;
+    }
+    Ok(())
 }

@@ -10,8 +10,12 @@ use crate::value::{ColumnValue, Value};
 /// The longest key accepted, in canonical bytes: Cloudflare KV's key limit.
 pub const MAX_KEY_BYTES: usize = 512;
 
-/// A validated shard key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A validated shard key. Its serde form (`{"int": 7}`, `{"text": "alice"}`) is for journals;
+/// a key read back is validated again before use.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Key {
     /// An integer key, within ±(2^53 - 1).
     Int(i64),

@@ -80,8 +80,9 @@ pub struct ModelSql {
     pub update_by_key: Option<String>,
     /// `DELETE FROM t WHERE key = ?`.
     pub delete_by_key: String,
-    /// [`ModelSql::insert`] as `INSERT ... SELECT ... WHERE <owned>`: the slot is the last
-    /// parameter, and no row changed means the shard does not own it.
+    /// [`ModelSql::insert`] as `INSERT ... SELECT ... WHERE <owned> AND <not moved>`: the slot
+    /// is the last parameter, and no row changed means the shard does not own it, or the key has
+    /// a tombstone there (see [`crate::fence`]).
     pub insert_fenced: String,
     /// [`ModelSql::upsert`], fenced like `insert_fenced` (a key-only model's conflict rewrites
     /// the key, so that an existing row counts as changed).
@@ -195,9 +196,11 @@ impl ModelSql {
         let as_select = |insert: &str| -> (String, String) {
             let (head, rest) = insert.split_once(" VALUES ").expect("an insert has VALUES");
             let tail = rest.find(')').map_or("", |end| &rest[end + 1..]);
+            // The key is bound once: the tombstone test names its parameter by number.
             let select = format!(
-                "{head} SELECT {} WHERE {owned}",
-                vec!["?"; columns.len()].join(", ")
+                "{head} SELECT {} WHERE {owned} AND {}",
+                vec!["?"; columns.len()].join(", "),
+                crate::fence::not_moved(table, M::KEY_INDEX + 1)
             );
             (select, tail.to_owned())
         };

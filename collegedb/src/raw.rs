@@ -251,9 +251,14 @@ impl<'a, B: Backend> TableScope<'a, B> {
         // Behind the fence's guard (see `crate::fence`), following the map or the directory
         // if the shard refuses.
         let statement = [Statement::new(sql, params.to_vec())];
+        let keys = [key.to_value()];
         let mut backoff = Backoff::new();
+        // The shard the directory store named after a tombstone refused the key.
+        let mut directed = None;
         loop {
-            let (shard, fence_value) = if hash_first(read) && write == Strategy::Hash {
+            let (shard, fence_value) = if let Some(shard) = directed {
+                (shard, fence::LIVE)
+            } else if hash_first(read) && write == Strategy::Hash {
                 self.db.hash_target(&key)
             } else {
                 match self.db.directory_lookup(self.table, &key).await? {
@@ -264,12 +269,20 @@ impl<'a, B: Backend> TableScope<'a, B> {
                     None => self.db.hash_target(&key),
                 }
             };
-            match fence::guarded_batch(self.db, shard, &[fence_value], &statement).await? {
-                Some(changed) => return Ok(changed[0]),
-                None => {
+            let guard = Some((self.table, &keys[..]));
+            match fence::guarded_batch(self.db, shard, &[fence_value], guard, &statement).await? {
+                Ok(changed) => return Ok(changed[0]),
+                Err(fence::Refusal::NotOwned) => {
+                    directed = None;
                     self.db
                         .after_not_admitted(self.table, &key, fence_value, &mut backoff)
                         .await?
+                }
+                Err(fence::Refusal::Moved) => {
+                    directed = self
+                        .db
+                        .after_moved(self.table, &key, shard, &mut backoff)
+                        .await?;
                 }
             }
         }

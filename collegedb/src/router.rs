@@ -409,19 +409,60 @@ impl<B: Backend> CollegeDb<B> {
         self.after_not_owned(fence, backoff).await
     }
 
+    /// After a fenced insert or upsert of `key` was refused by a tombstone on `shard` (see
+    /// [`crate::fence`]): the shard the directory store names now, if it is another one; else
+    /// (a reassignment between its tombstone and its new entry) waits a little, as for a slot in
+    /// its switch-over, and returns `None`.
+    pub(crate) async fn after_moved(
+        &self,
+        table: &str,
+        key: &Key,
+        shard: usize,
+        backoff: &mut Backoff,
+    ) -> Result<Option<usize>> {
+        match self.directory_lookup_fresh(table, key).await? {
+            Some(owner) if owner != shard => Ok(Some(owner)),
+            _ => {
+                backoff.wait(i64::from(crate::slots::slot_of(key))).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The directory entry of `key` read from the store, bypassing (and refreshing) the cache:
+    /// after a cached entry led to a shard without the row, which a reassignment may explain.
+    pub(crate) async fn directory_lookup_fresh(
+        &self,
+        table: &str,
+        key: &Key,
+    ) -> Result<Option<usize>> {
+        self.inner.cache.invalidate(table, key);
+        self.directory_lookup(table, key).await
+    }
+
     /// The directory entry of `key` (cache first), as a shard index. Never writes.
     pub async fn directory_lookup(&self, table: &str, key: &Key) -> Result<Option<usize>> {
+        Ok(self.directory_lookup_traced(table, key).await?.0)
+    }
+
+    /// [`CollegeDb::directory_lookup`], and whether the answer was read from the store now
+    /// (`false`: from the cache).
+    pub(crate) async fn directory_lookup_traced(
+        &self,
+        table: &str,
+        key: &Key,
+    ) -> Result<(Option<usize>, bool)> {
         if let Some(shard) = self.inner.cache.get(table, key) {
-            return Ok(Some(shard));
+            return Ok((Some(shard), false));
         }
         self.inner.directory_reads.fetch_add(1, Ordering::Relaxed);
         match self.inner.directory.lookup(table, key).await? {
             Some(name) => {
                 let shard = self.directory_shard(&name)?;
                 self.inner.cache.insert(table, key, shard);
-                Ok(Some(shard))
+                Ok((Some(shard), true))
             }
-            None => Ok(None),
+            None => Ok((None, true)),
         }
     }
 
@@ -688,7 +729,8 @@ impl Backoff {
         }
     }
 
-    async fn wait(&mut self, slot: i64) -> Result<()> {
+    /// Waits a little longer each time; fails with [`Error::SlotMoving`] after 10 s in all.
+    pub(crate) async fn wait(&mut self, slot: i64) -> Result<()> {
         if self.waited_ms >= Self::LIMIT_MS {
             return Err(Error::SlotMoving { slot });
         }

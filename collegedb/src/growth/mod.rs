@@ -63,6 +63,7 @@
 //!   to a scan until the switch.
 
 mod capture;
+mod reassign;
 mod relocate;
 mod transfer;
 
@@ -139,6 +140,15 @@ pub enum Operation {
         /// The shard.
         shard: String,
     },
+    /// Move one key's row of one table to a shard, and record it in the directory.
+    Reassign {
+        /// The table.
+        table: String,
+        /// The key.
+        key: crate::key::Key,
+        /// The shard it moves to.
+        shard: String,
+    },
 }
 
 impl std::fmt::Display for Operation {
@@ -146,6 +156,9 @@ impl std::fmt::Display for Operation {
         match self {
             Operation::AddShard { shard } => write!(f, "add_shard {shard}"),
             Operation::DrainShard { shard } => write!(f, "drain_shard {shard}"),
+            Operation::Reassign { table, key, shard } => {
+                write!(f, "reassign {table}/{key} -> {shard}")
+            }
         }
     }
 }
@@ -263,7 +276,8 @@ pub struct Transfer {
     pub from: String,
     /// The receiving shard.
     pub to: String,
-    /// The slots, ascending. Empty for the relocation of a drained shard's directory-placed rows.
+    /// The slots, ascending. Empty for the relocation of a drained shard's directory-placed rows
+    /// (whose `to` is empty too) and for a reassigned key.
     #[serde(with = "slot_ranges")]
     pub slots: Vec<u16>,
     /// Where it is.
@@ -282,6 +296,10 @@ pub struct Transfer {
     pub deleted: u64,
     /// An estimate of the rows to move, from row counts when the transfer started.
     pub estimate: u64,
+    /// The fence values a reassignment's freeze revoked on the giving shard, given back after
+    /// its delete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<i64>,
 }
 
 impl Transfer {
@@ -298,12 +316,19 @@ impl Transfer {
             caught_up: 0,
             deleted: 0,
             estimate: 0,
+            frozen: Vec::new(),
         }
     }
 
-    /// Whether this transfer moves the directory-placed rows of a drained shard.
+    /// Whether this transfer moves the directory-placed rows of a drained shard (no slots, no
+    /// single receiving shard).
     pub fn is_relocation(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.to.is_empty()
+    }
+
+    /// Whether this transfer moves one reassigned key (no slots, one receiving shard).
+    pub fn is_reassignment(&self) -> bool {
+        self.slots.is_empty() && !self.to.is_empty()
     }
 
     /// After a catch-up pass that read `read` log entries of at most `page`: a small pass (or
@@ -422,7 +447,9 @@ impl std::fmt::Display for Job {
             self.transfers.len()
         )?;
         if let Some(t) = self.transfers.get(self.current) {
-            let what = if t.is_relocation() {
+            let what = if let Operation::Reassign { table, key, .. } = &self.operation {
+                format!("key {key} of {table}")
+            } else if t.is_relocation() {
                 "directory-placed rows".to_owned()
             } else {
                 format!("{} slots", t.slots.len())
@@ -654,8 +681,12 @@ impl<B: Backend> CollegeDb<B> {
             Operation::AddShard { shard } => map.plan_add(shard)?,
             Operation::DrainShard { shard } if !map.contains(shard) => Vec::new(),
             Operation::DrainShard { shard } => map.plan_drain(shard)?,
+            Operation::Reassign { .. } => Vec::new(),
         };
         let mut transfers: Vec<Transfer> = plans.into_iter().map(Transfer::new).collect();
+        if let Operation::Reassign { table, key, shard } = &operation {
+            transfers.extend(reassign::plan(self, table, key, shard).await?);
+        }
         if let Operation::DrainShard { shard } = &operation {
             if !transfers.is_empty() {
                 transfers.push(Transfer::new(SlotTransfer {
@@ -682,8 +713,10 @@ impl<B: Backend> CollegeDb<B> {
             job.finished_ms = Some(job.started_ms);
             return Ok(job);
         }
-        for transfer in &mut job.transfers {
-            transfer.estimate = self.estimate(&map, transfer).await?;
+        if !matches!(job.operation, Operation::Reassign { .. }) {
+            for transfer in &mut job.transfers {
+                transfer.estimate = self.estimate(&map, transfer).await?;
+            }
         }
         self.save_job(&job, &GrowthOptions::default()).await?;
         Ok(job)
@@ -770,7 +803,9 @@ impl<B: Backend> CollegeDb<B> {
             if let Some(lease) = &mut job.lease {
                 lease.until_ms = now_ms() + LEASE_MS;
             }
-            let stepped = if job.transfers[job.current].is_relocation() {
+            let stepped = if matches!(job.operation, Operation::Reassign { .. }) {
+                reassign::step(self, &mut job).await
+            } else if job.transfers[job.current].is_relocation() {
                 relocate::step(self, &mut job, options).await
             } else {
                 transfer::step(self, &mut job, options).await

@@ -143,11 +143,18 @@ pub(super) async fn step<B: Backend>(
                 .directory()
                 .list(&cursor.table, after.as_deref(), page)
                 .await?;
+            let mut returning: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
             for (key, shard) in &listed.entries {
                 if *shard == t.from {
-                    let target = db.shard_name(db.hash_shard(key)).to_owned();
-                    db.directory().assign(&cursor.table, key, &target).await?;
+                    let target = db.hash_shard(key);
+                    let name = db.shard_name(target).to_owned();
+                    db.directory().assign(&cursor.table, key, &name).await?;
+                    returning.entry(target).or_default().push(key.to_value());
                 }
+            }
+            // A key reassigned off its hash shard left a tombstone there; it is back now.
+            for (target, keys) in returning {
+                fence::forget(db.shard(target), &cursor.table, &keys).await?;
             }
             match listed.cursor {
                 Some(next) => cursor.after = Some(StoredValue::Text(next)),

@@ -83,6 +83,7 @@ pub(super) async fn step<B: Backend>(
         }
         Phase::Switch => {
             crate::marker::copy(db.shard(from), db.shard(to)).await?;
+            copy_tombstones(db, from, to, &t.slots).await?;
             let fences: Vec<i64> = t.slots.iter().map(|&s| i64::from(s)).collect();
             fence::grant(db.shard(to), &fences).await?;
             hand_over(db, &t.slots, &t.to).await?;
@@ -238,6 +239,34 @@ async fn apply<B: Backend>(
 
 /// Stores the map with `slots` owned by `to`, unless it already is (a resumed switch), and
 /// routes this handle by it.
+/// Copies the tombstones of keys in `slots` (keys reassigned away from their hash shard, see
+/// [`crate::fence`]) to the shard receiving the slots, before it admits them; except for keys
+/// whose directory entry names that very shard (they live there: a tombstone would refuse them).
+async fn copy_tombstones<B: Backend>(
+    db: &CollegeDb<B>,
+    from: usize,
+    to: usize,
+    slots: &[u16],
+) -> Result<()> {
+    let moving: HashSet<u16> = slots.iter().copied().collect();
+    let receiver = db.shard_name(to);
+    let mut by_table: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (table, key) in fence::tombstones(db.shard(from)).await? {
+        let Ok(parsed) = Key::from_value(key.clone()) else {
+            continue;
+        };
+        if moving.contains(&slot_of(&parsed))
+            && db.directory().lookup(&table, &parsed).await?.as_deref() != Some(receiver)
+        {
+            by_table.entry(table).or_default().push(key);
+        }
+    }
+    for (table, keys) in by_table {
+        fence::bury(db.shard(to), &table, &keys).await?;
+    }
+    Ok(())
+}
+
 async fn hand_over<B: Backend>(db: &CollegeDb<B>, slots: &[u16], to: &str) -> Result<()> {
     for _ in 0..8 {
         db.refresh_map().await?;

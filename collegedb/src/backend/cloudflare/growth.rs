@@ -390,6 +390,7 @@ async fn after_finish(db: &CollegeDb<Cloudflare>, job: &Job) -> Result<()> {
     match &job.operation {
         Operation::AddShard { shard } => db.coordinator().add_shard(shard).await?,
         Operation::DrainShard { shard } => db.coordinator().remove_shard(shard).await?,
+        Operation::Reassign { .. } => {}
     }
     super::recount_stats(db).await.map(drop)
 }
@@ -400,6 +401,7 @@ pub fn job_json(job: &Job, now_ms: u64) -> serde_json::Value {
     let (kind, shard) = match &job.operation {
         Operation::AddShard { shard } => ("add_shard", shard),
         Operation::DrainShard { shard } => ("drain_shard", shard),
+        Operation::Reassign { shard, .. } => ("reassign", shard),
     };
     let transfer = job.transfers.get(job.current).map(|t| {
         serde_json::json!({
