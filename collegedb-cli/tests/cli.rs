@@ -473,3 +473,49 @@ fn closing_the_output_does_not_stop_an_operation() {
     assert!(out.contains("shard map version 4: 4 shards"), "{out}");
     assert!(out.contains("last operation: add-shard s3"), "{out}");
 }
+
+#[test]
+fn reassign_moves_one_key_and_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    deployment(dir.path(), 0);
+    let where_is = |id: i64| {
+        let db = CollegeDb::open_embedded(Config::with_shard_names(["s0", "s1", "s2"]), dir.path())
+            .unwrap();
+        pollster::block_on(User::locate(&db, id)).unwrap().unwrap()
+    };
+    let from = where_is(777);
+    let to = if from == "s0" { "s1" } else { "s0" };
+    let (code, out) = tool(&["reassign", folder, "users", "777", to, "--int"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "reassigned key 777 of users: {from} -> {to} (1 row copied, 1 deleted)"
+        )),
+        "{out}"
+    );
+    assert_eq!(where_is(777), to);
+    let (code, out) = tool(&["verify", folder]);
+    assert_eq!(code, 0, "{out}");
+    assert_all_users(dir.path(), &["s0", "s1", "s2"]);
+    // Again: nothing to do.
+    let (code, out) = tool(&["reassign", folder, "users", "777", to, "--int"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
+
+    // A text key where the table's keys are integers finds no row; a shard outside the map and
+    // a key that is not an integer are refused.
+    let (code, out) = tool(&["reassign", folder, "users", "777", from.as_str()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("ROW_NOT_FOUND") || out.contains("no row"),
+        "{out}"
+    );
+    let (code, out) = tool(&["reassign", folder, "users", "777", "s9", "--int"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("add-shard"), "{out}");
+    let (code, out) = tool(&["reassign", folder, "users", "seven", "s1", "--int"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not an integer key"), "{out}");
+    assert_eq!(where_is(777), to);
+}

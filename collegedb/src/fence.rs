@@ -20,6 +20,14 @@
 //! a *guard*: an insert into the view `_collegedb_guard`, whose trigger aborts the transaction
 //! with `RAISE(ABORT)` when a listed slot is not owned.
 //!
+//! **Tombstones.** A key placed by a directory entry on another shard than one a route may still
+//! reach (its hash shard, or a shard it was reassigned away from) has a row `(table, key)` in
+//! that shard's `_collegedb_moved`. Fenced inserts and upserts also check `NOT EXISTS` there (the
+//! key's parameter reused by number); raw writes and `insert_many` check it in a second guard,
+//! the view `_collegedb_key_guard`. A refused writer reads the directory store and follows it
+//! (see [`crate::growth`]'s `reassign`). Written before the entry, like the off-hash marker;
+//! carried with their slots by transfers; removed where a key comes back.
+//!
 //! A statement told "not owned" makes the router reload the map and try again (see
 //! [`crate::router`]): either the map moved the slot (the retry goes to the new owner) or a move
 //! is switching it over this instant (the retry waits out the few milliseconds of the switch).

@@ -600,6 +600,7 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     );
 
     drain_moves_everything_off_a_shard_through_failing_alarms(&server);
+    reassign_moves_one_key_and_every_route_follows_it(&server);
     eprintln!("growth test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -718,4 +719,69 @@ fn drain_moves_everything_off_a_shard_through_failing_alarms(server: &Workerd) {
             .count();
         assert_eq!(holders, 1, "post {id}");
     }
+}
+
+/// `POST /admin/reassign` moves one user to another shard: the row is on that shard only, and
+/// reads, updates, a duplicate insert, a delete and a new insert of the key all follow it.
+fn reassign_moves_one_key_and_every_route_follows_it(server: &Workerd) {
+    let serving = ["DB_EAST", "DB_WEST", STANDBY];
+    let (from, id) = serving
+        .iter()
+        .find_map(|shard| {
+            users_on(server, shard)
+                .first()
+                .map(|(id, _)| (*shard, id.clone()))
+        })
+        .expect("some user");
+    let to = serving.iter().find(|shard| **shard != from).unwrap();
+    let reply = server.post(
+        "/admin/reassign",
+        &json!({ "table": "users", "key": id, "shard": to }),
+    );
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text, server.log_tail());
+    assert_eq!(reply.json["kind"], "reassign", "{}", reply.text);
+    assert_eq!(reply.json["rowsCopied"], 1, "{}", reply.text);
+    let held = |shard: &str| users_on(server, shard).iter().any(|(k, _)| *k == id);
+    assert!(held(to) && !held(from), "{id}: {from} -> {to}");
+    let at = server.get(&format!("/users/{id}/shard"));
+    assert_eq!(at.json["shard"], *to, "{}", at.text);
+
+    let update = server.request(
+        "PUT",
+        &format!("/users/{id}"),
+        Some(&user(&id, 4242).to_string()),
+    );
+    assert_eq!(update.status, 200, "{}", update.text);
+    assert_eq!(server.get(&format!("/users/{id}")).json["karma"], 4242);
+    let again = server.post("/users", &user(&id, 1));
+    assert_eq!(again.status, 409, "a second copy: {}", again.text);
+    let delete = server.request("DELETE", &format!("/users/{id}"), None);
+    assert_eq!(delete.status, 200, "{}", delete.text);
+    let insert = server.post("/users", &user(&id, 7));
+    assert!(insert.status < 300, "{}", insert.text);
+    assert!(
+        held(to) && !held(from),
+        "the key came back where its entry points"
+    );
+    let total: usize = all_shards()
+        .map(|shard| {
+            users_on(server, shard)
+                .iter()
+                .filter(|(k, _)| *k == id)
+                .count()
+        })
+        .sum();
+    assert_eq!(total, 1);
+
+    // A key no shard holds, and a shard outside the map, are refused.
+    let missing = server.post(
+        "/admin/reassign",
+        &json!({ "table": "users", "key": "nobody-at-all", "shard": to }),
+    );
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    let retired = server.post(
+        "/admin/reassign",
+        &json!({ "table": "users", "key": id, "shard": "DB_EU" }),
+    );
+    assert_eq!(retired.status, 409, "{}", retired.text);
 }

@@ -45,6 +45,9 @@
 //! are unreachable leftovers until step 7 removes them. [`CollegeDb::verify_table`] counts them
 //! as a move in flight, not as duplicates.
 //!
+//! [`CollegeDb::reassign`] moves one key the same way, with a per-key fence (tombstones) and a
+//! freeze of the key's slot on one shard; its module docs (`reassign`) give the argument.
+//!
 //! A drained shard's directory-placed rows move the same way (`relocate`), with the fence value
 //! [`crate::fence::LIVE`] in place of the slots: copy, catch up, freeze `A` for directory-routed
 //! statements, final catch-up, point the entries at the new shards, delete. A handle whose cache

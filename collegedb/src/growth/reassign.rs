@@ -203,10 +203,10 @@ impl<B: Backend> CollegeDb<B> {
     /// let db = CollegeDb::open_embedded(Config::with_shard_names(["a", "b", "c"]), dir.path())?;
     /// User::create_table(&db).await?;
     /// User::insert(&db, &User { id: "alice".into(), name: "Alice".into() }).await?;
-    /// let to = if User::locate(&db, "alice".into()).await?.as_deref() == Some("a") { "b" } else { "a" };
+    /// let to = if User::locate(&db, "alice").await?.as_deref() == Some("a") { "b" } else { "a" };
     /// db.reassign("users", "alice", to).await?;
-    /// assert_eq!(User::locate(&db, "alice".into()).await?.as_deref(), Some(to));
-    /// assert_eq!(User::find(&db, "alice".into()).await?.unwrap().name, "Alice");
+    /// assert_eq!(User::locate(&db, "alice").await?.as_deref(), Some(to));
+    /// assert_eq!(User::find(&db, "alice").await?.unwrap().name, "Alice");
     /// assert!(db.verify_table("users", "id").await?.is_clean());
     /// # Ok::<(), collegedb::Error>(()) }).unwrap();
     /// ```

@@ -25,6 +25,7 @@
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
+//! | `POST /admin/reassign` | `{"table": "users", "key": "alice", "shard": "DB_EU"}` (an integer key as a JSON number): moves the key's row to that shard and records it in the directory, now (200, with the journal); 404 if no shard holds it; 409 while another operation runs |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
 //! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator); `{"holdLease": ms}` gives the operation's lease to another runner for `ms`, as a slice killed in the middle leaves it |
 //!
@@ -384,6 +385,51 @@ async fn start_growth(
     }
 }
 
+/// The body of `POST /admin/reassign`.
+#[derive(Deserialize)]
+struct ReassignRequest {
+    table: String,
+    key: serde_json::Value,
+    shard: String,
+}
+
+/// `POST /admin/reassign`: moves one key now. A reassignment is a handful of statements, well
+/// within one request's limits; if the request dies midway, its journal stays, and
+/// `GET /admin/growth` sets the runner's alarm to finish it.
+async fn reassign(db: &Db, req: &mut Request) -> collegedb::Result<Response> {
+    let text = req.text().await.unwrap_or_default();
+    let request: ReassignRequest = serde_json::from_str(&text)
+        .map_err(|e| collegedb::Error::ConfigInvalid(format!("reassign request: {e}")))?;
+    let key = match &request.key {
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(n) => collegedb::Key::int(n)?,
+            None => {
+                return Err(collegedb::Error::ConfigInvalid(format!(
+                    "reassign request: the key {n} is not an integer"
+                )))
+            }
+        },
+        serde_json::Value::String(s) => collegedb::Key::text(s.clone())?,
+        other => {
+            return Err(collegedb::Error::ConfigInvalid(format!(
+                "reassign request: a key is a string or an integer, not {other}"
+            )))
+        }
+    };
+    match db.reassign(&request.table, key, &request.shard).await {
+        Ok(job) => {
+            let now = collegedb::growth::now_ms();
+            Ok(Response::from_json(&cloudflare::job_json(&job, now)).expect("JSON"))
+        }
+        Err(error @ collegedb::Error::ConfigInvalid(_)) => Ok(Response::from_json(
+            &serde_json::json!({ "error": error.to_string(), "code": error.code() }),
+        )
+        .expect("JSON")
+        .with_status(409)),
+        Err(error) => Err(error),
+    }
+}
+
 /// `GET /admin/growth`: the status, and the runner's alarm set again if a job is journaled.
 async fn growth_status(db: &Db, env: &Env) -> collegedb::Result<Response> {
     let runner = growth_runner(env)?.kick().await?;
@@ -408,6 +454,7 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             }),
             Err(e) => Err(e),
         },
+        (Method::Post, ["admin", "reassign"]) => reassign(db, &mut req).await,
         (Method::Post, ["admin", "shards", shard, "add"]) => {
             let operation = Operation::AddShard {
                 shard: (*shard).to_owned(),
