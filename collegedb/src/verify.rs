@@ -103,16 +103,21 @@ pub(crate) struct InFlight {
     from: usize,
     to: Option<usize>,
     slots: std::collections::HashSet<u16>,
+    /// The key of a reassignment, which moves nothing else.
+    key: Option<Key>,
 }
 
 impl InFlight {
-    /// Whether a key of `slot` (directory-placed or not) owned by `owner` may have a second
-    /// copy on `other` because of this transfer.
-    fn covers(&self, slot: u16, placed: bool, owner: usize, other: usize) -> bool {
+    /// Whether `key` (directory-placed or not) owned by `owner` may have a second copy on
+    /// `other` because of this transfer.
+    fn covers(&self, key: &Key, placed: bool, owner: usize, other: usize) -> bool {
         let pair = |a: usize, b: usize| {
             (a == self.from && Some(b) == self.to) || (b == self.from && Some(a) == self.to)
         };
-        if self.slots.is_empty() {
+        let slot = crate::slots::slot_of(key);
+        if let Some(moving) = &self.key {
+            moving == key && pair(owner, other)
+        } else if self.slots.is_empty() {
             // A drain's relocation: directory-placed rows go from the drained shard anywhere.
             placed && (owner == self.from || other == self.from)
         } else {
@@ -133,10 +138,15 @@ impl<B: Backend> CollegeDb<B> {
             if matches!(transfer.phase, Phase::Prepare | Phase::Done) {
                 continue;
             }
+            let key = match &job.operation {
+                crate::growth::Operation::Reassign { key, .. } => Some(key.clone()),
+                _ => None,
+            };
             moving.push(InFlight {
                 from: self.shard_by_name(&transfer.from)?,
                 to: self.shard_by_name(&transfer.to).ok(),
                 slots: transfer.slots.iter().copied().collect(),
+                key,
             });
         }
         Ok(moving)
@@ -313,9 +323,8 @@ impl<B: Backend> CollegeDb<B> {
             let owner = entries.get(key).copied().unwrap_or(hash);
             if shards.len() == 2 && shards.contains(&owner) {
                 let other = shards.iter().copied().find(|&s| s != owner).expect("two");
-                let slot = crate::slots::slot_of(key);
                 let placed = entries.contains_key(key);
-                if moving.iter().any(|m| m.covers(slot, placed, owner, other)) {
+                if moving.iter().any(|m| m.covers(key, placed, owner, other)) {
                     report.in_flight += 1;
                     continue;
                 }

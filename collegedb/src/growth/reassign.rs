@@ -216,13 +216,24 @@ impl<B: Backend> CollegeDb<B> {
         key: K,
         shard: &str,
     ) -> Result<Job> {
+        self.reassign_with(table, key, shard, &super::GrowthOptions::default())
+            .await
+    }
+
+    /// [`CollegeDb::reassign`] with options (its progress hook is called after every step).
+    pub async fn reassign_with<K: crate::key::AnyKey>(
+        &self,
+        table: &str,
+        key: K,
+        shard: &str,
+        options: &super::GrowthOptions,
+    ) -> Result<Job> {
         let operation = Operation::Reassign {
             table: table.to_owned(),
             key: key.into_any_key()?,
             shard: shard.to_owned(),
         };
-        self.start_or_resume(operation, &super::GrowthOptions::default())
-            .await
+        self.start_or_resume(operation, options).await
     }
 }
 

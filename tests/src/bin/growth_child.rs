@@ -3,7 +3,7 @@
 //! journaled step (or anywhere) and then run it again to resume.
 //!
 //! ```text
-//! growth-child <folder> <add:NAME | drain:NAME | adopt> <shards-csv> [stop]
+//! growth-child <folder> <add:NAME | drain:NAME | reassign:TABLE:KEY:NAME | adopt> <shards-csv> [stop]
 //! ```
 //!
 //! `shards-csv` lists the configured shard names (the stored map must be covered by them; extra
@@ -142,6 +142,12 @@ fn main() {
                 Ok(format!("done {}", job.rows_copied()))
             } else if let Some(shard) = op.strip_prefix("drain:") {
                 let job = db.drain_shard_with(shard, &options).await?;
+                Ok(format!("done {}", job.rows_copied()))
+            } else if let Some(args) = op.strip_prefix("reassign:") {
+                let [table, key, shard] = args.splitn(3, ':').collect::<Vec<_>>()[..] else {
+                    return Err(collegedb::Error::ConfigInvalid(format!("bad `{op}`")));
+                };
+                let job = db.reassign_with(table, key, shard, &options).await?;
                 Ok(format!("done {}", job.rows_copied()))
             } else if op == "adopt" {
                 let report = db.adopt().await?;
