@@ -159,6 +159,14 @@ impl<B: Backend> CollegeDb<B> {
                 let sql = format!("DELETE FROM {}", quote_ident(&table));
                 shard.execute_raw(&sql, &[]).await?;
             }
+            // Tombstones name directory entries, which go too (see `crate::fence`).
+            let sql = format!("DELETE FROM {}", crate::fence::MOVED);
+            match shard.execute_raw(&sql, &[]).await {
+                Err(error) if crate::fence::missing(&error) => {}
+                result => {
+                    result?;
+                }
+            }
         }
         self.clear_directory().await
     }

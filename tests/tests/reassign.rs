@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use collegedb::{CollegeDb, Embedded, Error, GrowthOptions};
-use collegedb_tests::{keys_per_shard, open, Note, User};
+use collegedb_tests::{keys_per_shard, open, open_with, Note, User};
 use pollster::block_on;
 
 /// The shard files holding `key`, by index.
@@ -103,6 +103,15 @@ fn a_hash_placed_key_moves_and_a_handle_opened_before_follows_it() {
     });
     assert_eq!(holders(dir.path(), 3, "users", key), [hash]);
     assert_clean(&a, "users", "id");
+
+    // `flush` takes the tombstones with the entries: the key is inserted on its hash shard.
+    block_on(a.reassign("users", key, &to_name)).unwrap();
+    let a = open_with(dir.path(), 3, |config| config.allow_flush(true));
+    block_on(async {
+        a.flush().await.unwrap();
+        User::insert(&a, &User::new(key)).await.unwrap();
+    });
+    assert_eq!(holders(dir.path(), 3, "users", key), [hash]);
 }
 
 #[test]

@@ -399,6 +399,42 @@ impl Pool {
     }
 }
 
+/// How many statements' column names each thread remembers.
+const REMEMBERED_COLUMNS: usize = 64;
+
+thread_local! {
+    /// Column names of recent statements, by the address of their SQL text (the typed layer's
+    /// statements live for the whole process), so that a read allocates no names.
+    static COLUMNS: std::cell::RefCell<std::collections::HashMap<usize, Arc<[String]>>> =
+        std::cell::RefCell::new(std::collections::HashMap::with_capacity(REMEMBERED_COLUMNS));
+}
+
+/// The column names of `stmt`: remembered ones when they still match, name by name (the address
+/// of a freed SQL text may come back holding another statement), else read and remembered.
+fn column_names(stmt: &rusqlite::Statement<'_>, sql: &str) -> Arc<[String]> {
+    let address = sql.as_ptr() as usize;
+    let count = stmt.column_count();
+    let matches = |names: &Arc<[String]>| {
+        names.len() == count
+            && names
+                .iter()
+                .enumerate()
+                .all(|(i, name)| stmt.column_name(i).is_ok_and(|n| n == name))
+    };
+    COLUMNS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(names) = cache.get(&address).filter(|names| matches(names)) {
+            return names.clone();
+        }
+        let names: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        if cache.len() >= REMEMBERED_COLUMNS {
+            cache.clear();
+        }
+        cache.insert(address, names.clone());
+        names
+    })
+}
+
 /// Arms a connection's step budget for one inline statement, and disarms it when dropped (also
 /// on panic).
 struct Armed<'a>(&'a AtomicUsize);
@@ -453,7 +489,7 @@ fn query(
     if inline && !stmt.readonly() {
         return Err(offload_please());
     }
-    let columns: Arc<[String]> = stmt.column_names().map(str::to_owned).collect();
+    let columns = column_names(&stmt, sql);
     let width = columns.len();
     let mut rows = stmt.query(params_from_iter(params))?;
     let mut out = Vec::new();
