@@ -45,6 +45,9 @@ pub struct VerifyReport {
     /// `(key, hash shard)` for keys whose entry names another shard while the hash shard lacks
     /// the off-hash marker.
     pub unmarked: Vec<(Key, String)>,
+    /// `(key, shard)` for tombstones (see [`crate::fence`]) on the very shard that places the
+    /// key: inserts of it there would be refused.
+    pub blocked: Vec<(Key, String)>,
     /// Directory entries whose shard has no row of the key (left by deletes; not a failure).
     pub entries_without_rows: u64,
     /// Keys with a second copy left by a move in flight (see [`crate::growth`]): on the giving
@@ -56,7 +59,10 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Whether every row is where the router finds it, exactly once.
     pub fn is_clean(&self) -> bool {
-        self.misplaced.is_empty() && self.duplicated.is_empty() && self.unmarked.is_empty()
+        self.misplaced.is_empty()
+            && self.duplicated.is_empty()
+            && self.unmarked.is_empty()
+            && self.blocked.is_empty()
     }
 }
 
@@ -84,6 +90,12 @@ impl std::fmt::Display for VerifyReport {
             writeln!(
                 f,
                 "  unmarked: {key} is placed off its hash shard {shard}, which lacks the marker"
+            )?;
+        }
+        for (key, shard) in &self.blocked {
+            writeln!(
+                f,
+                "  blocked: {key} has a tombstone on {shard}, where it is placed: inserts of it there are refused"
             )?;
         }
         write!(
@@ -347,6 +359,28 @@ impl<B: Backend> CollegeDb<B> {
                 report.unmarked.push((key.clone(), name));
             }
         }
+        // Tombstones where the key is placed (none is, mid-reassignment of that key).
+        let reassigning: Vec<&Key> = moving.iter().filter_map(|m| m.key.as_ref()).collect();
+        for (index, shard) in self.shards().iter().enumerate() {
+            let tombstones = match crate::fence::tombstones(shard).await {
+                Err(error) if crate::fence::missing(&error) => continue,
+                result => result?,
+            };
+            for (scope, value) in tombstones {
+                let Ok(key) = Key::from_value(value) else {
+                    continue;
+                };
+                let owner = entries
+                    .get(&key)
+                    .copied()
+                    .unwrap_or_else(|| self.hash_shard(&key));
+                if scope == table && owner == index && !reassigning.contains(&&key) {
+                    report
+                        .blocked
+                        .push((key, self.shard_name(index).to_owned()));
+                }
+            }
+        }
         report.entries_without_rows = entries
             .iter()
             .filter(|(key, shard)| !holders.get(*key).is_some_and(|on| on.contains(shard)))
@@ -354,6 +388,7 @@ impl<B: Backend> CollegeDb<B> {
         report.misplaced.sort();
         report.duplicated.sort();
         report.unmarked.sort();
+        report.blocked.sort();
         Ok(report)
     }
 }

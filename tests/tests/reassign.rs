@@ -385,3 +385,26 @@ fn a_reassigned_key_stays_put_when_its_slot_moves_and_comes_home_when_its_shard_
     assert_eq!(keys_per_shard(dir.path(), 4, "users").len(), 400);
     assert_clean(&db, "users", "id");
 }
+
+#[test]
+fn verify_reports_a_tombstone_on_the_shard_that_places_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        User::insert(&db, &User::new("bob")).await.unwrap();
+    });
+    let at = block_on(User::locate(&db, "bob")).unwrap().unwrap();
+    assert_clean(&db, "users", "id");
+    // As a damaged or hand-edited file would hold it.
+    let conn = rusqlite::Connection::open(dir.path().join(format!("{at}.sqlite"))).unwrap();
+    conn.execute(
+        "INSERT INTO _collegedb_moved (scope, key) VALUES ('users', 'bob')",
+        [],
+    )
+    .unwrap();
+    let report = block_on(db.verify_table("users", "id")).unwrap();
+    assert!(!report.is_clean(), "{report}");
+    assert_eq!(report.blocked, [(collegedb::Key::text("bob").unwrap(), at)]);
+    assert!(report.to_string().contains("blocked: \"bob\""), "{report}");
+}
