@@ -426,7 +426,7 @@ fn column_names(stmt: &rusqlite::Statement<'_>, sql: &str) -> Arc<[String]> {
         if let Some(names) = cache.get(&address).filter(|names| matches(names)) {
             return names.clone();
         }
-        let names: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let names: Arc<[String]> = stmt.column_names().map(str::to_owned).collect();
         if cache.len() >= REMEMBERED_COLUMNS {
             cache.clear();
         }
