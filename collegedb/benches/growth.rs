@@ -17,6 +17,9 @@
 //!   `INSERT INTO new.users SELECT * FROM users WHERE id IN moved` and `DELETE FROM users WHERE id
 //!   IN moved`, each in one transaction. Building the key tables is not timed. The baseline does
 //!   no routing, no journal, and blocks writers for its whole duration.
+//! * `reassign`: 200 keys moved one by one to the next shard while the reader and writer run
+//!   (mean time per key), and one key moved 20 times while a writer upserts it in a loop on its
+//!   own handle (its latency against the same loop idle: the pause of each move's freeze).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -104,6 +107,92 @@ fn under_load<T>(dir: &std::path::Path, rows: usize, work: impl FnOnce() -> T) -
     (result, handle.join().unwrap())
 }
 
+/// What `reassign` costs: keys moved one by one while the reader and writer run, and the
+/// latency of a writer upserting the very key that moves back and forth.
+struct Reassigned {
+    keys: usize,
+    seconds: f64,
+    hot_moves: usize,
+    hot_idle: Vec<Duration>,
+    hot_busy: Vec<Duration>,
+}
+
+impl Reassigned {
+    fn print(&mut self) {
+        println!(
+            "| reassign one key (mean, {} keys, reader and writer running) | - | {:.2} ms | - |",
+            self.keys,
+            self.seconds * 1000.0 / self.keys as f64
+        );
+        for p in [0.5, 0.99, 1.0] {
+            let (a, b) = (
+                percentile(&mut self.hot_idle, p),
+                percentile(&mut self.hot_busy, p),
+            );
+            println!(
+                "| upsert of the key being reassigned ({} moves) p{}, idle vs during | {a:.1} us | {b:.1} us | {:.1}x |",
+                self.hot_moves,
+                (p * 100.0) as u32,
+                b / a
+            );
+        }
+    }
+}
+
+fn reassign_figures(dir: &std::path::Path, db: &CollegeDb<Embedded>, rows: usize) -> Reassigned {
+    let shards = ["s0", "s1", "s2", "s3"];
+    let next = |key: &str| {
+        let at = pollster::block_on(User::locate(db, key)).unwrap().unwrap();
+        let index = shards.iter().position(|s| *s == at).unwrap();
+        shards[(index + 1) % shards.len()]
+    };
+    let keys: Vec<String> = (0..200).map(|i| user(i * 997 % rows).id).collect();
+    let (seconds, _) = under_load(dir, rows, || {
+        let started = Instant::now();
+        for key in &keys {
+            pollster::block_on(db.reassign("users", key.as_str(), next(key))).unwrap();
+        }
+        started.elapsed().as_secs_f64()
+    });
+    // One key, upserted in a loop on its own handle: idle for a second, then while it moves.
+    let hot = user(rows / 2);
+    let hot_writer = |stop: Arc<AtomicBool>| {
+        let (db, hot) = (open(dir, 4), hot.clone());
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                pollster::block_on(User::upsert(&db, &hot)).unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = hot_writer(stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let hot_idle = writer.join().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = hot_writer(stop.clone());
+    let hot_moves = 20;
+    for _ in 0..hot_moves {
+        pollster::block_on(db.reassign("users", hot.id.as_str(), next(&hot.id))).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let hot_busy = writer.join().unwrap();
+    let report = pollster::block_on(db.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean() && report.in_flight == 0, "{report}");
+    Reassigned {
+        keys: keys.len(),
+        seconds,
+        hot_moves,
+        hot_idle,
+        hot_busy,
+    }
+}
+
 fn copy_folder(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -169,6 +258,7 @@ fn main() {
     });
     let report = pollster::block_on(loaded_db.verify_table("users", "id")).unwrap();
     assert!(report.is_clean() && report.in_flight == 0, "{report}");
+    let mut reassigned = reassign_figures(&loaded, &loaded_db, rows);
     let moved = job.rows_copied();
     let report = pollster::block_on(db.verify_table("users", "id")).unwrap();
     assert!(report.is_clean(), "{report}");
@@ -230,6 +320,7 @@ fn main() {
         moved as f64 / loaded_seconds,
         moved as f64 / loaded_seconds / baseline_rate
     );
+    reassigned.print();
     for (name, idle, busy) in [
         ("find", &mut idle.reads, &mut busy.reads),
         ("upsert", &mut idle.writes, &mut busy.writes),
