@@ -63,6 +63,7 @@ fn prepare<M: Model>(rows: &[M]) -> Result<Vec<Prepared>> {
                 source: Box::new(source),
             };
             let values = row.to_values().map_err(refused)?;
+            crate::model::check_row(&values).map_err(refused)?;
             let key = row.key().clone().into_key().map_err(refused)?;
             if let Some(first) = first_seen.insert(key.clone(), index) {
                 return Err(Error::DuplicateInBatch {

@@ -380,6 +380,7 @@ pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()>
 /// Inserts a new row. Fails with [`Error::DuplicateKey`] if its key exists on its owner shard.
 pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
+    crate::model::check_row(&values)?;
     let key = row.key().clone().into_key()?;
     let (shard, _) = write_fenced::<M, B>(db, &key, &values, false).await?;
     db.note_rows(shard, M::TABLE, 1);
@@ -481,6 +482,7 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
         };
     };
     let mut params = row.to_values()?;
+    crate::model::check_row(&params)?;
     let key_value = params.remove(M::KEY_INDEX);
     params.push(key_value);
     let key = row.key().clone().into_key()?;
@@ -525,6 +527,7 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
 /// Inserts the row, or updates it where it already lives.
 pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
+    crate::model::check_row(&values)?;
     let key = row.key().clone().into_key()?;
     let (shard, new) = write_fenced::<M, B>(db, &key, &values, true).await?;
     if new {

@@ -65,6 +65,31 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A value, or a row, larger than D1 stores: [`crate::MAX_VALUE_BYTES`] per TEXT or BLOB
+    /// value and per row.
+    #[error(
+        "{what} of {len} bytes is larger than D1 stores ({max} bytes): keep large objects in R2 and store their key"
+    )]
+    ValueTooLarge {
+        /// What was too large: `a TEXT value`, `a BLOB value`, `a row`.
+        what: &'static str,
+        /// Its size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// An SQL statement longer than D1 accepts ([`crate::MAX_STATEMENT_BYTES`]).
+    #[error(
+        "statement of {len} bytes is longer than D1 accepts ({max} bytes): bind values as parameters instead of writing them into the SQL, or split the statement"
+    )]
+    StatementTooLarge {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// A statement with more bound parameters than D1 accepts.
     #[error(
         "statement binds {count} parameters; D1 accepts at most {max} per statement: split the statement or use the chunking `insert_many`"
@@ -218,6 +243,8 @@ impl Error {
             Error::KeyInvalid { .. } => "KEY_INVALID",
             Error::IntegerOutOfRange { .. } => "INTEGER_OUT_OF_RANGE",
             Error::ValueUnsupported { .. } => "VALUE_UNSUPPORTED",
+            Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
+            Error::StatementTooLarge { .. } => "STATEMENT_TOO_LARGE",
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::Busy { .. } => "SHARD_BUSY",
@@ -250,8 +277,10 @@ impl Error {
             | Error::IntegerOutOfRange { .. }
             | Error::ValueUnsupported { .. }
             | Error::TooManyParameters { .. }
+            | Error::StatementTooLarge { .. }
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
+            Error::ValueTooLarge { .. } => 413,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
             Error::BatchRow { source, .. } | Error::PartiallyWritten { source, .. } => {

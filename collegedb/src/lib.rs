@@ -81,7 +81,7 @@ pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, S
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
 pub use growth::{GrowthOptions, GrowthStatus, Job};
 pub use key::{Key, MAX_KEY_BYTES};
-pub use model::{Model, MAX_BOUND_PARAMETERS};
+pub use model::{Model, MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
 pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
 pub use scan::Page;

@@ -18,6 +18,39 @@ use crate::value::{ColumnType, Value};
 /// D1's limit on bound parameters per statement.
 pub const MAX_BOUND_PARAMETERS: usize = 100;
 
+/// The largest TEXT or BLOB value, and the largest row, that D1 stores, in bytes ("maximum
+/// string, BLOB or table row size"). Enforced before sending, on every backend.
+pub const MAX_VALUE_BYTES: usize = 2_000_000;
+
+/// The longest SQL statement D1 accepts, in bytes. Enforced before sending, on every backend.
+pub const MAX_STATEMENT_BYTES: usize = 100_000;
+
+/// The most columns a D1 table may have.
+pub const MAX_COLUMNS: usize = 100;
+
+/// Checks a row about to be written against D1's size limits: each TEXT or BLOB value, and the
+/// whole row (values counted by their stored size: 8 bytes per number).
+pub fn check_row(values: &[crate::Value]) -> crate::Result<()> {
+    let mut total = 0;
+    for value in values {
+        value.check_bindable()?;
+        total += match value {
+            crate::Value::Text(t) => t.len(),
+            crate::Value::Blob(b) => b.len(),
+            crate::Value::Null => 0,
+            crate::Value::Integer(_) | crate::Value::Real(_) => 8,
+        };
+    }
+    if total > MAX_VALUE_BYTES {
+        return Err(crate::Error::ValueTooLarge {
+            what: "a row",
+            len: total,
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// One column of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnDef {

@@ -17,6 +17,18 @@ use crate::model::MAX_BOUND_PARAMETERS;
 use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
 
+/// Checks a statement and its parameters against D1's limits: its length, the number of
+/// parameters, and each value.
+pub fn check_statement(sql: &str, params: &[Value]) -> Result<()> {
+    if sql.len() > crate::model::MAX_STATEMENT_BYTES {
+        return Err(Error::StatementTooLarge {
+            len: sql.len(),
+            max: crate::model::MAX_STATEMENT_BYTES,
+        });
+    }
+    check_params(params)
+}
+
 /// Checks parameters against D1's limits.
 pub fn check_params(params: &[Value]) -> Result<()> {
     if params.len() > MAX_BOUND_PARAMETERS {
@@ -62,14 +74,14 @@ impl<B: Backend> CollegeDb<B> {
 
     /// Runs a statement on the named shard; returns the rows changed.
     pub async fn run_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<u64> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let index = self.shard_by_name(shard)?;
         self.shard(index).execute_raw(sql, params).await
     }
 
     /// Runs a query on the named shard.
     pub async fn all_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let index = self.shard_by_name(shard)?;
         self.shard(index).query(sql, params).await
     }
@@ -86,7 +98,7 @@ impl<B: Backend> CollegeDb<B> {
 
     /// Runs a statement on every shard (schema changes, maintenance); stops at the first failure.
     pub async fn run_all_shards(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let mut changed = 0;
         for shard in self.shards() {
             changed += shard.execute_raw(sql, params).await?;
@@ -97,7 +109,7 @@ impl<B: Backend> CollegeDb<B> {
     /// Runs a query on every shard that serves rows and gathers the rows. A failing shard does not fail the call:
     /// it is reported in [`Scatter::failures`], so callers decide whether partial results do.
     pub async fn all_shards(&self, sql: &str, params: &[Value]) -> Result<Scatter> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let mut scatter = Scatter::default();
         let results = self
             .on_serving_shards(|shard| shard.query(sql, params))
@@ -243,7 +255,7 @@ impl<'a, B: Backend> TableScope<'a, B> {
     /// With hash reads and writes this performs no directory operation for keys on their hash
     /// shard.
     pub async fn run<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<u64> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let key = key.into_any_key()?;
         let Strategies { read, write } = self.strategies;
         if !creates_rows(sql) {
@@ -298,7 +310,7 @@ impl<'a, B: Backend> TableScope<'a, B> {
 
     /// Runs a query for `key` on the shard that owns it. Never creates directory entries.
     pub async fn all<K: AnyKey>(&self, key: K, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        check_params(params)?;
+        check_statement(sql, params)?;
         let key = key.into_any_key()?;
         let read = self.strategies.read;
         let query = RoutedQuery {

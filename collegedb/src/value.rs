@@ -27,10 +27,22 @@ pub enum Value {
 }
 
 impl Value {
-    /// Checks that this value can be bound on every backend: integers within ±(2^53 - 1), and no
-    /// NaN (SQLite stores NaN as NULL, which would silently change the value).
+    /// Checks that this value can be bound on every backend: integers within ±(2^53 - 1), no
+    /// NaN (SQLite stores NaN as NULL, which would silently change the value), and TEXT and BLOB
+    /// values within [`crate::MAX_VALUE_BYTES`].
     pub fn check_bindable(&self) -> Result<()> {
+        let max = crate::model::MAX_VALUE_BYTES;
         match self {
+            Value::Text(t) if t.len() > max => Err(Error::ValueTooLarge {
+                what: "a TEXT value",
+                len: t.len(),
+                max,
+            }),
+            Value::Blob(b) if b.len() > max => Err(Error::ValueTooLarge {
+                what: "a BLOB value",
+                len: b.len(),
+                max,
+            }),
             Value::Real(f) if f.is_nan() => Err(Error::ValueUnsupported {
                 reason: "NaN cannot be stored: SQLite and D1 turn it into NULL",
             }),

@@ -139,7 +139,8 @@ fn unknown_shards_are_named_in_the_error() {
 fn hostile_strings_round_trip_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path(), 3);
-    let megabyte: String = "ab'\"\\\0ç🦀".chars().cycle().take(1 << 20).collect();
+    // About 0.9 MB: two of them in one row stay within D1's 2 MB per row.
+    let megabyte: String = "ab'\"\\\0ç🦀".chars().cycle().take(600_000).collect();
     let hostile = [
         "'; DROP TABLE users; --".to_string(),
         "\" OR 1=1 --".to_string(),
@@ -474,4 +475,65 @@ fn a_shard_list_that_would_strand_rows_is_refused_and_order_does_not_matter() {
             assert_eq!(User::count(&db).await.unwrap(), 30, "{names:?}");
         });
     }
+}
+
+/// D1's size limits hold natively too, with the same codes: a TEXT or BLOB value and a row of
+/// at most `MAX_VALUE_BYTES`, a statement of at most `MAX_STATEMENT_BYTES`. Nothing is written.
+#[test]
+fn values_rows_and_statements_beyond_d1_sizes_are_refused_natively_too() {
+    use collegedb::{MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        // At the limit: stored.
+        let mut user = User::new("big");
+        user.name = "n".repeat(MAX_VALUE_BYTES - 100);
+        user.email = None;
+        User::insert(&db, &user).await.unwrap();
+        assert_eq!(User::find(&db, "big").await.unwrap(), Some(user.clone()));
+
+        // One value too large, through every typed write.
+        let mut huge = User::new("huge");
+        huge.name = "n".repeat(MAX_VALUE_BYTES + 1);
+        for err in [
+            User::insert(&db, &huge).await.unwrap_err(),
+            User::upsert(&db, &huge).await.unwrap_err(),
+            User::insert_many(&db, &[User::new("ok"), huge.clone()])
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(err.code(), "VALUE_TOO_LARGE", "{err}");
+            assert_eq!(err.http_status(), 413);
+            assert!(err.to_string().contains("2000001 bytes"), "{err}");
+        }
+        let mut grown = user.clone();
+        grown.name = huge.name.clone();
+        assert_eq!(
+            User::update(&db, &grown).await.unwrap_err().code(),
+            "VALUE_TOO_LARGE"
+        );
+        // Two values each within the limit, together beyond it: the row is too large.
+        let mut wide = User::new("wide");
+        wide.name = "n".repeat(MAX_VALUE_BYTES / 2 + 10);
+        wide.email = Some("e".repeat(MAX_VALUE_BYTES / 2 + 10));
+        let err = User::insert(&db, &wide).await.unwrap_err();
+        assert_eq!(err.code(), "VALUE_TOO_LARGE");
+        assert!(err.to_string().starts_with("a row of"), "{err}");
+
+        // Raw SQL: a parameter too large, and a statement too long.
+        let blob = Value::Blob(vec![0; MAX_VALUE_BYTES + 1]);
+        let err = db.run_shard("s0", "SELECT ?", &[blob]).await.unwrap_err();
+        assert_eq!(err.code(), "VALUE_TOO_LARGE");
+        let long = format!("SELECT '{}'", "x".repeat(MAX_STATEMENT_BYTES));
+        let err = db.all_shards(&long, &[]).await.unwrap_err();
+        assert_eq!(err.code(), "STATEMENT_TOO_LARGE");
+        assert_eq!(err.http_status(), 400);
+        let err = db.table("users").run("big", &long, &[]).await.unwrap_err();
+        assert_eq!(err.code(), "STATEMENT_TOO_LARGE");
+
+        // Nothing of it was written.
+        assert_eq!(User::count(&db).await.unwrap(), 1);
+        assert_eq!(User::find(&db, "big").await.unwrap(), Some(user));
+    });
 }

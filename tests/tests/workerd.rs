@@ -389,6 +389,25 @@ fn bad_input_is_answered_with_typed_codes(server: &Workerd) {
             400,
             "TOO_MANY_PARAMETERS",
         ),
+        // D1's size limits, enforced before sending, with the codes the native backend gives.
+        (
+            "POST",
+            "/users".into(),
+            Some(
+                json!({ "id": "big", "name": "n".repeat(collegedb::MAX_VALUE_BYTES + 1), "email": null, "karma": 1, "active": true, "avatar": null, "profile": {} }),
+            ),
+            413,
+            "VALUE_TOO_LARGE",
+        ),
+        (
+            "POST",
+            "/raw/DB_EAST".into(),
+            Some(
+                json!({ "sql": format!("SELECT '{}'", "x".repeat(collegedb::MAX_STATEMENT_BYTES)) }),
+            ),
+            400,
+            "STATEMENT_TOO_LARGE",
+        ),
         (
             "POST",
             "/raw/DB_NOWHERE".into(),
