@@ -23,7 +23,7 @@
 //! | `GET /directory/count` | directory entries |
 //! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
-//! | `POST /bench/move` | the growth benchmark's raw baseline: moves rows between two D1 bindings with plain statements (development only, see [`bench_move`]) |
+//! | `POST /bench/move` | the growth benchmark's raw baseline: moves rows between two D1 bindings with plain statements (development only, see `bench_move`) |
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |

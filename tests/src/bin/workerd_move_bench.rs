@@ -237,6 +237,15 @@ fn client(
     seen
 }
 
+/// Sets its flag when dropped.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs [`CLIENTS`] client loops while `work` runs (at most until `limit`), and returns both.
 fn with_clients<T>(
     server: &Workerd,
@@ -252,8 +261,10 @@ fn with_clients<T>(
                 scope.spawn(move || client(server, rows, c as u64 + 1, stop, limit))
             })
             .collect();
+        // The clients stop when `work` returns or panics (the scope waits for them either way).
+        let stopping = Stop(&stop);
         let result = work();
-        stop.store(true, Ordering::Relaxed);
+        drop(stopping);
         let mut all = Latencies::default();
         for thread in threads {
             all.merge(thread.join().expect("client thread"));
