@@ -23,6 +23,7 @@
 //! | `GET /directory/count` | directory entries |
 //! | `GET /directory/list/{table}?cursor=&limit=` | one page of a table's directory entries |
 //! | `POST /flush` | empties every table, the directory and the coordinator (development only) |
+//! | `POST /bench/move` | the growth benchmark's raw baseline: moves rows between two D1 bindings with plain statements (development only, see `bench_move`) |
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `POST /admin/reassign` | `{"table": "users", "key": "alice", "shard": "DB_EU"}` (an integer key as a JSON number): moves the key's row to that shard and records it in the directory, now (200, with the journal); 404 if no shard holds it; 409 while another operation runs |
@@ -571,6 +572,7 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             .count()
             .await
             .map(|n| Response::from_json(&serde_json::json!({ "entries": n })).expect("JSON")),
+        (Method::Post, ["bench", "move"]) => return bench_move(env, req).await,
         (Method::Post, ["flush"]) => match db.flush().await {
             Ok(()) => {
                 // The rows are gone: so are this isolate's unsent changes to their counts.
@@ -589,6 +591,97 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
         Ok(response) => Ok(response),
         Err(error) => json_error(&error),
     }
+}
+
+/// `POST /bench/move`, a benchmark route: the raw baseline of the growth benchmark
+/// (`tests/src/bin/workerd_move_bench.rs`). Development only, like `POST /flush`: refused with 403
+/// unless the `COLLEGEDB_ALLOW_FLUSH` var is `"true"`. Body `{"from", "to", "table", "key",
+/// "rows"}`: moves up to `rows` rows (at most 10,000 per request) of `table` from the D1 binding
+/// `from` to the binding `to` with plain D1 statements, without routing, journal, fence or change
+/// capture. Per page of 100 rows in key order, three D1 calls: one `SELECT`, one batch of
+/// multi-row `INSERT`s on `to` (at most 100 bound values per statement), one `DELETE ... WHERE
+/// key IN (...)` of the page's keys on `from`. Answers `{"moved": n}`.
+async fn bench_move(env: &Env, mut req: Request) -> Result<Response> {
+    use worker::js_sys::{Array, Uint8Array};
+    use worker::wasm_bindgen::{JsCast, JsValue};
+    const PAGE: usize = 100;
+    const MAX_PARAMETERS: usize = 100;
+    #[derive(Deserialize)]
+    struct Move {
+        from: String,
+        to: String,
+        table: String,
+        key: String,
+        rows: usize,
+    }
+    let allowed = env
+        .var("COLLEGEDB_ALLOW_FLUSH")
+        .map(|v| v.to_string() == "true")
+        .unwrap_or(false);
+    if !allowed {
+        return Response::error(
+            "benchmark routes are disabled: set the COLLEGEDB_ALLOW_FLUSH var to \"true\" in development only",
+            403,
+        );
+    }
+    let job: Move = match body(&mut req).await {
+        Ok(job) => job,
+        Err(e) => return bad_request("BAD_BODY", e),
+    };
+    let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain(&job.table) || !plain(&job.key) || job.rows > 10_000 {
+        return bad_request(
+            "BAD_BODY",
+            "`table` and `key` must be plain names, and `rows` at most 10000",
+        );
+    }
+    let (from, to) = (env.d1(&job.from)?, env.d1(&job.to)?);
+    let (table, key) = (&job.table, &job.key);
+    let select =
+        format!("SELECT \"{key}\" AS bench_key, * FROM \"{table}\" ORDER BY \"{key}\" LIMIT ?");
+    let mut moved = 0;
+    while moved < job.rows {
+        let limit = JsValue::from_f64(PAGE.min(job.rows - moved) as f64);
+        let rows: Vec<Array> = from
+            .prepare(&select)
+            .bind(&[limit])?
+            .raw_js_value()
+            .await?
+            .into_iter()
+            .map(JsCast::unchecked_into)
+            .collect();
+        let Some(first) = rows.first() else {
+            break;
+        };
+        let columns = (first.length() as usize).saturating_sub(1).max(1);
+        let one = format!("({})", vec!["?"; columns].join(", "));
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut inserts = Vec::new();
+        for chunk in rows.chunks((MAX_PARAMETERS / columns).max(1)) {
+            let mut values = Vec::with_capacity(chunk.len() * columns);
+            for row in chunk {
+                keys.push(row.get(0));
+                // D1 reads a BLOB back as an array of bytes; bind it as one again.
+                values.extend((1..=columns as u32).map(|i| match row.get(i) {
+                    v if Array::is_array(&v) => Uint8Array::new(&v).buffer().into(),
+                    v => v,
+                }));
+            }
+            let sql = format!(
+                "INSERT INTO \"{table}\" VALUES {}",
+                vec![one.as_str(); chunk.len()].join(", ")
+            );
+            inserts.push(to.prepare(sql).bind(&values)?);
+        }
+        to.batch(inserts).await?;
+        let delete = format!(
+            "DELETE FROM \"{table}\" WHERE \"{key}\" IN ({})",
+            vec!["?"; keys.len()].join(", ")
+        );
+        from.prepare(delete).bind(&keys)?.run().await?;
+        moved += rows.len();
+    }
+    Response::from_json(&serde_json::json!({ "moved": moved }))
 }
 
 #[event(fetch)]
