@@ -773,7 +773,10 @@ fn reassign_moves_one_key_and_every_route_follows_it(server: &Workerd) {
         .sum();
     assert_eq!(total, 1);
 
-    // A key no shard holds, and a shard outside the map, are refused.
+    // A malformed body, a key no shard holds, and a shard outside the map, are refused.
+    let malformed = server.post("/admin/reassign", &json!({ "table": "users", "key": [1] }));
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    assert_eq!(malformed.json["code"], "BAD_BODY", "{}", malformed.text);
     let missing = server.post(
         "/admin/reassign",
         &json!({ "table": "users", "key": "nobody-at-all", "shard": to }),

@@ -179,6 +179,13 @@ fn json_error(error: &collegedb::Error) -> Result<Response> {
     .with_status(error.http_status()))
 }
 
+/// 400 `BAD_BODY`: a request body that does not parse.
+fn bad_body(message: impl std::fmt::Display) -> Response {
+    Response::from_json(&serde_json::json!({ "error": message.to_string(), "code": "BAD_BODY" }))
+        .expect("JSON")
+        .with_status(400)
+}
+
 fn bad_request(code: &str, message: impl std::fmt::Display) -> Result<Response> {
     Ok(
         Response::from_json(&serde_json::json!({ "error": message.to_string(), "code": code }))?
@@ -367,10 +374,10 @@ async fn start_growth(
     let settings: Option<cloudflare::RunnerSettings> = if text.trim().is_empty() {
         None
     } else {
-        Some(
-            serde_json::from_str(&text)
-                .map_err(|e| collegedb::Error::ConfigInvalid(format!("runner settings: {e}")))?,
-        )
+        match serde_json::from_str(&text) {
+            Ok(settings) => Some(settings),
+            Err(e) => return Ok(bad_body(format!("runner settings: {e}"))),
+        }
     };
     match growth_runner(env)?.start(&operation, settings).await {
         Ok(started) => Ok(Response::from_json(&started)
@@ -399,20 +406,22 @@ struct ReassignRequest {
 /// `GET /admin/growth` sets the runner's alarm to finish it.
 async fn reassign(db: &Db, req: &mut Request) -> collegedb::Result<Response> {
     let text = req.text().await.unwrap_or_default();
-    let request: ReassignRequest = serde_json::from_str(&text)
-        .map_err(|e| collegedb::Error::ConfigInvalid(format!("reassign request: {e}")))?;
+    let request: ReassignRequest = match serde_json::from_str(&text) {
+        Ok(request) => request,
+        Err(e) => return Ok(bad_body(format!("reassign request: {e}"))),
+    };
     let key = match &request.key {
         serde_json::Value::Number(n) => match n.as_i64() {
             Some(n) => collegedb::Key::int(n)?,
             None => {
-                return Err(collegedb::Error::ConfigInvalid(format!(
+                return Ok(bad_body(format!(
                     "reassign request: the key {n} is not an integer"
                 )))
             }
         },
         serde_json::Value::String(s) => collegedb::Key::text(s.clone())?,
         other => {
-            return Err(collegedb::Error::ConfigInvalid(format!(
+            return Ok(bad_body(format!(
                 "reassign request: a key is a string or an integer, not {other}"
             )))
         }
