@@ -27,10 +27,10 @@ pub fn phase(phase: Phase) -> &'static str {
 }
 
 /// Where a transfer goes: `s0 -> s3`, or for a drain's last transfer, which sends directory-placed
-/// rows to the owners of their slots, `s1 -> slot owners`.
+/// rows to the other shards, `s1 -> other shards`.
 pub fn route(t: &Transfer) -> String {
     if t.is_relocation() {
-        format!("{} -> slot owners", t.from)
+        format!("{} -> other shards", t.from)
     } else {
         format!("{} -> {}", t.from, t.to)
     }

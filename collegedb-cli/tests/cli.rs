@@ -422,8 +422,8 @@ fn a_drained_shard_whose_file_still_holds_rows_is_not_called_empty() {
     assert_all_users(dir.path(), &["s0", "s1", "s2"]);
 }
 
-/// The drain of a shard holding directory-placed (round-robin) rows: they move to the owners of
-/// their slots with their directory entries, and the drained file is left empty.
+/// The drain of a shard holding directory-placed (round-robin) rows: they move to the other
+/// shards with their directory entries, and the drained file is left empty.
 #[test]
 fn drain_moves_directory_placed_rows_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -432,7 +432,7 @@ fn drain_moves_directory_placed_rows_too() {
     let (code, out) = tool(&["drain-shard", folder, "s1"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("s1 -> slot owners (directory-placed rows)"),
+        out.contains("s1 -> other shards (directory-placed rows)"),
         "{out}"
     );
     assert!(out.contains("holds no rows"), "{out}");

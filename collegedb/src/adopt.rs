@@ -133,9 +133,15 @@ impl<B: Backend> CollegeDb<B> {
                 for ((key, shard), winner) in claims.into_iter().zip(winners) {
                     if winner == shard {
                         adopted.recorded += 1;
-                    } else {
-                        adopted.conflicts.push((key, vec![winner, shard]));
+                        continue;
                     }
+                    // An existing entry won. If it names the hash shard, the key lives there:
+                    // the tombstone laid for the claim would refuse it.
+                    let hash = self.hash_shard(&key);
+                    if winner == self.shard_name(hash) {
+                        crate::fence::unbury(self.shard(hash), table, &key.to_value()).await?;
+                    }
+                    adopted.conflicts.push((key, vec![winner, shard]));
                 }
             }
         }

@@ -95,8 +95,8 @@ pub struct ModelSql {
     /// result is followed by one more query on the same shard (owned? marked?), so that a miss is
     /// told apart from a stale map and from a key placed elsewhere.
     pub find_on_owner: String,
-    /// `select_by_key UNION ALL` one all-NULL row if the shard does not own the slot;
-    /// parameters: the key, then the slot.
+    /// `select_by_key AND <not moved> UNION ALL` one all-NULL row if the shard does not own the
+    /// slot; parameters: the key, then the slot. A key with a tombstone here reads as absent.
     pub select_by_key_fenced: String,
     /// `SELECT <columns> FROM t ORDER BY key LIMIT ?`: the first page of a scan.
     pub scan_first: String,
@@ -120,9 +120,11 @@ pub struct ModelSql {
     /// [`ModelSql::upsert`], fenced like `insert_fenced` (a key-only model's conflict rewrites
     /// the key, so that an existing row counts as changed).
     pub upsert_fenced: String,
-    /// [`ModelSql::update_by_key`] `AND <owned>`: the slot is the last parameter.
+    /// [`ModelSql::update_by_key`] `AND <owned> AND <not moved>`: the slot is the last
+    /// parameter.
     pub update_fenced: Option<String>,
-    /// [`ModelSql::delete_by_key`] `AND <owned>`: the slot is the last parameter.
+    /// [`ModelSql::delete_by_key`] `AND <owned> AND <not moved>`: the slot is the last
+    /// parameter.
     pub delete_fenced: String,
     /// `CREATE TABLE IF NOT EXISTS ...`.
     pub create_table: String,
@@ -150,8 +152,13 @@ impl ModelSql {
         let nulls = vec!["NULL"; columns.len()].join(", ");
         let owned = crate::fence::OWNED;
         let find_on_owner = format!("{select_by_key} AND {owned}");
-        let select_by_key_fenced =
-            format!("{select_by_key} UNION ALL SELECT {nulls} WHERE NOT {owned}");
+        // Statements that may reach a shard by a directory entry also treat a tombstoned key as
+        // absent there: a stale route finds no row (see `crate::fence`). The key's parameter is
+        // reused by number, so nothing new is bound.
+        let select_by_key_fenced = format!(
+            "{select_by_key} AND {} UNION ALL SELECT {nulls} WHERE NOT {owned}",
+            crate::fence::not_moved(table, 1)
+        );
         let scan_first = Query::select()
             .columns(columns.iter().copied())
             .from(table)
@@ -246,10 +253,16 @@ impl ModelSql {
             conflict
         };
         let upsert_fenced = format!("{insert_select}{conflict}");
-        let update_fenced = update_by_key
-            .as_ref()
-            .map(|sql| format!("{sql} AND {owned}"));
-        let delete_fenced = format!("{delete_by_key} AND {owned}");
+        let update_fenced = update_by_key.as_ref().map(|sql| {
+            format!(
+                "{sql} AND {owned} AND {}",
+                crate::fence::not_moved(table, others.len() + 1)
+            )
+        });
+        let delete_fenced = format!(
+            "{delete_by_key} AND {owned} AND {}",
+            crate::fence::not_moved(table, 1)
+        );
 
         ModelSql {
             select_by_key,

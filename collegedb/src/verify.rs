@@ -16,7 +16,7 @@
 //! Rows are read in key-ordered pages of [`PAGE`] keys; the keys seen (not the rows) and the
 //! table's directory entries are held in memory while it runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::backend::{Backend, ShardConn};
 use crate::directory::Directory;
@@ -48,6 +48,10 @@ pub struct VerifyReport {
     /// `(key, shard)` for tombstones (see [`crate::fence`]) on the very shard that places the
     /// key: inserts of it there would be refused.
     pub blocked: Vec<(Key, String)>,
+    /// Shards whose fence disagrees with the stored map while no growth operation runs: a
+    /// serving shard that does not admit one of its slots, or "live"; a shard outside the map
+    /// that admits some (see [`crate::fence`]). Statements there would wait, or be let through.
+    pub fence: Vec<String>,
     /// Directory entries whose shard has no row of the key (left by deletes; not a failure).
     pub entries_without_rows: u64,
     /// Keys with a second copy left by a move in flight (see [`crate::growth`]): on the giving
@@ -63,6 +67,7 @@ impl VerifyReport {
             && self.duplicated.is_empty()
             && self.unmarked.is_empty()
             && self.blocked.is_empty()
+            && self.fence.is_empty()
     }
 }
 
@@ -91,6 +96,9 @@ impl std::fmt::Display for VerifyReport {
                 f,
                 "  unmarked: {key} is placed off its hash shard {shard}, which lacks the marker"
             )?;
+        }
+        for problem in &self.fence {
+            writeln!(f, "  fence: {problem}")?;
         }
         for (key, shard) in &self.blocked {
             writeln!(
@@ -139,6 +147,49 @@ impl InFlight {
 }
 
 impl<B: Backend> CollegeDb<B> {
+    /// Every shard's fence against the stored map (meaningful while no operation runs).
+    async fn fence_problems(&self) -> Result<Vec<String>> {
+        let map = self.shard_map();
+        let mut problems = Vec::new();
+        for (index, shard) in self.shards().iter().enumerate() {
+            let name = self.shard_name(index);
+            let listed = match crate::fence::list(shard).await {
+                Err(error) if crate::fence::missing(&error) => continue,
+                result => result?,
+            };
+            let owned = map.slots_of(name);
+            let live = crate::fence::admits(self, index, crate::fence::LIVE).await?;
+            if owned.is_empty() {
+                if !listed.is_empty() || live {
+                    problems.push(format!(
+                        "{name} is not in the shard map, yet its fence admits {} slots{}",
+                        listed.len(),
+                        if live {
+                            " and directory-placed rows"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                continue;
+            }
+            let (owned_set, listed_set): (HashSet<u16>, HashSet<u16>) = (
+                owned.iter().copied().collect(),
+                listed.iter().copied().collect(),
+            );
+            let missing = owned_set.difference(&listed_set).count();
+            let extra = listed_set.difference(&owned_set).count();
+            if missing > 0 || extra > 0 || !live {
+                problems.push(format!(
+                    "{name}'s fence lacks {missing} of its {} slots{}, and admits {extra} it does not own: resume the interrupted operation (`collegedb resume`)",
+                    owned.len(),
+                    if live { "" } else { " and directory-placed rows" }
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     /// The transfers of the growth operation in flight that may leave second copies.
     async fn moves_in_flight(&self) -> Result<Vec<InFlight>> {
         let Some(job) = self.growth_status().await?.running else {
@@ -380,6 +431,9 @@ impl<B: Backend> CollegeDb<B> {
                         .push((key, self.shard_name(index).to_owned()));
                 }
             }
+        }
+        if self.growth_status().await?.running.is_none() {
+            report.fence = self.fence_problems().await?;
         }
         report.entries_without_rows = entries
             .iter()

@@ -220,6 +220,19 @@ pub trait Coordinator: MaybeSync + 'static {
         async { Ok(None) }
     }
 
+    /// Replaces the journal document `name` with `json` (or with `None`, removes it) only if
+    /// it holds `expected` now (`None`: only if there is none); returns whether it did. Runners
+    /// of a growth operation take and keep it with this, so two of them never both step it.
+    fn swap_job(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        json: Option<&str>,
+    ) -> impl Future<Output = Result<bool>> + MaybeSend {
+        let _ = (name, expected, json);
+        async { Err(no_store()) }
+    }
+
     /// Stores (or with `None`, removes) a journal document.
     fn store_job(
         &self,

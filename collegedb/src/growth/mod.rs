@@ -6,7 +6,8 @@
 //! Hash placement sends a key to the owner of its slot ([`crate::slots`]). Adding a shard gives it
 //! about `1 / (n + 1)` of the slots, taken evenly from the others; draining a shard gives its
 //! slots to the rest, then moves its directory-placed rows (round-robin, random, location) to
-//! the owners of their slots and points their entries there, and retires it. Each operation is
+//! the other shards (not their hash shards: see `relocate`) and points their entries there, and
+//! retires it. Each operation is
 //! a list of *transfers* (slots from one shard to another) run one after the other.
 //!
 //! # How a transfer stays correct while other handles keep writing
@@ -299,10 +300,13 @@ pub struct Transfer {
     pub deleted: u64,
     /// An estimate of the rows to move, from row counts when the transfer started.
     pub estimate: u64,
-    /// The fence values a reassignment's freeze revoked on the giving shard, given back after
-    /// its delete.
+    /// The fence values a reassignment's freeze revokes on the giving shard, decided when it is
+    /// prepared and given back after its delete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frozen: Vec<i64>,
+    /// The same on the receiving shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen_receiver: Vec<i64>,
 }
 
 impl Transfer {
@@ -320,6 +324,7 @@ impl Transfer {
             deleted: 0,
             estimate: 0,
             frozen: Vec::new(),
+            frozen_receiver: Vec::new(),
         }
     }
 
@@ -563,7 +568,7 @@ impl<B: Backend> CollegeDb<B> {
 
     /// Moves every row off `shard` (any shard, not only the last) and retires it from the map:
     /// its slots go to the other shards evenly, then its directory-placed rows follow to the
-    /// owners of their slots. Afterwards it can be removed from the configuration. Resumable and
+    /// other shards. Afterwards it can be removed from the configuration. Resumable and
     /// idempotent like [`CollegeDb::add_shard`].
     pub async fn drain_shard(&self, shard: &str) -> Result<Job> {
         self.drain_shard_with(shard, &GrowthOptions::default())
@@ -585,13 +590,7 @@ impl<B: Backend> CollegeDb<B> {
     /// its next step. [`CollegeDb::add_shard`] and [`CollegeDb::drain_shard`] run again resume
     /// too, but wait for the lease to end.
     pub async fn resume_growth(&self, options: &GrowthOptions) -> Result<Option<Job>> {
-        match self.load_job(JOB).await? {
-            Some(mut job) => {
-                job.lease = None;
-                self.run_job(job, options).await.map(Some)
-            }
-            None => Ok(None),
-        }
+        self.run_steps(None, true, options, usize::MAX).await
     }
 
     /// The stored map, the operation in progress and the last finished one.
@@ -606,9 +605,7 @@ impl<B: Backend> CollegeDb<B> {
 
     async fn load_job(&self, name: &str) -> Result<Option<Job>> {
         match self.coordinator().load_job(name).await? {
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
-                Error::DirectoryInconsistent(format!("the growth journal `{name}`: {e}"))
-            }),
+            Some(json) => parse_job(name, &json).map(Some),
             None => Ok(None),
         }
     }
@@ -635,32 +632,19 @@ impl<B: Backend> CollegeDb<B> {
         }
     }
 
-    /// Clears this runner's lease on the journal as last saved (not on `job`, which a failed
-    /// step may have advanced past what it did). Best effort: a failure leaves the lease to lapse.
-    async fn release_lease(&self, job: &Job) {
-        let Some(ours) = &job.lease else {
+    /// Clears this runner's lease on the journal it wrote last (`journal`; not on the job in
+    /// memory, which a failed step may have advanced past what it did), unless another runner
+    /// wrote it since. Best effort: a failure leaves the lease to lapse.
+    async fn release_lease(&self, journal: &str) {
+        let Ok(mut job) = parse_job(JOB, journal) else {
             return;
         };
-        if let Ok(Some(mut stored)) = self.load_job(JOB).await {
-            if stored
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.runner == ours.runner)
-            {
-                stored.lease = None;
-                let json = serde_json::to_string(&stored).expect("a job serializes");
-                let _ = self.coordinator().store_job(JOB, Some(&json)).await;
-            }
-        }
-    }
-
-    async fn save_job(&self, job: &Job, options: &GrowthOptions) -> Result<()> {
-        let json = serde_json::to_string(job).expect("a job serializes");
-        self.coordinator().store_job(JOB, Some(&json)).await?;
-        if let Some(hook) = &options.on_step {
-            hook(job);
-        }
-        Ok(())
+        job.lease = None;
+        let json = serde_json::to_string(&job).expect("a job serializes");
+        let _ = self
+            .coordinator()
+            .swap_job(JOB, Some(journal), Some(&json))
+            .await;
     }
 
     /// Journals `operation` without running any of it, for runners that advance it in bounded
@@ -721,7 +705,18 @@ impl<B: Backend> CollegeDb<B> {
                 transfer.estimate = self.estimate(&map, transfer).await?;
             }
         }
-        self.save_job(&job, &GrowthOptions::default()).await?;
+        let json = serde_json::to_string(&job).expect("a job serializes");
+        if !self.coordinator().swap_job(JOB, None, Some(&json)).await? {
+            // Another caller journaled an operation since this one looked.
+            return match self.load_job(JOB).await? {
+                Some(other) if other.operation == job.operation => Ok(other),
+                Some(other) => Err(Error::config(format!(
+                    "another growth operation is in progress ({}): finish it first with `resume_growth` (`collegedb resume`)",
+                    other.operation
+                ))),
+                None => self.finished_elsewhere(&job.operation).await,
+            };
+        }
         Ok(job)
     }
 
@@ -750,10 +745,7 @@ impl<B: Backend> CollegeDb<B> {
         options: &GrowthOptions,
         max_steps: usize,
     ) -> Result<Option<Job>> {
-        match self.load_job(JOB).await? {
-            Some(job) => self.run_steps(job, options, max_steps).await.map(Some),
-            None => Ok(None),
-        }
+        self.run_steps(None, false, options, max_steps).await
     }
 
     async fn start_or_resume(&self, operation: Operation, options: &GrowthOptions) -> Result<Job> {
@@ -761,43 +753,74 @@ impl<B: Backend> CollegeDb<B> {
         if job.is_finished() {
             return Ok(job);
         }
-        self.run_job(job, options).await
+        match self
+            .run_steps(Some(&job.operation), false, options, usize::MAX)
+            .await?
+        {
+            Some(job) => Ok(job),
+            None => self.finished_elsewhere(&job.operation).await,
+        }
     }
 
-    async fn run_job(&self, job: Job, options: &GrowthOptions) -> Result<Job> {
-        self.run_steps(job, options, usize::MAX).await
+    /// The operation finished while this runner was not looking: its record, if it is the last.
+    async fn finished_elsewhere(&self, operation: &Operation) -> Result<Job> {
+        match self.load_job(LAST).await? {
+            Some(last) if last.operation == *operation => Ok(last),
+            _ => Err(Error::config(format!(
+                "another runner finished the growth operation ({operation}) meanwhile: check `status`"
+            ))),
+        }
     }
 
+    /// Takes the journaled operation (`operation`, if given, must be the one journaled; `None`
+    /// when there is none), with a lease (`takeover`: even one another runner holds), and runs
+    /// at most `max_steps` steps of it. The journal is read and written with compare-and-set
+    /// ([`Coordinator::swap_job`]), so two runners never both step an operation: the one whose
+    /// write finds the journal changed stops.
     async fn run_steps(
         &self,
-        mut job: Job,
+        operation: Option<&Operation>,
+        takeover: bool,
         options: &GrowthOptions,
         max_steps: usize,
-    ) -> Result<Job> {
+    ) -> Result<Option<Job>> {
+        let Some(mut stored) = self.coordinator().load_job(JOB).await? else {
+            return Ok(None);
+        };
+        let mut job: Job = parse_job(JOB, &stored)?;
+        if operation.is_some_and(|op| *op != job.operation) {
+            return Err(Error::config(format!(
+                "another growth operation is in progress ({}): finish it first with `resume_growth` (`collegedb resume`)",
+                job.operation
+            )));
+        }
         let now = now_ms();
         if let Some(lease) = &job.lease {
-            if lease.until_ms > now {
+            if lease.until_ms > now && !takeover {
                 return Err(lease_taken(&job));
             }
         }
-        let runner = fastrand::u64(1..);
         job.lease = Some(Lease {
-            runner,
+            runner: fastrand::u64(1..),
             until_ms: now + LEASE_MS,
         });
-        self.coordinator()
-            .store_job(
-                JOB,
-                Some(&serde_json::to_string(&job).expect("a job serializes")),
-            )
-            .await?;
+        let mut journal = serde_json::to_string(&job).expect("a job serializes");
+        if !self
+            .coordinator()
+            .swap_job(JOB, Some(&stored), Some(&journal))
+            .await?
+        {
+            return Err(self.taken_over(&job).await);
+        }
+        stored.clone_from(&journal);
         let mut steps = 0;
         while job.current < job.transfers.len() {
             if steps == max_steps {
                 // Hand the lease back, so that the next bounded run may continue at once.
                 job.lease = None;
-                self.save_job(&job, &GrowthOptions::default()).await?;
-                return Ok(job);
+                self.swap_journal(&mut journal, &job, &GrowthOptions::default())
+                    .await?;
+                return Ok(Some(job));
             }
             steps += 1;
             // Before every step, not only at the save after it: a runner that was taken over
@@ -816,25 +839,70 @@ impl<B: Backend> CollegeDb<B> {
             if let Err(error) = stepped {
                 // A failed step (a transient database error, say) hands the lease back, so that
                 // the next attempt need not wait for it to lapse.
-                self.release_lease(&job).await;
+                self.release_lease(&journal).await;
                 return Err(error);
             }
             if job.transfers[job.current].phase == Phase::Done {
                 job.current += 1;
             }
-            self.save_job(&job, options).await?;
+            self.swap_journal(&mut journal, &job, options).await?;
         }
         job.finished_ms = Some(now_ms());
         job.lease = None;
         job.to_version = Some(self.shard_map().version());
+        if !self
+            .coordinator()
+            .swap_job(JOB, Some(&journal), None)
+            .await?
+        {
+            return Err(self.taken_over(&job).await);
+        }
         let json = serde_json::to_string(&job).expect("a job serializes");
         self.coordinator().store_job(LAST, Some(&json)).await?;
-        self.coordinator().store_job(JOB, None).await?;
         if let Some(hook) = &options.on_step {
             hook(&job);
         }
-        Ok(job)
+        Ok(Some(job))
     }
+
+    /// Writes `job` over the journal this runner wrote last (`journal`, updated), then calls the
+    /// step hook; fails if another runner wrote the journal meanwhile.
+    async fn swap_journal(
+        &self,
+        journal: &mut String,
+        job: &Job,
+        options: &GrowthOptions,
+    ) -> Result<()> {
+        let next = serde_json::to_string(job).expect("a job serializes");
+        if !self
+            .coordinator()
+            .swap_job(JOB, Some(journal), Some(&next))
+            .await?
+        {
+            return Err(self.taken_over(job).await);
+        }
+        *journal = next;
+        if let Some(hook) = &options.on_step {
+            hook(job);
+        }
+        Ok(())
+    }
+
+    /// The error of a runner whose journal write found another runner's.
+    async fn taken_over(&self, job: &Job) -> Error {
+        match self.load_job(JOB).await {
+            Ok(Some(other)) => lease_taken(&other),
+            _ => Error::config(format!(
+                "another runner finished the growth operation ({}) meanwhile: check `status`",
+                job.operation
+            )),
+        }
+    }
+}
+
+fn parse_job(name: &str, json: &str) -> Result<Job> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::DirectoryInconsistent(format!("the growth journal `{name}`: {e}")))
 }
 
 fn lease_taken(job: &Job) -> Error {

@@ -7,26 +7,36 @@
 //! by the map (the key's slot, on its hash shard `H`) or by a directory entry (their cache may
 //! keep naming `S` long after the move). Two marks stand in for a per-key fence:
 //!
-//! * **Tombstones** (`_collegedb_moved`, see [`crate::fence`]) on `S`, and on `H` when the key
-//!   leaves its hash shard: every fenced insert and upsert of the key there changes nothing,
-//!   and the writer reads the directory store and follows it. Updates, deletes and reads of a
-//!   key no longer on a shard miss there, and a miss reached through a cached entry reads the
-//!   store once more ([`crate::crud`]); through the map it finds the off-hash marker and asks
-//!   the directory. So a stale route can neither write a second copy nor lose a write.
-//! * **A short freeze** of `S` (the key's slot and [`fence::LIVE`] removed from its fence) while
-//!   the row is copied and the entry repointed, so that no update lands on `S` after the copy.
-//!   Writers of that slot, and directory-routed statements on `S`, wait a few milliseconds (a
-//!   few D1 round trips on Cloudflare), as for a slot switch-over.
+//! * **Tombstones** (`_collegedb_moved`, see [`crate::fence`]): a key with a tombstone on a shard
+//!   is absent there for every fenced statement but the hash-first read (inserts and upserts
+//!   change nothing, updates, deletes and directory-routed reads find no row), and a writer
+//!   refused that way reads the directory store and follows it. The giver keeps one after the
+//!   move, and so does the hash shard when the key leaves it: a stale route (a cache, an old
+//!   map) can neither write a second copy there nor read an old one. The receiver has one while
+//!   the move runs, which hides its copy until the switch.
+//! * **A short freeze** (the key's slot and [`fence::LIVE`] removed from the giver's fence, and
+//!   the slot from the receiver's when it owns it) while the row is copied and the entry
+//!   repointed: no write lands on either copy meanwhile, so a copy resumed after a kill
+//!   overwrites nothing. Writers of that slot, and directory-routed statements on the giver,
+//!   wait a few milliseconds (a few D1 round trips on Cloudflare), as for a slot switch-over.
+//!
+//! A miss where a directory entry pointed is final only when the directory store names that
+//! shard both before and after the statement ([`crate::crud`]); otherwise the lookup follows the
+//! newer entry. Only a key moved away and back within one statement's latency could be missed by
+//! a read then; it is never duplicated or lost. With the KV directory, whose reads may lag
+//! writes by up to a minute elsewhere, a moved key can read as missing (and its writes wait)
+//! in other locations until KV catches up: reassign on a deployment whose directory is the
+//! Durable Object one.
 //!
 //! The steps, each idempotent and journaled like a transfer's:
 //!
-//! 1. **Prepare**: the off-hash marker on `H` (unless `X` is `H`), then tombstones on `S` and
-//!    `H` (never on `X`); the table's schema and the fences on `X`.
-//! 2. **Freeze**: revoke on `S` what it admitted of the key's slot and [`fence::LIVE`].
-//! 3. **Copy** the row from `S` to `X` (`INSERT OR REPLACE`); a row deleted meanwhile is not
-//!    copied, and its key keeps its new entry as a deleted key keeps its entry.
-//! 4. **Switch**: point the entry at `X`; remove a tombstone `X` kept from an earlier move.
-//! 5. **Delete** the row from `S`, then give `S` back what the freeze revoked.
+//! 1. **Prepare**: decide what the freeze revokes (journaled); the off-hash marker and a
+//!    tombstone on the hash shard (when the key leaves it); a tombstone on the receiver; the
+//!    table's schema and the fences there.
+//! 2. **Freeze**: revoke what Prepare decided.
+//! 3. **Copy** the row from the giver to the receiver (`INSERT OR REPLACE`).
+//! 4. **Switch**: point the entry at the receiver; remove its tombstone.
+//! 5. **Delete** the row from the giver, leave a tombstone there, give the freeze back.
 //!
 //! Costs: a handful of statements and two directory writes; nothing for other keys but the
 //! freeze's pause on `S`. Afterwards a hash-first read of the key costs one more query and one
@@ -130,12 +140,32 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
                 fence::ensure(db, index).await?;
             }
             super::capture::copy_schema(db.shard(from), db.shard(to)).await?;
-            // Marker and tombstones before the entry (see `crate::marker`, `crate::fence`).
+            // What the freeze will revoke, decided once and journaled with the phase, so that
+            // a freeze resumed after a kill gives back exactly what it took: on the giver, the
+            // key's slot and LIVE as far as it admits them; on the receiver, the slot if it owns
+            // it (hash-first routes reach the receiver when it is the hash shard).
+            let slot = i64::from(slot_of(&key));
+            let mut giver = Vec::new();
+            for fence_value in [slot, fence::LIVE] {
+                if fence::admits(db, from, fence_value).await? {
+                    giver.push(fence_value);
+                }
+            }
+            let receiver = if fence::admits(db, to, slot).await? {
+                vec![slot]
+            } else {
+                Vec::new()
+            };
+            // Marker and tombstones before the entry (see `crate::marker`, `crate::fence`):
+            // the hash shard refuses inserts of the key from now on, and the receiver hides the
+            // copy from every route until the switch.
             if to != hash {
                 db.mark_off_hash(&table, hash).await?;
-                fence::bury(db.shard(hash), &table, one).await?;
+                if hash != from {
+                    fence::bury(db.shard(hash), &table, one).await?;
+                }
             }
-            fence::bury(db.shard(from), &table, one).await?;
+            fence::bury(db.shard(to), &table, one).await?;
             let key_column = key_column(db, from, &table).await?;
             t.tables = vec![super::TableCursor {
                 marked: true,
@@ -144,20 +174,18 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
                 after: None,
                 done: false,
             }];
+            t.frozen = giver;
+            t.frozen_receiver = receiver;
             t.phase = Phase::Freeze;
         }
         Phase::Freeze => {
-            let mut frozen = Vec::new();
-            for fence_value in [i64::from(slot_of(&key)), fence::LIVE] {
-                if fence::admits(db, from, fence_value).await? {
-                    frozen.push(fence_value);
-                }
-            }
-            fence::revoke(db.shard(from), &frozen).await?;
-            t.frozen = frozen;
+            fence::revoke(db.shard(from), &t.frozen).await?;
+            fence::revoke(db.shard(to), &t.frozen_receiver).await?;
             t.phase = Phase::Copy;
         }
         Phase::Copy => {
+            // Nothing can have written the receiver's copy since an earlier run of this step:
+            // it is hidden and frozen, so copying again is harmless.
             let key_column = &t.tables[0].key;
             let rows = super::capture::rows_by_key(db.shard(from), &table, key_column, one).await?;
             super::capture::upsert_rows(db.shard(to), &table, &rows).await?;
@@ -171,10 +199,14 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
             t.phase = Phase::Delete;
         }
         Phase::Delete => {
+            // The giver keeps a tombstone: a stale route there finds no row and inserts
+            // nothing. Then the freeze is given back.
             let key_column = &t.tables[0].key;
             t.deleted =
                 super::capture::delete_keys(db.shard(from), &table, key_column, one).await?;
+            fence::bury(db.shard(from), &table, one).await?;
             fence::grant(db.shard(from), &t.frozen).await?;
+            fence::grant(db.shard(to), &t.frozen_receiver).await?;
             t.phase = Phase::Done;
         }
         Phase::CatchUp | Phase::FinalCatchUp | Phase::Done => t.phase = Phase::Done,

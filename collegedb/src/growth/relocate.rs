@@ -1,7 +1,12 @@
-//! The last transfer of a drain: the drained shard's directory-placed rows move to the owners of
-//! their slots, and their entries follow. The steps are a slot transfer's (see the
+//! The last transfer of a drain: the drained shard's directory-placed rows move to other serving
+//! shards, and their entries follow. The steps are a slot transfer's (see the
 //! [module docs](super)), with the fence value [`fence::LIVE`] frozen instead of slots, and the
 //! switch repointing directory entries instead of storing a map.
+//!
+//! A row's new shard is given by [`Targets`]: a serving shard other than its key's hash shard whenever
+//! there is one, so that hash-first reads, which go to the hash shard before the directory, never
+//! meet the copy before the switch. Each copy is hidden by a tombstone on its new shard (see
+//! [`crate::fence`]) from the copy until its entry points there.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -23,6 +28,7 @@ pub(super) async fn step<B: Backend>(
     options: &GrowthOptions,
 ) -> Result<()> {
     let page = options.page_rows.max(1);
+    let targets = Targets::new(db);
     let t = &mut job.transfers[job.current];
     let from = db.shard_by_name(&t.from)?;
     match t.phase {
@@ -61,10 +67,16 @@ pub(super) async fn step<B: Backend>(
                 if let Some(key) =
                     placed_here(db, &cursor.table, &cursor.key, &row, &t.from).await?
                 {
-                    by_target.entry(db.hash_shard(&key)).or_default().push(row);
+                    by_target.entry(targets.of(db, &key)).or_default().push(row);
                 }
             }
             for (target, rows) in by_target {
+                let keys: Vec<Value> = rows
+                    .iter()
+                    .filter_map(|row| row.value(&cursor.key).cloned())
+                    .collect();
+                // Hidden until the switch: tombstone first, then the copy.
+                fence::bury(db.shard(target), &cursor.table, &keys).await?;
                 capture::upsert_rows(db.shard(target), &cursor.table, &rows).await?;
                 t.copied += rows.len() as u64;
             }
@@ -100,7 +112,7 @@ pub(super) async fn step<B: Backend>(
                 let mut upserts: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
                 for row in present {
                     if let Some(Ok(key)) = row.value(&cursor.key).cloned().map(Key::from_value) {
-                        upserts.entry(db.hash_shard(&key)).or_default().push(row);
+                        upserts.entry(targets.of(db, &key)).or_default().push(row);
                     }
                 }
                 for (target, rows) in upserts {
@@ -108,7 +120,7 @@ pub(super) async fn step<B: Backend>(
                 }
                 let mut gone: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
                 for key in ours.iter().filter(|key| !found.contains(key)) {
-                    gone.entry(db.hash_shard(key))
+                    gone.entry(targets.of(db, key))
                         .or_default()
                         .push(key.to_value());
                 }
@@ -143,17 +155,21 @@ pub(super) async fn step<B: Backend>(
                 .directory()
                 .list(&cursor.table, after.as_deref(), page)
                 .await?;
-            let mut returning: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+            // Entries first, then the copies' tombstones. A page cut short by a kill is listed
+            // again: its entries repointed already name their new shard, and lose their
+            // tombstones then.
+            let mut arrived: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
             for (key, shard) in &listed.entries {
+                let target = targets.of(db, key);
+                let name = db.shard_name(target).to_owned();
                 if *shard == t.from {
-                    let target = db.hash_shard(key);
-                    let name = db.shard_name(target).to_owned();
                     db.directory().assign(&cursor.table, key, &name).await?;
-                    returning.entry(target).or_default().push(key.to_value());
+                } else if *shard != name {
+                    continue;
                 }
+                arrived.entry(target).or_default().push(key.to_value());
             }
-            // A key reassigned off its hash shard left a tombstone there; it is back now.
-            for (target, keys) in returning {
+            for (target, keys) in arrived {
                 fence::forget(db.shard(target), &cursor.table, &keys).await?;
             }
             match listed.cursor {
@@ -191,6 +207,35 @@ pub(super) async fn step<B: Backend>(
         Phase::Done => {}
     }
     Ok(())
+}
+
+/// Where relocated keys go: for each key, among the serving shards other than its hash shard,
+/// one picked by the key's hash; its hash shard only when no other shard serves.
+pub(super) struct Targets {
+    serving: Vec<usize>,
+}
+
+impl Targets {
+    pub(super) fn new<B: Backend>(db: &CollegeDb<B>) -> Self {
+        Targets {
+            serving: db.serving_shards(),
+        }
+    }
+
+    pub(super) fn of<B: Backend>(&self, db: &CollegeDb<B>, key: &Key) -> usize {
+        let hash = db.hash_shard(key);
+        let others: Vec<usize> = self
+            .serving
+            .iter()
+            .copied()
+            .filter(|&shard| shard != hash)
+            .collect();
+        if others.is_empty() {
+            return hash;
+        }
+        // The low bits: the slot (which chose the hash shard) comes from the high ones.
+        others[(key.placement_hash() % others.len() as u64) as usize]
+    }
 }
 
 /// The key of `row` if its directory entry names `shard`.

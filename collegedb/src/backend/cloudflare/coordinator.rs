@@ -17,7 +17,7 @@
 //! | `GET /map` | | the stored shard map's JSON ([`ShardMap::to_json`]), or `null` |
 //! | `PUT /map` | a map's JSON | `{"stored": bool, "version": v}`: stored only if the stored version is the map's minus one (nothing stored counts as 0); `v` is the version stored afterwards |
 //! | `GET /jobs?name=` | | `{"name", "state"}`: the journal document, or `null` |
-//! | `PUT /jobs` | `{"name", "state"}` | `{"success": true}`; a `null` state removes the document |
+//! | `PUT /jobs` | `{"name", "state"}`, optionally `"swap": {"expected": state or null}` | `{"success": true, "stored": bool}`; a `null` state removes the document; with `swap`, only if the stored document is `expected` (checked and written with no `await` between) |
 //!
 //! [`CoordinatorClient`] is the typed client; the router uses it for round-robin tickets (reserved
 //! [`TICKET_BLOCK`] at a time and kept per isolate, so the object is not on every insert's path)
@@ -282,6 +282,15 @@ impl CoordinatorClient {
 struct JobBody {
     name: String,
     state: Option<String>,
+    /// Present: store only if the document holds `expected` now (`null`: only if there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    swap: Option<Expected>,
+}
+
+/// The document a compare-and-set of `PUT /jobs` expects.
+#[derive(Debug, Serialize, Deserialize)]
+struct Expected {
+    expected: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -349,11 +358,31 @@ impl Coordinator for CoordinatorClient {
         Ok(body.state)
     }
 
+    /// `PUT /jobs` with `swap`.
+    async fn swap_job(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        json: Option<&str>,
+    ) -> Result<bool> {
+        let body = serde_json::to_string(&JobBody {
+            name: name.to_owned(),
+            state: json.map(str::to_owned),
+            swap: Some(Expected {
+                expected: expected.map(str::to_owned),
+            }),
+        })
+        .map_err(failed)?;
+        let answer: serde_json::Value = self.call(Method::Put, "/jobs", Some(body)).await?;
+        Ok(answer["stored"].as_bool() == Some(true))
+    }
+
     /// `PUT /jobs`.
     async fn store_job(&self, name: &str, json: Option<&str>) -> Result<()> {
         let body = serde_json::to_string(&JobBody {
             name: name.to_owned(),
             state: json.map(str::to_owned),
+            swap: None,
         })
         .map_err(failed)?;
         self.call::<serde_json::Value>(Method::Put, "/jobs", Some(body))
@@ -504,6 +533,7 @@ pub async fn serve_coordinator(
             Response::from_json(&JobBody {
                 name,
                 state: rows.into_iter().next().map(|r| r.state),
+                swap: None,
             })
         }
         (Method::Put, "/jobs") => {
@@ -511,6 +541,20 @@ pub async fn serve_coordinator(
                 Ok(body) => body,
                 Err(error) => return Response::error(format!("PUT /jobs: {error}"), 400),
             };
+            if let Some(swap) = &body.swap {
+                // Read and write with no `await` between: no other request runs in between.
+                let rows: Vec<StateRow> = sql
+                    .exec(
+                        "SELECT state FROM jobs WHERE name = ?",
+                        vec![text(&body.name)],
+                    )?
+                    .to_array()?;
+                if rows.into_iter().next().map(|r| r.state) != swap.expected {
+                    return Response::from_json(
+                        &serde_json::json!({ "success": true, "stored": false }),
+                    );
+                }
+            }
             match &body.state {
                 Some(state) => sql.exec(
                     "INSERT INTO jobs (name, state) VALUES (?, ?)
@@ -519,7 +563,7 @@ pub async fn serve_coordinator(
                 )?,
                 None => sql.exec("DELETE FROM jobs WHERE name = ?", vec![text(&body.name)])?,
             };
-            success()
+            Response::from_json(&serde_json::json!({ "success": true, "stored": true }))
         }
         (Method::Get, "/shards") => Response::from_json(&registered()?),
         (Method::Post, "/shards") => {

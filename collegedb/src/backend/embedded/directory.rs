@@ -453,6 +453,45 @@ impl Coordinator for LocalCoordinator {
             .map_err(directory_error)
     }
 
+    async fn swap_job(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        json: Option<&str>,
+    ) -> Result<bool> {
+        let (name, expected, json) = (
+            name.to_owned(),
+            expected.map(str::to_owned),
+            json.map(str::to_owned),
+        );
+        self.pool
+            .run_blocking(move |conn| {
+                // One statement each: the check and the write are one atomic step.
+                let changed = match (&expected, &json) {
+                    (None, Some(json)) => conn.execute(
+                        "INSERT INTO jobs (name, state) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                        (&name, json),
+                    )?,
+                    (Some(expected), Some(json)) => conn.execute(
+                        "UPDATE jobs SET state = ?3 WHERE name = ?1 AND state = ?2",
+                        (&name, expected, json),
+                    )?,
+                    (Some(expected), None) => conn.execute(
+                        "DELETE FROM jobs WHERE name = ?1 AND state = ?2",
+                        (&name, expected),
+                    )?,
+                    (None, None) => conn.query_row(
+                        "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE name = ?1)",
+                        [&name],
+                        |r| r.get::<_, i64>(0),
+                    )? as usize,
+                };
+                Ok(changed == 1)
+            })
+            .await
+            .map_err(directory_error)
+    }
+
     async fn store_job(&self, name: &str, json: Option<&str>) -> Result<()> {
         let (name, json) = (name.to_owned(), json.map(str::to_owned));
         self.pool
