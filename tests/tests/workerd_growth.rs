@@ -786,5 +786,6 @@ fn reassign_moves_one_key_and_every_route_follows_it(server: &Workerd) {
         "/admin/reassign",
         &json!({ "table": "users", "key": id, "shard": "DB_EU" }),
     );
-    assert_eq!(retired.status, 409, "{}", retired.text);
+    assert_eq!(retired.status, 400, "{}", retired.text);
+    assert_eq!(retired.json["code"], "CONFIG_INVALID", "{}", retired.text);
 }

@@ -237,8 +237,6 @@ async fn apply<B: Backend>(
     Ok(applied)
 }
 
-/// Stores the map with `slots` owned by `to`, unless it already is (a resumed switch), and
-/// routes this handle by it.
 /// Copies the tombstones of keys in `slots` (keys reassigned away from their hash shard, see
 /// [`crate::fence`]) to the shard receiving the slots, before it admits them; except for keys
 /// whose directory entry names that very shard (they live there: a tombstone would refuse them).
@@ -267,6 +265,8 @@ async fn copy_tombstones<B: Backend>(
     Ok(())
 }
 
+/// Stores the map with `slots` owned by `to`, unless it already is (a resumed switch), and
+/// routes this handle by it.
 async fn hand_over<B: Backend>(db: &CollegeDb<B>, slots: &[u16], to: &str) -> Result<()> {
     for _ in 0..8 {
         db.refresh_map().await?;

@@ -404,7 +404,7 @@ struct ReassignRequest {
 /// `POST /admin/reassign`: moves one key now. A reassignment is a handful of statements, well
 /// within one request's limits; if the request dies midway, its journal stays, and
 /// `GET /admin/growth` sets the runner's alarm to finish it.
-async fn reassign(db: &Db, req: &mut Request) -> collegedb::Result<Response> {
+async fn reassign(db: &Db, env: &Env, req: &mut Request) -> collegedb::Result<Response> {
     let text = req.text().await.unwrap_or_default();
     let request: ReassignRequest = match serde_json::from_str(&text) {
         Ok(request) => request,
@@ -426,17 +426,45 @@ async fn reassign(db: &Db, req: &mut Request) -> collegedb::Result<Response> {
             )))
         }
     };
+    let reply = |error: collegedb::Error, status: u16| {
+        Response::from_json(
+            &serde_json::json!({ "error": error.to_string(), "code": error.code() }),
+        )
+        .expect("JSON")
+        .with_status(status)
+    };
+    // Another operation in progress is a conflict with the deployment's state (409); any other
+    // refusal of the request (a shard outside the map, say) is the caller's to fix (400).
+    if let Some(running) = db.growth_status().await?.running {
+        let ours = collegedb::growth::Operation::Reassign {
+            table: request.table.clone(),
+            key: key.clone(),
+            shard: request.shard.clone(),
+        };
+        if running.operation != ours {
+            let why = format!(
+                "another growth operation is in progress ({}): wait for it (GET /admin/growth)",
+                running.operation
+            );
+            return Ok(reply(collegedb::Error::ConfigInvalid(why), 409));
+        }
+    }
     match db.reassign(&request.table, key, &request.shard).await {
         Ok(job) => {
             let now = collegedb::growth::now_ms();
             Ok(Response::from_json(&cloudflare::job_json(&job, now)).expect("JSON"))
         }
-        Err(error @ collegedb::Error::ConfigInvalid(_)) => Ok(Response::from_json(
-            &serde_json::json!({ "error": error.to_string(), "code": error.code() }),
-        )
-        .expect("JSON")
-        .with_status(409)),
-        Err(error) => Err(error),
+        Err(error @ collegedb::Error::ConfigInvalid(_)) => Ok(reply(error, 400)),
+        Err(error) => {
+            // Stopped midway (a failed statement): its journal stays, and the runner finishes
+            // it rather than leaving the key's slot frozen.
+            if db.growth_status().await.is_ok_and(|s| s.running.is_some()) {
+                if let Ok(runner) = growth_runner(env) {
+                    let _ = runner.kick().await;
+                }
+            }
+            Err(error)
+        }
     }
 }
 
@@ -464,7 +492,7 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             }),
             Err(e) => Err(e),
         },
-        (Method::Post, ["admin", "reassign"]) => reassign(db, &mut req).await,
+        (Method::Post, ["admin", "reassign"]) => reassign(db, env, &mut req).await,
         (Method::Post, ["admin", "shards", shard, "add"]) => {
             let operation = Operation::AddShard {
                 shard: (*shard).to_owned(),
