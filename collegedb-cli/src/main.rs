@@ -14,7 +14,14 @@
 //!                                         their rows onto it, live, with a progress bar
 //! collegedb drain-shard <folder> <shard>  move every row off a shard and retire it from the map;
 //!                                         exits 1 if its file still holds rows at the end
-//! collegedb resume <folder>               finish an interrupted add-shard or drain-shard
+//! collegedb reassign <folder> <table> <key> <shard> [--int]
+//!                                         move one key's row to another shard, live
+//! collegedb resume <folder>               finish an interrupted add-shard, drain-shard or
+//!                                         reassign
+//! collegedb migrate <folder> <migrations> [--status]
+//!                                         apply a folder of 0001_name.sql migrations to every
+//!                                         shard, each in one transaction; --status: where each
+//!                                         shard stands
 //! ```
 //!
 //! The tool needs no configuration: the shard map is stored in the folder, and every other
@@ -29,6 +36,7 @@
 
 mod deployment;
 mod growth;
+mod migrate;
 mod progress;
 mod report;
 mod status;
@@ -109,6 +117,17 @@ enum Command {
         /// The key is an INTEGER.
         #[arg(long)]
         int: bool,
+    },
+    /// Apply a folder of `0001_name.sql` migrations to every shard (standby ones too), each
+    /// migration in one transaction with its record; run again after a failure or a kill.
+    Migrate {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The folder of migrations.
+        migrations: PathBuf,
+        /// Only show where each shard stands.
+        #[arg(long)]
+        status: bool,
     },
     /// Finish an interrupted add-shard, drain-shard or reassign from its journal.
     Resume {
@@ -226,6 +245,11 @@ fn main() -> ExitCode {
             int,
         } => growth::reassign(&folder, &table, &key, int, &shard),
         Command::Resume { folder } => growth::resume(&folder),
+        Command::Migrate {
+            folder,
+            migrations,
+            status,
+        } => migrate::migrate(&folder, &migrations, status),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -519,3 +519,52 @@ fn reassign_moves_one_key_and_refuses_what_it_cannot_do() {
     assert!(out.contains("not an integer key"), "{out}");
     assert_eq!(where_is(777), to);
 }
+
+#[test]
+fn migrate_applies_a_folder_to_every_shard_and_reports_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    deployment(dir.path(), 0);
+    let migrations = tempfile::tempdir().unwrap();
+    let files = migrations.path().to_str().unwrap();
+    std::fs::write(
+        migrations.path().join("0001_labels.sql"),
+        "CREATE TABLE labels (name TEXT PRIMARY KEY);",
+    )
+    .unwrap();
+    std::fs::write(
+        migrations.path().join("0002_users_bio.sql"),
+        "ALTER TABLE users ADD COLUMN bio TEXT;",
+    )
+    .unwrap();
+    let (code, out) = tool(&["migrate", folder, files, "--status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("s1: no migration applied, 2 pending"), "{out}");
+    let (code, out) = tool(&["migrate", folder, files]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[1/6] 0001_labels applied on s0"), "{out}");
+    assert!(out.contains("[6/6] 0002_users_bio applied on s2"), "{out}");
+    assert!(out.contains("done: s0 at 2, s1 at 2, s2 at 2"), "{out}");
+    let (code, out) = tool(&["migrate", folder, files]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("nothing to do: every shard is at version 2"),
+        "{out}"
+    );
+    assert_all_users(dir.path(), &["s0", "s1", "s2"]);
+
+    // A statement a shard refuses: the run stops and says where each shard stands.
+    std::fs::write(
+        migrations.path().join("0003_broken.sql"),
+        "ALTER TABLE no_such_table ADD COLUMN x TEXT;",
+    )
+    .unwrap();
+    let (code, out) = tool(&["migrate", folder, files]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("MIGRATION_FAILED")
+            && out.contains("no such table: no_such_table")
+            && out.contains("s0 at 2, s1 at 2, s2 at 2"),
+        "{out}"
+    );
+}

@@ -176,6 +176,24 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A migration failed on a shard (see [`crate::migrate`]). Every shard is at a whole
+    /// version: `at` says which.
+    #[error(
+        "migration {version} (`{name}`) failed on shard `{shard}`: {source}; shards now: {at}; fix the cause and run the migrations again"
+    )]
+    MigrationFailed {
+        /// The shard that refused it.
+        shard: String,
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: String,
+        /// Where every shard stands, as `s0 at 2, s1 at 1`.
+        at: String,
+        /// The shard's error.
+        source: Box<Error>,
+    },
+
     /// The key's slot is being switched to another shard by a move, and the switch did not
     /// finish within the router's wait (10 s): the move was stopped mid-switch. Retry after
     /// resuming it (`collegedb resume`, or [`CollegeDb::resume_growth`](crate::CollegeDb::resume_growth)).
@@ -252,6 +270,7 @@ impl Error {
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
             Error::BatchRow { source, .. } => source.code(),
             Error::PartiallyWritten { .. } => "PARTIALLY_WRITTEN",
+            Error::MigrationFailed { .. } => "MIGRATION_FAILED",
             Error::SlotMoving { .. } => "SLOT_MOVING",
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
@@ -283,9 +302,9 @@ impl Error {
             Error::ValueTooLarge { .. } => 413,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
-            Error::BatchRow { source, .. } | Error::PartiallyWritten { source, .. } => {
-                source.http_status()
-            }
+            Error::BatchRow { source, .. }
+            | Error::PartiallyWritten { source, .. }
+            | Error::MigrationFailed { source, .. } => source.http_status(),
             Error::Directory(_)
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }
@@ -315,7 +334,9 @@ impl Error {
             | Error::Busy { .. }
             | Error::SlotMoving { .. }
             | Error::Unavailable { .. } => true,
-            Error::BatchRow { source, .. } => source.is_retryable(),
+            Error::BatchRow { source, .. } | Error::MigrationFailed { source, .. } => {
+                source.is_retryable()
+            }
             _ => false,
         }
     }

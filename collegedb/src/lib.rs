@@ -62,6 +62,7 @@ pub mod fence;
 pub mod growth;
 pub mod key;
 pub mod marker;
+pub mod migrate;
 pub mod model;
 pub mod placement;
 pub mod raw;

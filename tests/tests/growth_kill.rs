@@ -1456,3 +1456,98 @@ fn reassign_killed_after_every_step_resumes_without_losing_or_duplicating_the_ke
     }
     eprintln!("reassign: {points} kill points, each resumed");
 }
+
+/// `migrate` killed with SIGKILL after every migration it applies to a shard (3 migrations on 3
+/// shards: 8 points, the last being the end), each time run again: every shard ends at the last
+/// version with each migration's effect exactly once, and between the kill and the rerun every
+/// shard is at a whole version (its record and its schema agree).
+#[test]
+fn migrate_killed_after_every_migration_resumes_and_applies_each_once() {
+    let migrations = tempfile::tempdir().unwrap();
+    for (file, sql) in [
+        (
+            "0001_settings.sql",
+            "CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+             INSERT INTO settings (name, value) VALUES ('theme', 'dark');",
+        ),
+        (
+            "0002_more.sql",
+            "INSERT INTO settings (name, value) VALUES ('lang', 'en');
+             CREATE TABLE tags (name TEXT PRIMARY KEY);",
+        ),
+        (
+            "0003_note.sql",
+            "ALTER TABLE settings ADD COLUMN note TEXT;",
+        ),
+    ] {
+        std::fs::write(migrations.path().join(file), sql).unwrap();
+    }
+    let op = format!("migrate:{}", migrations.path().display());
+    let shards = ["s0", "s1", "s2"];
+    // (version, settings rows, has tags) as each version leaves a shard.
+    let expected = |version: i64| match version {
+        0 => (-1, false),
+        1 => (1, false),
+        2 => (2, true),
+        _ => (2, true),
+    };
+    let state = |dir: &Path, shard: &str| -> (i64, i64, bool) {
+        let conn = rusqlite::Connection::open(dir.join(format!("{shard}.sqlite"))).unwrap();
+        let version: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM _collegedb_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        let settings: i64 = conn
+            .query_row("SELECT COUNT(*) FROM settings", [], |r| r.get(0))
+            .unwrap_or(-1);
+        let tags: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'tags')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (version, settings, tags)
+    };
+    let mut points = 0;
+    for stop in 1..=8 {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), 3));
+        let child = ChildProcess::spawn(dir.path(), &op, "s0,s1,s2", Some(&stop.to_string()));
+        let line = child.line();
+        assert!(line.starts_with(&format!("step {stop} ")), "{line}");
+        child.kill();
+        points += 1;
+        let mut applied = 0;
+        for shard in shards {
+            let (version, settings, tags) = state(dir.path(), shard);
+            assert_eq!(
+                (settings, tags),
+                expected(version),
+                "killed after step {stop}: {shard} at version {version}"
+            );
+            applied += version;
+        }
+        assert_eq!(
+            applied, stop as i64,
+            "killed after step {stop}: versions applied"
+        );
+        let lines = run_to_end(dir.path(), &op, "s0,s1,s2", None);
+        assert_eq!(
+            lines.last().unwrap(),
+            "done s0 at 3, s1 at 3, s2 at 3",
+            "after step {stop}"
+        );
+        for shard in shards {
+            assert_eq!(
+                state(dir.path(), shard),
+                (3, 2, true),
+                "after step {stop}: {shard}"
+            );
+        }
+    }
+    eprintln!("migrate: {points} kill points, each resumed");
+}

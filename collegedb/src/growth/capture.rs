@@ -108,13 +108,17 @@ pub(crate) async fn read<S: ShardConn>(shard: &S, after: i64, limit: usize) -> R
         .collect()
 }
 
-/// Creates on `to` every table and index of `from` that `to` lacks (collegedb's own excepted),
-/// with `from`'s own SQL.
+/// Creates on `to` every table, index, view and trigger of `from` that `to` lacks (collegedb's
+/// own excepted),
+/// with `from`'s own SQL. A shard that had no table at all receives `from`'s record of applied
+/// migrations with it, in the same transaction: its schema is `from`'s now (see
+/// [`crate::migrate`]).
 pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
     const SCHEMA: &str = "SELECT type, name, sql FROM sqlite_master \
-         WHERE type IN ('table', 'index') AND sql IS NOT NULL \
+         WHERE type IN ('table', 'index', 'view', 'trigger') AND sql IS NOT NULL \
          AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-         AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' ORDER BY type DESC, name";
+         AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' \
+         ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, name";
     let present: std::collections::HashSet<String> = to
         .query(SCHEMA, &[])
         .await?
@@ -128,6 +132,9 @@ pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
         }
     }
     if !statements.is_empty() {
+        if present.is_empty() {
+            statements.extend(crate::migrate::copy_records(from).await?);
+        }
         to.batch(&statements).await?;
     }
     Ok(())

@@ -145,7 +145,11 @@ mod tests {
         ";
         let got = statements(sql);
         assert_eq!(got.len(), 5, "{got:#?}");
-        assert!(got[0].starts_with("-- a comment; with a semicolon\n"), "{}", got[0]);
+        assert!(
+            got[0].starts_with("-- a comment; with a semicolon\n"),
+            "{}",
+            got[0]
+        );
         assert!(got[0].ends_with("[b;c] BLOB)"), "{}", got[0]);
         assert_eq!(
             got[1],

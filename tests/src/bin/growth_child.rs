@@ -3,7 +3,7 @@
 //! journaled step (or anywhere) and then run it again to resume.
 //!
 //! ```text
-//! growth-child <folder> <add:NAME | drain:NAME | reassign:TABLE:KEY:NAME | adopt> <shards-csv> [stop]
+//! growth-child <folder> <add:NAME | drain:NAME | reassign:TABLE:KEY:NAME | adopt | migrate:DIR> <shards-csv> [stop]
 //! ```
 //!
 //! `shards-csv` lists the configured shard names (the stored map must be covered by them; extra
@@ -17,7 +17,11 @@
 //!   `growth::Phase`, `Done` once every transfer finished);
 //! * `trace`: print `trace <n> <transfer> <phase>` after every step and never block.
 //!
-//! Prints `done <rows copied>` when a growth operation finishes, `done <rows> <recorded>
+//! `migrate:DIR` applies the migrations of folder `DIR`; its steps are the migrations applied
+//! (one per shard and version), and only a `<n>` stop applies.
+//!
+//! Prints `done <rows copied>` when a growth operation finishes, `done <status>` when migrate
+//! does, `done <rows> <recorded>
 //! <conflicts>` when adopt does, or `error <code> <message>`. A blocked child whose stdin closes
 //! (the test is gone) exits at once with status 3.
 
@@ -129,10 +133,27 @@ fn main() {
     let result = CollegeDb::open_embedded(config, folder).and_then(|db| {
         let options = GrowthOptions::default()
             .page_rows(PAGE_ROWS)
-            .on_step(hook(stop));
+            .on_step(hook(stop.clone()));
         pollster::block_on(async {
             // A killed run left its journal (and its lease): take it over, as an operator would
             // with `collegedb resume`.
+            if let Some(folder) = op.strip_prefix("migrate:") {
+                let migrations = collegedb::migrate::Migrations::from_dir(folder)?;
+                let steps = AtomicUsize::new(0);
+                let stop_at = match stop {
+                    Stop::Step(n) => Some(n),
+                    _ => None,
+                };
+                let hook = std::sync::Arc::new(move |applied: &collegedb::migrate::Applied| {
+                    let n = steps.fetch_add(1, Ordering::SeqCst) + 1;
+                    if stop_at == Some(n) {
+                        say(&format!("step {n} {} {}", applied.version, applied.shard));
+                        block();
+                    }
+                });
+                let status = db.migrate_with(&migrations, Some(hook)).await?;
+                return Ok(format!("done {status}"));
+            }
             if op != "adopt" && db.growth_status().await?.running.is_some() {
                 let job = db.resume_growth(&options).await?.expect("journaled");
                 return Ok(format!("done {}", job.rows_copied()));
