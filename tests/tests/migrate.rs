@@ -195,3 +195,100 @@ fn a_shard_added_later_inherits_the_schema_and_its_record() {
     let status = block_on(db.migrate(&migrations())).unwrap();
     assert_eq!(status.to_string(), "s0 at 3, s1 at 3, s2 at 3, s3 at 3");
 }
+
+mod v1 {
+    /// The model before: `people` with a key and a name.
+    #[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+    #[sharded(table = "people")]
+    pub struct Person {
+        #[sharded(key)]
+        pub id: String,
+        pub name: String,
+    }
+}
+
+mod v2 {
+    /// The model after: an `Option` field (may be added in place) and a required one (needs a
+    /// migration with a default).
+    #[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+    #[sharded(table = "people")]
+    pub struct Person {
+        #[sharded(key)]
+        pub id: String,
+        pub name: String,
+        pub bio: Option<String>,
+        pub age: i64,
+    }
+}
+
+mod v3 {
+    /// v2 without the required field.
+    #[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+    #[sharded(table = "people")]
+    pub struct Person {
+        #[sharded(key)]
+        pub id: String,
+        pub name: String,
+        pub bio: Option<String>,
+    }
+}
+
+#[test]
+fn drift_is_reported_per_shard_and_nullable_columns_are_added_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        v1::Person::create_table(&db).await.unwrap();
+        v1::Person::insert(
+            &db,
+            &v1::Person {
+                id: "ada".into(),
+                name: "Ada".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(db.schema_drift::<v1::Person>().await.unwrap().is_clean());
+
+        let drift = db.schema_drift::<v2::Person>().await.unwrap();
+        assert!(!drift.is_clean());
+        for shard in &drift.shards {
+            assert_eq!(shard.missing, ["bio", "age"], "{drift}");
+        }
+        // A required column cannot be added in place: nothing changes.
+        let err = db.add_missing_columns::<v2::Person>().await.unwrap_err();
+        assert_eq!(err.code(), "CONFIG_INVALID");
+        assert!(err.to_string().contains("age on s0"), "{err}");
+        assert_eq!(db.schema_drift::<v2::Person>().await.unwrap(), drift);
+
+        let added = db.add_missing_columns::<v3::Person>().await.unwrap();
+        assert_eq!(added.len(), 3, "{added:?}");
+        assert!(db.schema_drift::<v3::Person>().await.unwrap().is_clean());
+        let ada = v3::Person::find(&db, "ada").await.unwrap().unwrap();
+        assert_eq!(ada.bio, None);
+        // The old model sees an extra, nullable column: reported, harmless.
+        let old = db.schema_drift::<v1::Person>().await.unwrap();
+        assert!(old.is_clean(), "{old}");
+        assert_eq!(old.shards[1].extra[0].name, "bio");
+        assert!(old.to_string().contains("s1: extra bio"), "{old}");
+    });
+    // A shard changed by hand: a type and a nullability that disagree.
+    block_on(db.run_shard("s2", "DROP TABLE people", &[])).unwrap();
+    block_on(db.run_shard(
+        "s2",
+        "CREATE TABLE people (id TEXT PRIMARY KEY NOT NULL, name BLOB, bio TEXT NOT NULL)",
+        &[],
+    ))
+    .unwrap();
+    let drift = block_on(db.schema_drift::<v3::Person>()).unwrap();
+    let s2 = &drift.shards[2];
+    assert!(!s2.is_clean() && drift.shards[0].is_clean());
+    assert_eq!(
+        s2.mismatched,
+        [
+            "name is BLOB (BLOB affinity), the model's field is TEXT",
+            "name allows NULL, the model's field does not: reading a NULL fails",
+            "bio is NOT NULL, the model's field is an Option: storing None fails"
+        ]
+    );
+}

@@ -13,8 +13,15 @@
 //!
 //! Statements that cannot run inside a transaction (`BEGIN`, `COMMIT`, `VACUUM`, ...) are refused
 //! in migration files: the transaction is collegedb's.
+//!
+//! [`CollegeDb::schema_drift`] compares a model with its table on every shard, and
+//! [`CollegeDb::add_missing_columns`] is the opt-in that adds the nullable columns a model gained
+//! (`Option` fields) without a migration file.
 
+mod drift;
 mod split;
+
+pub use drift::{DriftReport, ShardDrift, TableColumn};
 
 use crate::backend::{Backend, ShardConn, Statement};
 use crate::error::{Error, Result};
