@@ -81,7 +81,50 @@ fn worker_example_end_to_end() {
     coordinator_serves_the_seed_http_api(&server);
     coordinator_failure_falls_back_to_a_local_counter(&server);
     fence_sql_runs_on_d1(&server);
+    migrations_reach_every_shard_once_and_models_match_the_tables(&server);
     flush_empties_everything(&server);
+}
+
+/// `POST /admin/migrate` applies the example's two migrations to all four shards (the standby
+/// one too), each recorded on its shard; a second call applies nothing; every model matches its
+/// table on every shard (`GET /admin/schema`).
+fn migrations_reach_every_shard_once_and_models_match_the_tables(server: &Workerd) {
+    let schema = server.get("/admin/schema");
+    assert_eq!(schema.status, 200, "{}", schema.text);
+    assert_eq!(schema.json["clean"], true, "{}", schema.text);
+    let first = server.post("/admin/migrate", &json!({}));
+    assert_eq!(first.status, 200, "{}\n{}", first.text, server.log_tail());
+    assert_eq!(
+        first.json["applied"].as_array().map(Vec::len),
+        Some(8),
+        "{}",
+        first.text
+    );
+    for shard in ["DB_EAST", "DB_WEST", "DB_EU", STANDBY] {
+        assert_eq!(first.json["shards"][shard], 2, "{}", first.text);
+        let reply = server.post(
+            &format!("/raw/{shard}"),
+            &json!({ "sql": "SELECT version FROM _collegedb_migrations ORDER BY version" }),
+        );
+        assert_eq!(
+            reply.json,
+            json!([{ "version": 1 }, { "version": 2 }]),
+            "{shard}"
+        );
+        let index = server.post(
+            &format!("/raw/{shard}"),
+            &json!({ "sql": "SELECT name FROM sqlite_master WHERE name = 'user_tags_by_tag'" }),
+        );
+        assert_eq!(
+            index.json.as_array().map(Vec::len),
+            Some(1),
+            "{shard}: {}",
+            index.text
+        );
+    }
+    let again = server.post("/admin/migrate", &json!({}));
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json["applied"], json!([]), "{}", again.text);
 }
 
 fn hash_rows_spread_over_every_shard_with_no_directory_operation(server: &Workerd) {

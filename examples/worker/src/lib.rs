@@ -27,6 +27,8 @@
 //! | `POST /admin/shards/{shard}/add` | journals `add_shard` for a standby shard and starts its runner (202, with the journal); 409 while another operation runs; body (optional): [`cloudflare::RunnerSettings`] |
 //! | `POST /admin/shards/{shard}/drain` | journals `drain_shard` and starts its runner; same body |
 //! | `POST /admin/reassign` | `{"table": "users", "key": "alice", "shard": "DB_EU"}` (an integer key as a JSON number): moves the key's row to that shard and records it in the directory, now (200, with the journal); 404 if no shard holds it; 409 while another operation runs |
+//! | `POST /admin/migrate` | applies the example's `migrations/` (compiled in) to every shard, each migration in one transaction with its record: `{"applied": [[shard, version], ...], "shards": {shard: version}}`; a shard that refuses one answers 500 `MIGRATION_FAILED` saying where every shard stands |
+//! | `GET /admin/schema` | every model against its table on every shard (`schema_drift`): `{"clean": bool, "report": text}` |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
 //! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator); `{"holdLease": ms}` gives the operation's lease to another runner for `ms`, as a slice killed in the middle leaves it |
 //!
@@ -393,6 +395,56 @@ async fn start_growth(
     }
 }
 
+/// The example's migrations, compiled in: a Worker has no file system.
+fn migrations() -> collegedb::Result<collegedb::migrate::Migrations> {
+    collegedb::migrate::Migrations::new([
+        (
+            "0001_user_tags.sql",
+            include_str!("../migrations/0001_user_tags.sql"),
+        ),
+        (
+            "0002_user_tags_index.sql",
+            include_str!("../migrations/0002_user_tags_index.sql"),
+        ),
+    ])
+}
+
+/// `POST /admin/migrate`: a handful of statements per shard and migration, within one request.
+async fn migrate(db: &Db) -> collegedb::Result<Response> {
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = {
+        let applied = applied.clone();
+        std::sync::Arc::new(move |step: &collegedb::migrate::Applied| {
+            if let Ok(mut applied) = applied.lock() {
+                applied.push((step.shard.clone(), step.version));
+            }
+        })
+    };
+    let status = db.migrate_with(&migrations()?, Some(hook)).await?;
+    let shards: BTreeMap<String, Option<u32>> = status.versions().into_iter().collect();
+    let applied = applied.lock().map(|a| a.clone()).unwrap_or_default();
+    Ok(
+        Response::from_json(&serde_json::json!({ "applied": applied, "shards": shards }))
+            .expect("JSON"),
+    )
+}
+
+/// `GET /admin/schema`: every model against every shard.
+async fn schema(db: &Db) -> collegedb::Result<Response> {
+    let reports = [
+        db.schema_drift::<User>().await?,
+        db.schema_drift::<Post>().await?,
+        db.schema_drift::<Session>().await?,
+        db.schema_drift::<Event>().await?,
+    ];
+    let clean = reports.iter().all(|r| r.is_clean());
+    let report: Vec<String> = reports.iter().map(ToString::to_string).collect();
+    Ok(
+        Response::from_json(&serde_json::json!({ "clean": clean, "report": report.join("\n") }))
+            .expect("JSON"),
+    )
+}
+
 /// The body of `POST /admin/reassign`.
 #[derive(Deserialize)]
 struct ReassignRequest {
@@ -493,6 +545,8 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             Err(e) => Err(e),
         },
         (Method::Post, ["admin", "reassign"]) => reassign(db, env, &mut req).await,
+        (Method::Post, ["admin", "migrate"]) => migrate(db).await,
+        (Method::Get, ["admin", "schema"]) => schema(db).await,
         (Method::Post, ["admin", "shards", shard, "add"]) => {
             let operation = Operation::AddShard {
                 shard: (*shard).to_owned(),
