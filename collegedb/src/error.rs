@@ -76,6 +76,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// A typed query that cannot be run as built (a pattern longer than SQLite accepts, a
+    /// list that cannot be bound, a value D1 cannot carry). The message says what to change.
+    #[error("invalid query: {reason}")]
+    QueryInvalid {
+        /// What is wrong and what to do instead.
+        reason: String,
+    },
+
     /// The database refused or failed a statement.
     #[error("query failed on shard `{shard}`: {message}")]
     QueryFailed {
@@ -219,6 +227,7 @@ impl Error {
             Error::IntegerOutOfRange { .. } => "INTEGER_OUT_OF_RANGE",
             Error::ValueUnsupported { .. } => "VALUE_UNSUPPORTED",
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
+            Error::QueryInvalid { .. } => "QUERY_INVALID",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::Busy { .. } => "SHARD_BUSY",
             Error::Unavailable { .. } => "SHARD_UNAVAILABLE",
@@ -250,6 +259,7 @@ impl Error {
             | Error::IntegerOutOfRange { .. }
             | Error::ValueUnsupported { .. }
             | Error::TooManyParameters { .. }
+            | Error::QueryInvalid { .. }
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,

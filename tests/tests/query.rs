@@ -1,0 +1,588 @@
+//! Typed queries across shards against an oracle: the same query, written by hand in SQL, on
+//! one SQLite file holding every row. Random filters, orders, limits and offsets over random
+//! data on 1, 3 and 7 shards; hostile values; lists past D1's 100 bound parameters; and proof
+//! that a query pinning the key asks its owner only.
+
+use collegedb::{CollegeDb, Embedded, Filter, Sharded, Value};
+use collegedb_tests::open;
+use pollster::block_on;
+use rusqlite::{params_from_iter, Connection};
+
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "people")]
+struct Person {
+    #[sharded(key)]
+    id: i64,
+    name: String,
+    age: i64,
+    score: Option<f64>,
+    city: Option<String>,
+}
+
+/// A deterministic pseudo-random sequence (xorshift), so failures reproduce.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const NAMES: [&str; 8] = [
+    "ada",
+    "Bob",
+    "bobby",
+    "c_d",
+    "50%",
+    "O'Brien",
+    "zoë",
+    "back\\slash",
+];
+const CITIES: [&str; 4] = ["Paris", "paris", "Lagos", "Lima"];
+
+fn people(random: &mut Random, n: usize) -> Vec<Person> {
+    (0..n)
+        .map(|i| Person {
+            id: i as i64 * 3 - 40,
+            name: format!(
+                "{}{}",
+                NAMES[random.below(NAMES.len() as u64) as usize],
+                random.below(4)
+            ),
+            age: random.below(60) as i64,
+            score: random
+                .chance(70)
+                .then(|| random.below(40) as f64 / 4.0 - 2.0),
+            city: random
+                .chance(75)
+                .then(|| CITIES[random.below(4) as usize].to_owned()),
+        })
+        .collect()
+}
+
+/// One SQLite file holding every row: the oracle.
+fn oracle(rows: &[Person]) -> Connection {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, \
+         age INTEGER NOT NULL, score REAL, city TEXT)",
+    )
+    .unwrap();
+    for p in rows {
+        conn.execute(
+            "INSERT INTO people (id, name, age, score, city) VALUES (?, ?, ?, ?, ?)",
+            rusqlite::params![p.id, p.name, p.age, p.score, p.city],
+        )
+        .unwrap();
+    }
+    conn
+}
+
+/// A filter, and the same condition written by hand in SQL with its parameters.
+struct Case {
+    filter: Filter<Person>,
+    sql: String,
+    params: Vec<Value>,
+}
+
+fn leaf(random: &mut Random, ids: &[i64]) -> Case {
+    let f = Person::fields();
+    let ops = ["=", "<>", "<", "<=", ">", ">="];
+    let op = random.below(6) as usize;
+    let pick = |filter: Filter<Person>, sql: String, params: Vec<Value>| Case {
+        filter,
+        sql,
+        params,
+    };
+    match random.below(11) {
+        0 => {
+            let v = random.below(60) as i64;
+            let c = f.age();
+            let filter = [c.eq(v), c.ne(v), c.lt(v), c.le(v), c.gt(v), c.ge(v)][op].clone();
+            pick(filter, format!("age {} ?", ops[op]), vec![v.into()])
+        }
+        1 => {
+            let v = format!("{}{}", NAMES[random.below(8) as usize], random.below(4));
+            let c = f.name();
+            let filter = [c.eq(&v), c.ne(&v), c.lt(&v), c.le(&v), c.gt(&v), c.ge(&v)][op].clone();
+            pick(filter, format!("name {} ?", ops[op]), vec![v.into()])
+        }
+        2 => {
+            let v = random.below(40) as f64 / 4.0 - 2.0;
+            let c = f.score();
+            let filter = [c.eq(v), c.ne(v), c.lt(v), c.le(v), c.gt(v), c.ge(v)][op].clone();
+            pick(filter, format!("score {} ?", ops[op]), vec![v.into()])
+        }
+        3 => {
+            if random.chance(50) {
+                pick(f.city().is_null(), "city IS NULL".into(), vec![])
+            } else {
+                pick(f.score().is_not_null(), "score IS NOT NULL".into(), vec![])
+            }
+        }
+        4 => {
+            let v = CITIES[random.below(4) as usize];
+            pick(f.city().eq(v), "city = ?".into(), vec![v.into()])
+        }
+        5 | 6 => {
+            // Lists of every length, past the inline limit (bound as JSON) too.
+            let n = [0, 1, 3, 40, 150][random.below(5) as usize];
+            let values: Vec<i64> = (0..n).map(|_| random.below(70) as i64).collect();
+            let negated = random.chance(30);
+            let marks = vec!["?"; values.len()].join(", ");
+            let params = values.iter().map(|&v| v.into()).collect();
+            if negated {
+                pick(
+                    f.age().not_in(values),
+                    format!("age NOT IN ({marks})"),
+                    params,
+                )
+            } else {
+                pick(f.age().is_in(values), format!("age IN ({marks})"), params)
+            }
+        }
+        7 => {
+            let text = ["b", "B", "%", "_", "\\", "o'", "ë"][random.below(7) as usize];
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let (filter, pattern) = match random.below(3) {
+                0 => (f.name().contains(text), format!("%{escaped}%")),
+                1 => (f.name().starts_with(text), format!("{escaped}%")),
+                _ => (f.name().ends_with(text), format!("%{escaped}")),
+            };
+            pick(
+                filter,
+                "name LIKE ? ESCAPE '\\'".into(),
+                vec![pattern.into()],
+            )
+        }
+        8 => {
+            let pattern = ["b%", "_o%", "%1", "c\\_d%"][random.below(4) as usize];
+            pick(
+                f.name().like(pattern),
+                "name LIKE ? ESCAPE '\\'".into(),
+                vec![pattern.into()],
+            )
+        }
+        9 => {
+            // Pins the key: present, absent or out-of-range keys.
+            let id = ids[random.below(ids.len() as u64) as usize] + random.below(2) as i64;
+            pick(f.id().eq(id), "id = ?".into(), vec![id.into()])
+        }
+        _ => {
+            let n = [1, 2, 5, 130][random.below(4) as usize];
+            let keys: Vec<i64> = (0..n)
+                .map(|_| ids[random.below(ids.len() as u64) as usize] + random.below(2) as i64)
+                .collect();
+            let marks = vec!["?"; keys.len()].join(", ");
+            let params = keys.iter().map(|&v| v.into()).collect();
+            pick(f.id().is_in(keys), format!("id IN ({marks})"), params)
+        }
+    }
+}
+
+fn filter(random: &mut Random, ids: &[i64], depth: u32) -> Case {
+    if depth == 0 || random.chance(40) {
+        return leaf(random, ids);
+    }
+    let a = filter(random, ids, depth - 1);
+    match random.below(3) {
+        0 => Case {
+            filter: a.filter.not(),
+            sql: format!("NOT ({})", a.sql),
+            params: a.params,
+        },
+        kind => {
+            let b = filter(random, ids, depth - 1);
+            let (filter, op) = if kind == 1 {
+                (a.filter.and(b.filter), "AND")
+            } else {
+                (a.filter.or(b.filter), "OR")
+            };
+            let mut params = a.params;
+            params.extend(b.params);
+            Case {
+                filter,
+                sql: format!("({}) {op} ({})", a.sql, b.sql),
+                params,
+            }
+        }
+    }
+}
+
+fn oracle_ids(conn: &Connection, sql: &str, params: &[Value]) -> Vec<i64> {
+    let mut stmt = conn.prepare(sql).unwrap();
+    let rows = stmt
+        .query_map(params_from_iter(params.iter().map(to_sql)), |row| {
+            row.get(0)
+        })
+        .unwrap();
+    rows.collect::<rusqlite::Result<_>>().unwrap()
+}
+
+fn to_sql(value: &Value) -> rusqlite::types::Value {
+    match value {
+        Value::Null => rusqlite::types::Value::Null,
+        Value::Integer(i) => rusqlite::types::Value::Integer(*i),
+        Value::Real(f) => rusqlite::types::Value::Real(*f),
+        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
+        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+    }
+}
+
+fn load(db: &CollegeDb<Embedded>, rows: &[Person]) {
+    block_on(async {
+        Person::create_table(db).await.unwrap();
+        Person::insert_many(db, rows).await.unwrap();
+    });
+}
+
+/// Random queries on 1, 3 and 7 shards: rows, order, count and existence equal the oracle's.
+#[test]
+fn random_queries_match_one_unsharded_table() {
+    for (shards, seed) in [(1, 11), (3, 12), (7, 13)] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), shards);
+        let mut random = Random(seed);
+        let rows = people(&mut random, 400);
+        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        load(&db, &rows);
+        let conn = oracle(&rows);
+        let f = Person::fields();
+        let columns = [
+            (f.age().asc(), "age ASC"),
+            (f.age().desc(), "age DESC"),
+            (f.name().asc(), "name ASC"),
+            (f.name().desc(), "name DESC"),
+            (f.score().asc(), "score ASC"),
+            (f.score().desc(), "score DESC"),
+            (f.city().desc(), "city DESC"),
+            (f.id().desc(), "id DESC"),
+        ];
+        let mut pinned = 0;
+        for case_number in 0..250 {
+            let case = filter(&mut random, &ids, 3);
+            let mut query = Person::query().filter(case.filter.clone());
+            let mut order = Vec::new();
+            for _ in 0..random.below(3) {
+                let (term, sql) = columns[random.below(columns.len() as u64) as usize];
+                query = query.order_by(term);
+                order.push(sql);
+            }
+            if !order.iter().any(|o| o.starts_with("id ")) {
+                order.push("id ASC");
+            }
+            let limit = random.chance(60).then(|| random.below(30) as usize);
+            let offset = if random.chance(40) {
+                random.below(20) as usize
+            } else {
+                0
+            };
+            if let Some(n) = limit {
+                query = query.limit(n);
+            }
+            query = query.offset(offset);
+            let mut sql = format!(
+                "SELECT id FROM people WHERE {} ORDER BY {}",
+                case.sql,
+                order.join(", ")
+            );
+            sql.push_str(&format!(
+                " LIMIT {} OFFSET {offset}",
+                limit.map_or(-1, |n| n as i64)
+            ));
+            let expected = oracle_ids(&conn, &sql, &case.params);
+            let (found, report) = block_on(query.all_with_report(&db))
+                .unwrap_or_else(|e| panic!("case {case_number} on {shards}: {e}\n{sql}"));
+            let found: Vec<i64> = found.iter().map(|p| p.id).collect();
+            assert_eq!(
+                found, expected,
+                "case {case_number} on {shards} shards: {sql}"
+            );
+            if !report.scattered {
+                pinned += 1;
+            } else if let Some(n) = limit {
+                assert!(
+                    report.rows_fetched <= shards * (offset + n),
+                    "{report:?}: more than N·(offset + limit) rows"
+                );
+            }
+
+            let count_sql = format!("SELECT COUNT(*) FROM people WHERE {}", case.sql);
+            let expected_count = oracle_ids(&conn, &count_sql, &case.params)[0];
+            let count = block_on(Person::query().filter(case.filter.clone()).count(&db)).unwrap();
+            assert_eq!(count as i64, expected_count, "count: {count_sql}");
+            let exists = block_on(Person::query().filter(case.filter).exists(&db)).unwrap();
+            assert_eq!(exists, expected_count > 0, "exists: {count_sql}");
+        }
+        assert!(pinned > 10, "only {pinned} pinned cases");
+    }
+}
+
+/// `first` is the first row of the order; an unfiltered query returns every row in key order.
+#[test]
+fn first_and_unfiltered_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let rows = people(&mut Random(5), 120);
+    load(&db, &rows);
+    let f = Person::fields();
+    block_on(async {
+        let all = Person::query().all(&db).await.unwrap();
+        let mut ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        ids.sort();
+        assert_eq!(all.iter().map(|p| p.id).collect::<Vec<_>>(), ids);
+        let oldest = Person::query()
+            .order_by(f.age().desc())
+            .first(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let max_age = rows.iter().map(|p| p.age).max().unwrap();
+        let expected = rows
+            .iter()
+            .filter(|p| p.age == max_age)
+            .map(|p| p.id)
+            .min()
+            .unwrap();
+        assert_eq!(oldest.id, expected);
+        assert_eq!(Person::query().limit(0).all(&db).await.unwrap(), vec![]);
+        assert_eq!(Person::query().count(&db).await.unwrap(), 120);
+    });
+}
+
+/// A query that pins the key runs on the key's owner only: with the table dropped on every
+/// other shard it still answers, while a scattered query fails (a query fails if any shard it
+/// needs fails).
+#[test]
+fn a_pinned_query_asks_the_owner_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let rows = people(&mut Random(9), 60);
+    load(&db, &rows);
+    let target = &rows[17];
+    let f = Person::fields();
+    block_on(async {
+        let owner = Person::locate(&db, target.id).await.unwrap().unwrap();
+        for shard in db.list_known_shards() {
+            if shard != owner {
+                db.run_shard(shard, "DROP TABLE people", &[]).await.unwrap();
+            }
+        }
+        let (found, report) = Person::query()
+            .filter(f.id().eq(target.id).and(f.age().ge(0)))
+            .all_with_report(&db)
+            .await
+            .unwrap();
+        assert_eq!(found, vec![target.clone()]);
+        assert!(!report.scattered);
+        assert_eq!(report.shards, 1);
+        let count = Person::query()
+            .filter(f.id().is_in([target.id, target.id]))
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
+
+        let err = Person::query()
+            .filter(f.age().ge(0))
+            .all(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_FAILED", "{err}");
+        assert!(err.to_string().contains("no such table"), "{err}");
+        let err = Person::query()
+            .filter(f.id().eq(target.id).or(f.age().eq(1)))
+            .count(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_FAILED", "{err}");
+    });
+}
+
+/// Lists longer than D1's 100 bound parameters: pinned keys and a non-key list.
+#[test]
+fn lists_past_one_hundred_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let rows = people(&mut Random(21), 500);
+    load(&db, &rows);
+    let f = Person::fields();
+    block_on(async {
+        let keys: Vec<i64> = rows
+            .iter()
+            .step_by(2)
+            .map(|p| p.id)
+            .chain([999_999])
+            .collect();
+        assert!(keys.len() > 200);
+        let (found, report) = Person::query()
+            .filter(f.id().is_in(keys.clone()))
+            .all_with_report(&db)
+            .await
+            .unwrap();
+        assert!(!report.scattered);
+        let mut expected: Vec<i64> = keys[..keys.len() - 1].to_vec();
+        expected.sort();
+        assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), expected);
+
+        let names: Vec<String> = rows.iter().take(150).map(|p| p.name.clone()).collect();
+        let count = Person::query()
+            .filter(f.name().is_in(names.clone()))
+            .count(&db)
+            .await
+            .unwrap();
+        let expected = rows.iter().filter(|p| names.contains(&p.name)).count();
+        assert_eq!(count as usize, expected);
+        let outside = Person::query()
+            .filter(f.name().not_in(names.clone()))
+            .count(&db)
+            .await
+            .unwrap();
+        assert_eq!(outside as usize, rows.len() - expected);
+
+        // Too many small terms for one statement: a typed error, not a failed statement.
+        let mut many = f.age().eq(0);
+        for i in 1..120 {
+            many = many.or(f.age().eq(i));
+        }
+        let err = Person::query().filter(many).all(&db).await.unwrap_err();
+        assert_eq!(err.code(), "TOO_MANY_PARAMETERS", "{err}");
+    });
+}
+
+/// Quotes, wildcards, the escape character, NUL and a 1 MB string are values, never SQL.
+#[test]
+fn hostile_values_are_bound_not_spliced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let big = "x".repeat(1 << 20);
+    let names = [
+        "'; DROP TABLE people; --".to_owned(),
+        "\" OR 1=1 --".to_owned(),
+        "100%".to_owned(),
+        "1000".to_owned(),
+        "a_b".to_owned(),
+        "axb".to_owned(),
+        "back\\slash".to_owned(),
+        "nul\0inside".to_owned(),
+        "nul".to_owned(),
+        big.clone(),
+    ];
+    let rows: Vec<Person> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Person {
+            id: i as i64,
+            name: name.clone(),
+            age: i as i64,
+            score: None,
+            city: Some(name.clone()),
+        })
+        .collect();
+    load(&db, &rows);
+    let f = Person::fields();
+    let ids = |people: Vec<Person>| people.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    block_on(async {
+        for (i, name) in names.iter().enumerate() {
+            let found = Person::query()
+                .filter(f.name().eq(name.as_str()))
+                .all(&db)
+                .await
+                .unwrap();
+            assert_eq!(ids(found), vec![i as i64], "eq {name:?}");
+            let found = Person::query()
+                .filter(f.city().eq(name.as_str()).and(f.id().eq(i as i64)))
+                .all(&db)
+                .await
+                .unwrap();
+            assert_eq!(ids(found), vec![i as i64], "pinned eq {name:?}");
+        }
+        let contains = |text: &'static str| {
+            let db = &db;
+            async move {
+                ids(Person::query()
+                    .filter(f.name().contains(text))
+                    .all(db)
+                    .await
+                    .unwrap())
+            }
+        };
+        assert_eq!(contains("%").await, vec![2]);
+        assert_eq!(contains("_").await, vec![4]);
+        assert_eq!(contains("\\").await, vec![6]);
+        assert_eq!(contains("'").await, vec![0]);
+        assert_eq!(contains("\"").await, vec![1]);
+        let starts = Person::query()
+            .filter(f.name().starts_with("10"))
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(ids(starts), vec![2, 3]);
+        let ends = Person::query()
+            .filter(f.name().ends_with("0%"))
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(ids(ends), vec![2]);
+        let both = Person::query()
+            .filter(
+                f.name()
+                    .is_in([names[0].as_str(), names[7].as_str(), big.as_str()]),
+            )
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(ids(both), vec![0, 7, 9]);
+        // Every row is still there: nothing was run as SQL.
+        assert_eq!(
+            Person::query().count(&db).await.unwrap(),
+            names.len() as u64
+        );
+
+        let err = Person::query()
+            .filter(f.name().contains(&big))
+            .all(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_INVALID", "{err}");
+        assert!(err.to_string().contains("eq"), "{err}");
+    });
+}
+
+/// Values D1 cannot carry are refused before any statement runs.
+#[test]
+fn unbindable_values_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 2);
+    load(&db, &[]);
+    let f = Person::fields();
+    block_on(async {
+        let err = Person::query()
+            .filter(f.age().gt(1 << 60))
+            .all(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_INVALID", "{err}");
+        assert!(err.to_string().contains("2^53"), "{err}");
+        let err = Person::query()
+            .filter(f.score().lt(f64::NAN))
+            .count(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_INVALID", "{err}");
+    });
+}
