@@ -178,8 +178,13 @@ impl Operand<Option<Vec<u8>>> for &[u8] {
     }
 }
 
-impl<M: Model, T: Comparable> Column<M, T> {
-    fn compare(self, op: Compare, value: impl Operand<T>) -> Filter<M> {
+/// Comparisons and ordering: only for [`Comparable`] field types, a bound on each method so
+/// that a JSON column gets the trait's explanation, not "method not found".
+impl<M: Model, T> Column<M, T> {
+    fn compare(self, op: Compare, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         Filter::from_result(value.into_value().map(|value| Node::Compare {
             column: self.name,
             index: self.index,
@@ -189,37 +194,58 @@ impl<M: Model, T: Comparable> Column<M, T> {
     }
 
     /// `column = value`; with `None` (a `NULL` operand), `column IS NULL`.
-    pub fn eq(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn eq(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Eq, value)
     }
 
     /// `column <> value`; with `None`, `column IS NOT NULL`. Like SQL, a row whose column is
     /// `NULL` matches neither `eq(v)` nor `ne(v)` for a non-null `v`.
-    pub fn ne(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn ne(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Ne, value)
     }
 
     /// `column < value`.
-    pub fn lt(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn lt(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Lt, value)
     }
 
     /// `column <= value`.
-    pub fn le(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn le(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Le, value)
     }
 
     /// `column > value`.
-    pub fn gt(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn gt(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Gt, value)
     }
 
     /// `column >= value`.
-    pub fn ge(self, value: impl Operand<T>) -> Filter<M> {
+    pub fn ge(self, value: impl Operand<T>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.compare(Compare::Ge, value)
     }
 
-    fn list<V: Operand<T>>(self, values: impl IntoIterator<Item = V>, negated: bool) -> Filter<M> {
+    fn list<V: Operand<T>>(self, values: impl IntoIterator<Item = V>, negated: bool) -> Filter<M>
+    where
+        T: Comparable,
+    {
         let values: crate::error::Result<Vec<Value>> =
             values.into_iter().map(Operand::into_value).collect();
         Filter::from_result(values.map(|values| Node::In {
@@ -233,29 +259,45 @@ impl<M: Model, T: Comparable> Column<M, T> {
     /// `column IN (values)`. Any number of values: a list longer than
     /// [`INLINE_LIST`](super::filter::INLINE_LIST) is bound as one JSON array parameter, so the
     /// statement stays within D1's 100 bound parameters. An empty list matches no row.
-    pub fn is_in<V: Operand<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M> {
+    pub fn is_in<V: Operand<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.list(values, false)
     }
 
     /// `column NOT IN (values)`, bound like [`Column::is_in`]. An empty list matches every row
     /// (also rows whose column is `NULL`); a non-empty one never matches a `NULL` column.
-    pub fn not_in<V: Operand<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M> {
+    pub fn not_in<V: Operand<T>>(self, values: impl IntoIterator<Item = V>) -> Filter<M>
+    where
+        T: Comparable,
+    {
         self.list(values, true)
     }
 
     /// Ascending order on this column (`NULL` first, as SQLite orders).
-    pub fn asc(self) -> OrderBy<M> {
+    pub fn asc(self) -> OrderBy<M>
+    where
+        T: Comparable,
+    {
         OrderBy::new(self.name, self.index, false)
     }
 
     /// Descending order on this column (`NULL` last).
-    pub fn desc(self) -> OrderBy<M> {
+    pub fn desc(self) -> OrderBy<M>
+    where
+        T: Comparable,
+    {
         OrderBy::new(self.name, self.index, true)
     }
 }
 
-impl<M: Model, T: Textual> Column<M, T> {
-    fn pattern(self, pattern: String) -> Filter<M> {
+/// Pattern matching: only for [`Textual`] field types (a bound on each method, as above).
+impl<M: Model, T> Column<M, T> {
+    fn pattern(self, pattern: String) -> Filter<M>
+    where
+        T: Textual,
+    {
         Filter::from_node(Node::Like {
             column: self.name,
             pattern,
@@ -264,23 +306,35 @@ impl<M: Model, T: Textual> Column<M, T> {
 
     /// `column LIKE pattern ESCAPE '\'`: `%` and `_` in `pattern` are wildcards, `\` escapes
     /// them. SQLite's `LIKE` ignores the case of ASCII letters (and only of those).
-    pub fn like(self, pattern: impl Into<String>) -> Filter<M> {
+    pub fn like(self, pattern: impl Into<String>) -> Filter<M>
+    where
+        T: Textual,
+    {
         self.pattern(pattern.into())
     }
 
     /// The column contains `text` (wildcards in `text` match themselves). ASCII case is ignored,
     /// as by [`Column::like`].
-    pub fn contains(self, text: &str) -> Filter<M> {
+    pub fn contains(self, text: &str) -> Filter<M>
+    where
+        T: Textual,
+    {
         self.pattern(format!("%{}%", escape_like(text)))
     }
 
     /// The column starts with `text` (wildcards in `text` match themselves).
-    pub fn starts_with(self, text: &str) -> Filter<M> {
+    pub fn starts_with(self, text: &str) -> Filter<M>
+    where
+        T: Textual,
+    {
         self.pattern(format!("{}%", escape_like(text)))
     }
 
     /// The column ends with `text` (wildcards in `text` match themselves).
-    pub fn ends_with(self, text: &str) -> Filter<M> {
+    pub fn ends_with(self, text: &str) -> Filter<M>
+    where
+        T: Textual,
+    {
         self.pattern(format!("%{}", escape_like(text)))
     }
 }
