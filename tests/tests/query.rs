@@ -586,3 +586,95 @@ fn unbindable_values_are_typed_errors() {
         assert_eq!(err.code(), "QUERY_INVALID", "{err}");
     });
 }
+
+fn same_number(a: &Value, b: &rusqlite::types::Value) -> bool {
+    use rusqlite::types::Value as S;
+    match (a, b) {
+        (Value::Null, S::Null) => true,
+        (Value::Integer(x), S::Integer(y)) => x == y,
+        (Value::Text(x), S::Text(y)) => x == y,
+        (Value::Real(x), S::Real(y)) => (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+        _ => false,
+    }
+}
+
+/// Aggregates with and without groups and `having`, over random filters, equal the oracle's
+/// `GROUP BY` on one table.
+#[test]
+fn aggregates_match_one_unsharded_table() {
+    use collegedb::query::Aggregate as A;
+    for (shards, seed) in [(1, 31), (3, 32), (7, 33)] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), shards);
+        let mut random = Random(seed);
+        let rows = people(&mut random, 300);
+        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        load(&db, &rows);
+        let conn = oracle(&rows);
+        let f = Person::fields();
+        let aggregates = [
+            A::count(),
+            A::count_of(f.score()),
+            A::sum(f.age()),
+            A::sum(f.score()),
+            A::min(f.name()),
+            A::max(f.score()),
+            A::avg(f.age()),
+            A::avg(f.score()),
+        ];
+        let select = "COUNT(*), COUNT(score), SUM(age), SUM(score), MIN(name), MAX(score), \
+                      AVG(age), AVG(score)";
+        for case_number in 0..60 {
+            let case = filter(&mut random, &ids, 2);
+            let (groups, group_sql): (Vec<&str>, &str) = match random.below(3) {
+                0 => (vec![], ""),
+                1 => (vec!["city"], "city"),
+                _ => (vec!["city", "age"], "city, age"),
+            };
+            let mut query = Person::query().filter(case.filter.clone());
+            for g in &groups {
+                query = match *g {
+                    "city" => query.group_by(f.city()),
+                    _ => query.group_by(f.age()),
+                };
+            }
+            let mut sql = format!(
+                "SELECT {group_sql}{}{select} FROM people WHERE {}",
+                if groups.is_empty() { "" } else { ", " },
+                case.sql
+            );
+            let mut params = case.params.clone();
+            if !groups.is_empty() {
+                sql.push_str(&format!(" GROUP BY {group_sql}"));
+                if random.chance(50) {
+                    let least = random.below(4) as i64;
+                    query = query.having(A::count().gt(least));
+                    sql.push_str(" HAVING COUNT(*) > ?");
+                    params.push(least.into());
+                }
+                sql.push_str(&format!(" ORDER BY {group_sql}"));
+            }
+            let found = block_on(query.aggregate(&db, &aggregates))
+                .unwrap_or_else(|e| panic!("case {case_number}: {e}\n{sql}"));
+            let mut stmt = conn.prepare(&sql).unwrap();
+            let width = groups.len() + aggregates.len();
+            let expected: Vec<Vec<rusqlite::types::Value>> = stmt
+                .query_map(params_from_iter(params.iter().map(to_sql)), |row| {
+                    (0..width).map(|i| row.get(i)).collect()
+                })
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(found.len(), expected.len(), "case {case_number}: {sql}");
+            for (got, want) in found.iter().zip(&expected) {
+                let got: Vec<&Value> = got.group.iter().chain(&got.values).collect();
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        same_number(g, w),
+                        "case {case_number} on {shards}: {got:?} vs {want:?}\n{sql}"
+                    );
+                }
+            }
+        }
+    }
+}

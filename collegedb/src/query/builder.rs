@@ -2,7 +2,8 @@
 
 use sea_query::{Expr, ExprTrait};
 
-use super::column::OrderBy;
+use super::aggregate::{Aggregate, AggregateRow, Having};
+use super::column::{Column, Comparable, OrderBy};
 use super::filter::{pinned_keys, Filter, Node};
 use super::route::{self, on_every_serving, select_rows, QueryReport};
 use crate::backend::Backend;
@@ -21,6 +22,8 @@ pub struct Query<M> {
     order: Vec<OrderBy<M>>,
     limit: Option<usize>,
     offset: usize,
+    group_by: Vec<&'static str>,
+    having: Vec<Having<M>>,
 }
 
 impl<M> Clone for Query<M> {
@@ -30,6 +33,8 @@ impl<M> Clone for Query<M> {
             order: self.order.clone(),
             limit: self.limit,
             offset: self.offset,
+            group_by: self.group_by.clone(),
+            having: self.having.clone(),
         }
     }
 }
@@ -41,6 +46,8 @@ impl<M> std::fmt::Debug for Query<M> {
             .field("order", &self.order)
             .field("limit", &self.limit)
             .field("offset", &self.offset)
+            .field("group_by", &self.group_by)
+            .field("having", &self.having)
             .finish()
     }
 }
@@ -59,6 +66,8 @@ impl<M: Model> Query<M> {
             order: Vec::new(),
             limit: None,
             offset: 0,
+            group_by: Vec::new(),
+            having: Vec::new(),
         }
     }
 
@@ -89,6 +98,44 @@ impl<M: Model> Query<M> {
     pub fn offset(mut self, m: usize) -> Self {
         self.offset = m;
         self
+    }
+
+    /// Groups the rows of [`Query::aggregate`] by this column (after the columns given before).
+    pub fn group_by<T>(mut self, column: Column<M, T>) -> Self
+    where
+        T: Comparable,
+    {
+        self.group_by.push(column.name());
+        self
+    }
+
+    /// Keeps only the groups of [`Query::aggregate`] that meet `condition`
+    /// (`Aggregate::count().gt(2)`), checked once every shard's partial groups are combined.
+    pub fn having(mut self, condition: Having<M>) -> Self {
+        self.having.push(condition);
+        self
+    }
+
+    /// Computes `aggregates` over the rows the filter matches, one [`AggregateRow`] per group
+    /// (one row in all without `group_by`), groups in ascending order of their values.
+    ///
+    /// Each serving shard computes partials of its own rows (`COUNT`, `SUM`, `MIN`, `MAX`; `AVG`
+    /// as `SUM` and `COUNT`), so one row per group and shard crosses the wire, never the rows
+    /// themselves; the router combines them and applies `having`. Every serving shard is asked,
+    /// even for a filter that pins the key. Order, limit and offset do not apply.
+    pub async fn aggregate<B: Backend>(
+        &self,
+        db: &CollegeDb<B>,
+        aggregates: &[Aggregate<M>],
+    ) -> Result<Vec<AggregateRow>> {
+        super::aggregate::aggregate::<M, B>(
+            db,
+            self.filter_node()?,
+            &self.group_by,
+            aggregates,
+            &self.having,
+        )
+        .await
     }
 
     pub(crate) fn filter_node(&self) -> Result<Option<&Node>> {

@@ -63,11 +63,13 @@
 //! broken by the key, so a query returns the same rows in the same order on every run and on
 //! any number of shards.
 
+mod aggregate;
 mod builder;
 mod column;
 mod filter;
 mod route;
 
+pub use aggregate::{Aggregate, AggregateRow, Having, Numeric};
 pub use builder::Query;
 pub use column::{escape_like, Column, Comparable, Json, Operand, OrderBy, Textual, LIKE_ESCAPE};
 pub use filter::{Filter, INLINE_LIST, MAX_LIKE_PATTERN_BYTES};
