@@ -6,6 +6,7 @@ use super::aggregate::{Aggregate, AggregateRow, Having};
 use super::column::{Column, Comparable, OrderBy};
 use super::filter::{pinned_keys, Filter, Node};
 use super::route::{self, on_every_serving, select_rows, QueryReport};
+use super::write::{write_many, Assignment, Change, WriteReport};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -136,6 +137,29 @@ impl<M: Model> Query<M> {
             &self.having,
         )
         .await
+    }
+
+    /// Sets columns of every row the filter matches (every row without a filter); returns the
+    /// rows changed on each shard and in total.
+    ///
+    /// A filter that pins the key writes on each key's owner with the fenced statement of
+    /// `update`; any other runs on every serving shard, behind the slot fence (see
+    /// [`crate::query`]'s bulk-write section). If a shard fails, the others may have
+    /// committed: running the same call again is safe. Order, limit and offset do not apply.
+    pub async fn update_many<B: Backend>(
+        &self,
+        db: &CollegeDb<B>,
+        assignments: &[Assignment<M>],
+    ) -> Result<WriteReport> {
+        let change = Change::Update(assignments);
+        write_many::<M, B>(db, self.filter_node()?, change).await
+    }
+
+    /// Deletes every row the filter matches (every row without a filter); returns the rows
+    /// deleted on each shard and in total. Deleted keys keep their directory entries, as with
+    /// `delete`. Routed and fenced like [`Query::update_many`].
+    pub async fn delete_many<B: Backend>(&self, db: &CollegeDb<B>) -> Result<WriteReport> {
+        write_many::<M, B>(db, self.filter_node()?, Change::Delete).await
     }
 
     pub(crate) fn filter_node(&self) -> Result<Option<&Node>> {

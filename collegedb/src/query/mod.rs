@@ -68,9 +68,11 @@ mod builder;
 mod column;
 mod filter;
 mod route;
+mod write;
 
 pub use aggregate::{Aggregate, AggregateRow, Having, Numeric};
 pub use builder::Query;
 pub use column::{escape_like, Column, Comparable, Json, Operand, OrderBy, Textual, LIKE_ESCAPE};
 pub use filter::{Filter, INLINE_LIST, MAX_LIKE_PATTERN_BYTES};
 pub use route::{QueryReport, PINNED_CONCURRENCY};
+pub use write::{Assignment, WriteReport};
