@@ -43,7 +43,7 @@
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
 //! | [`scan`] | cross-shard scans in key order |
-//! | [`query`] | typed queries across shards: filters, ordering, limits, counts |
+//! | [`query`] | typed queries across shards: filters, ordering, limits, counts, aggregates, bulk writes |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
 //! | [`growth`] | adding and draining shards of a live deployment: moves, journal, status |
 //! | [`adopt`] | taking over databases that already hold rows |

@@ -9,6 +9,7 @@ use super::route::{self, on_every_serving, select_rows, QueryReport};
 use super::write::{write_many, Assignment, Change, WriteReport};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::key::ShardKey;
 use crate::model::Model;
 use crate::router::CollegeDb;
 use crate::value::Value;
@@ -171,13 +172,33 @@ impl<M: Model> Query<M> {
         &self,
         db: &CollegeDb<B>,
     ) -> Result<(Vec<M>, QueryReport)> {
+        self.run(db, self.limit).await
+    }
+
+    async fn run<B: Backend>(
+        &self,
+        db: &CollegeDb<B>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<M>, QueryReport)> {
         let mut report = QueryReport::default();
+        if let Some(key) = self.filter_node()?.and_then(exact_key::<M>) {
+            // Exactly `key = v`: the query is `find`, on the same path.
+            let found = crate::crud::find::<M, B>(db, M::Key::from_key(key)?).await?;
+            report.shards = 1;
+            report.rows_fetched = usize::from(found.is_some());
+            let rows = found
+                .into_iter()
+                .skip(self.offset)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
+            return Ok((rows, report));
+        }
         let rows = route::rows::<M, B>(
             db,
             self.filter_node()?,
             &self.order,
             self.offset,
-            self.limit,
+            limit,
             &mut report,
         )
         .await?;
@@ -195,8 +216,8 @@ impl<M: Model> Query<M> {
 
     /// The first row the query selects, if any (`limit(1)`).
     pub async fn first<B: Backend>(&self, db: &CollegeDb<B>) -> Result<Option<M>> {
-        let query = self.clone().limit(1);
-        Ok(query.all(db).await?.into_iter().next())
+        let limit = Some(self.limit.map_or(1, |n| n.min(1)));
+        Ok(self.run(db, limit).await?.0.into_iter().next())
     }
 
     /// Counts the rows the filter matches on every shard it needs, with `COUNT(*)` on each
@@ -245,5 +266,18 @@ impl<M: Model> Query<M> {
         let mut report = QueryReport::default();
         let found = on_every_serving(db, &statement, &mut report).await?;
         Ok(found.iter().any(|rows| !rows.is_empty()))
+    }
+}
+
+/// The key of a filter that is exactly `key = v` with a valid key.
+fn exact_key<M: Model>(node: &Node) -> Option<crate::key::Key> {
+    match node {
+        Node::Compare {
+            index,
+            op: super::filter::Compare::Eq,
+            value,
+            ..
+        } if *index == M::KEY_INDEX => crate::key::Key::from_value(value.clone()).ok(),
+        _ => None,
     }
 }

@@ -1,5 +1,10 @@
 //! Typed queries across shards: filters on typed column handles, ordering, limits, counts,
-//! executed as a distributed SQL router (Vitess VTGate, Citus) runs them.
+//! aggregates and bulk writes, executed as a distributed SQL router (Vitess VTGate, Citus) runs
+//! them.
+//!
+//! Layout: [`Column`] handles and their operators (`column`), [`Filter`] trees rendered with
+//! sea-query (`filter`), the [`Query`] builder (`builder`), routing and the k-way merge
+//! (`route`), partial aggregates (`aggregate`) and fenced bulk writes (`write`).
 //!
 //! ```
 //! use collegedb::{CollegeDb, Config, Sharded};
@@ -50,6 +55,9 @@
 //! | any other filter, `all`/`first` | every serving shard, concurrently | at most `N·(offset + limit)` for `N` shards |
 //! | any other filter, `count` | every serving shard | one per shard (`COUNT(*)`) |
 //! | any other filter, `exists` | every serving shard | at most one per shard (`LIMIT 1`) |
+//! | [`Query::aggregate`] | every serving shard | one per group and shard (partials; see [`Aggregate`]) |
+//! | [`Query::update_many`], [`Query::delete_many`], pinned | each key's owner, with the fenced point statement of `update`/`delete` | none |
+//! | [`Query::update_many`], [`Query::delete_many`], other filter | every serving shard: the matching keys, then one guarded transaction | the matching keys |
 //!
 //! Pinned queries carry the slot fence of `find` (see [`crate::fence`]): a shard that no longer
 //! owns the key's slot refuses, and the router reloads the map and asks the new owner.
