@@ -163,6 +163,18 @@ impl<M: Model> Query<M> {
         write_many::<M, B>(db, self.filter_node()?, Change::Delete).await
     }
 
+    pub(crate) fn offset_value(&self) -> usize {
+        self.offset
+    }
+
+    pub(crate) fn limit_value(&self) -> Option<usize> {
+        self.limit
+    }
+
+    pub(crate) fn order_terms(&self) -> &[OrderBy<M>] {
+        &self.order
+    }
+
     pub(crate) fn filter_node(&self) -> Result<Option<&Node>> {
         self.filter.as_ref().map(Filter::node).transpose()
     }

@@ -4,7 +4,8 @@
 //!
 //! Layout: [`Column`] handles and their operators (`column`), [`Filter`] trees rendered with
 //! sea-query (`filter`), the [`Query`] builder (`builder`), routing and the k-way merge
-//! (`route`), partial aggregates (`aggregate`) and fenced bulk writes (`write`).
+//! (`route`), keyset pages (`page`), partial aggregates (`aggregate`) and fenced bulk writes
+//! (`write`).
 //!
 //! ```
 //! use collegedb::{CollegeDb, Config, Sharded};
@@ -55,6 +56,7 @@
 //! | any other filter, `all`/`first` | every serving shard, concurrently | at most `N·(offset + limit)` for `N` shards |
 //! | any other filter, `count` | every serving shard | one per shard (`COUNT(*)`) |
 //! | any other filter, `exists` | every serving shard | at most one per shard (`LIMIT 1`) |
+//! | [`Query::page`] | as `all`, after the cursor | at most `N·(limit + 1)`, at any depth |
 //! | [`Query::aggregate`] | every serving shard | one per group and shard (partials; see [`Aggregate`]) |
 //! | [`Query::update_many`], [`Query::delete_many`], pinned | each key's owner, with the fenced point statement of `update`/`delete` | none |
 //! | [`Query::update_many`], [`Query::delete_many`], other filter | every serving shard: the matching keys, then one guarded transaction | the matching keys |
@@ -75,6 +77,7 @@ mod aggregate;
 mod builder;
 mod column;
 mod filter;
+mod page;
 mod route;
 mod write;
 
@@ -82,5 +85,6 @@ pub use aggregate::{Aggregate, AggregateRow, Having, Numeric};
 pub use builder::Query;
 pub use column::{escape_like, Column, Comparable, Json, Operand, OrderBy, Textual, LIKE_ESCAPE};
 pub use filter::{Filter, INLINE_LIST, MAX_LIKE_PATTERN_BYTES};
+pub use page::{Cursor, QueryPage, DEFAULT_PAGE_SIZE};
 pub use route::{QueryReport, PINNED_CONCURRENCY};
 pub use write::{Assignment, WriteReport};

@@ -187,6 +187,20 @@ pub(crate) async fn rows<M: Model, B: Backend>(
     limit: Option<usize>,
     report: &mut QueryReport,
 ) -> Result<Vec<Row>> {
+    rows_after::<M, B>(db, filter, order, None, offset, limit, report).await
+}
+
+/// [`rows`], keeping only rows after `after` in the order (with the key appended): one value
+/// per term of [`with_key_order`].
+pub(crate) async fn rows_after<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    filter: Option<&Node>,
+    order: &[OrderBy<M>],
+    after: Option<&[Value]>,
+    offset: usize,
+    limit: Option<usize>,
+    report: &mut QueryReport,
+) -> Result<Vec<Row>> {
     let order = with_key_order(order);
     if limit == Some(0) {
         return Ok(Vec::new());
@@ -194,11 +208,17 @@ pub(crate) async fn rows<M: Model, B: Backend>(
     if let Some(keys) = filter.and_then(pinned_keys::<M>) {
         let filter = filter.expect("a pinned query has a filter");
         let mut rows = pinned_rows::<M, B>(db, filter, &keys, report).await?;
+        if let Some(after) = after {
+            rows.retain(|row| compare_to(&order, row, after) == Ordering::Greater);
+        }
         rows.sort_by(|a, b| compare_rows(&order, a, b));
         let end = limit.map_or(rows.len(), |n| rows.len().min(offset.saturating_add(n)));
         return Ok(rows.drain(offset.min(end)..end).collect());
     }
     let mut select = select_rows::<M>(filter)?;
+    if let Some(after) = after {
+        select.and_where(after_condition(&order, after));
+    }
     for term in &order {
         let direction = if term.descending {
             Order::Desc
@@ -256,4 +276,47 @@ pub(crate) fn merge_sorted<M>(
         }
     }
     out
+}
+
+/// Orders a row against cursor values (one per term of `order`), as [`compare_rows`] does.
+fn compare_to<M>(order: &[OrderBy<M>], row: &Row, values: &[Value]) -> Ordering {
+    for (term, value) in order.iter().zip(values) {
+        let ordering = compare_values(&row.values()[term.index], value);
+        let ordering = if term.descending {
+            ordering.reverse()
+        } else {
+            ordering
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    Ordering::Equal
+}
+
+/// The rows after `values` in `order`, as SQL: for terms `t1..tk`, the `OR` over `i` of
+/// "`t1..t(i-1)` equal (`IS`, so `NULL` equals `NULL`), and `ti` after its value", where
+/// "after" follows SQLite's order (`NULL` first ascending, last descending).
+fn after_condition<M>(order: &[OrderBy<M>], values: &[Value]) -> Expr {
+    let mut any: Option<Expr> = None;
+    for (i, (term, value)) in order.iter().zip(values).enumerate() {
+        let col = || Expr::col(term.column);
+        let after = match (term.descending, value) {
+            (false, Value::Null) => col().is_not_null(),
+            (false, v) => col().gt(super::filter::bind(v)),
+            (true, Value::Null) => Expr::cust("1 = 0"),
+            (true, v) => col().lt(super::filter::bind(v)).or(col().is_null()),
+        };
+        let mut all = after;
+        for (earlier, value) in order[..i].iter().zip(values) {
+            all = Expr::col(earlier.column)
+                .is(super::filter::bind(value))
+                .and(all);
+        }
+        any = Some(match any {
+            Some(so_far) => so_far.or(all),
+            None => all,
+        });
+    }
+    any.unwrap_or_else(|| Expr::cust("1 = 1"))
 }
