@@ -987,3 +987,84 @@ fn pages_stay_exact_under_concurrent_inserts() {
         );
     }
 }
+
+/// Projections into tuples, with and without `distinct`, equal the oracle's `SELECT` and
+/// `SELECT DISTINCT` of the same columns.
+#[test]
+fn projections_and_distinct_match_one_unsharded_table() {
+    for (shards, seed) in [(1, 71), (3, 72), (7, 73)] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), shards);
+        let mut random = Random(seed);
+        let rows = people(&mut random, 300);
+        let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
+        load(&db, &rows);
+        let conn = oracle(&rows);
+        let f = Person::fields();
+        for case_number in 0..60 {
+            let case = filter(&mut random, &ids, 2);
+            let limit = random.chance(60).then(|| 1 + random.below(15) as usize);
+            let offset = if random.chance(30) {
+                random.below(10) as usize
+            } else {
+                0
+            };
+            let mut query = Person::query().filter(case.filter.clone()).offset(offset);
+            if let Some(n) = limit {
+                query = query.limit(n);
+            }
+            let tail = format!(" LIMIT {} OFFSET {offset}", limit.map_or(-1, |n| n as i64));
+            let params: Vec<rusqlite::types::Value> = case.params.iter().map(to_sql).collect();
+            if random.chance(50) {
+                let descending = random.chance(50);
+                let query = query.order_by(if descending {
+                    f.city().desc()
+                } else {
+                    f.city().asc()
+                });
+                let found = block_on(query.select((f.city(), f.age())).distinct().all(&db))
+                    .unwrap_or_else(|e| panic!("case {case_number}: {e}"));
+                let sql = format!(
+                    "SELECT DISTINCT city, age FROM people WHERE {} ORDER BY city {}, age ASC{tail}",
+                    case.sql,
+                    if descending { "DESC" } else { "ASC" }
+                );
+                let mut stmt = conn.prepare(&sql).unwrap();
+                let expected: Vec<(Option<String>, i64)> = stmt
+                    .query_map(params_from_iter(params.iter()), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap();
+                assert_eq!(found, expected, "case {case_number} on {shards}: {sql}");
+            } else {
+                let query = query.order_by(f.age().desc());
+                let found = block_on(query.select((f.name(), f.score())).all(&db))
+                    .unwrap_or_else(|e| panic!("case {case_number}: {e}"));
+                let sql = format!(
+                    "SELECT name, score FROM people WHERE {} ORDER BY age DESC, id ASC{tail}",
+                    case.sql
+                );
+                let mut stmt = conn.prepare(&sql).unwrap();
+                let expected: Vec<(String, Option<f64>)> = stmt
+                    .query_map(params_from_iter(params.iter()), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap();
+                assert_eq!(found, expected, "case {case_number} on {shards}: {sql}");
+            }
+        }
+        let err = block_on(
+            Person::query()
+                .order_by(f.age().asc())
+                .select((f.city(),))
+                .distinct()
+                .all(&db),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "QUERY_INVALID", "{err}");
+    }
+}

@@ -4,7 +4,7 @@
 //!
 //! Layout: [`Column`] handles and their operators (`column`), [`Filter`] trees rendered with
 //! sea-query (`filter`), the [`Query`] builder (`builder`), routing and the k-way merge
-//! (`route`), keyset pages (`page`), partial aggregates (`aggregate`) and fenced bulk writes
+//! (`route`), keyset pages (`page`), projections and `distinct` (`project`), partial aggregates (`aggregate`) and fenced bulk writes
 //! (`write`).
 //!
 //! ```
@@ -57,6 +57,7 @@
 //! | any other filter, `count` | every serving shard | one per shard (`COUNT(*)`) |
 //! | any other filter, `exists` | every serving shard | at most one per shard (`LIMIT 1`) |
 //! | [`Query::page`] | as `all`, after the cursor | at most `N·(limit + 1)`, at any depth |
+//! | [`Query::select`], [`Projected::distinct`] | as `all` | at most `N·(offset + limit)` tuples |
 //! | [`Query::aggregate`] | every serving shard | one per group and shard (partials; see [`Aggregate`]) |
 //! | [`Query::update_many`], [`Query::delete_many`], pinned | each key's owner, with the fenced point statement of `update`/`delete` | none |
 //! | [`Query::update_many`], [`Query::delete_many`], other filter | every serving shard: the matching keys, then one guarded transaction | the matching keys |
@@ -78,6 +79,7 @@ mod builder;
 mod column;
 mod filter;
 mod page;
+mod project;
 mod route;
 mod write;
 
@@ -86,5 +88,6 @@ pub use builder::Query;
 pub use column::{escape_like, Column, Comparable, Json, Operand, OrderBy, Textual, LIKE_ESCAPE};
 pub use filter::{Filter, INLINE_LIST, MAX_LIKE_PATTERN_BYTES};
 pub use page::{Cursor, QueryPage, DEFAULT_PAGE_SIZE};
+pub use project::{Projected, Projection};
 pub use route::{QueryReport, PINNED_CONCURRENCY};
 pub use write::{Assignment, WriteReport};
