@@ -410,6 +410,37 @@ fn a_pinned_query_asks_the_owner_only() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), "QUERY_FAILED", "{err}");
+
+        // Partial mode: the owner's rows, and the two failed shards by name.
+        let partial = Person::query()
+            .filter(f.age().ge(0))
+            .order_by(f.age().desc())
+            .all_partial(&db)
+            .await
+            .unwrap();
+        let mut failed: Vec<&str> = partial.failed.iter().map(|(s, _)| s.as_str()).collect();
+        failed.sort();
+        let mut others: Vec<&str> = db
+            .list_known_shards()
+            .into_iter()
+            .filter(|s| *s != owner)
+            .collect();
+        others.sort();
+        assert_eq!(failed, others);
+        let on_owner: i64 = Connection::open(dir.path().join(format!("{owner}.sqlite")))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM people", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(partial.rows.len() as i64, on_owner);
+        assert!(partial.rows.windows(2).all(|w| w[0].age >= w[1].age));
+        assert!(partial.rows.contains(target));
+        let err = Person::query()
+            .all_partial(&db)
+            .await
+            .unwrap()
+            .complete()
+            .unwrap_err();
+        assert_eq!(err.code(), "QUERY_FAILED", "{err}");
     });
 }
 

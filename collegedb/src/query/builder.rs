@@ -221,6 +221,28 @@ impl<M: Model> Query<M> {
         Ok((rows, report))
     }
 
+    /// Partial mode: like [`Query::all`], but a shard that fails does not fail the query. The
+    /// rows of the shards that answered are merged as usual (in order, `offset` and `limit`
+    /// applied to them), and [`PartialRows::failed`] names the shards that did not, so the
+    /// caller decides whether a result without them will do. A filter that pins the key is not
+    /// scattered and fails as [`Query::all`] does.
+    pub async fn all_partial<B: Backend>(&self, db: &CollegeDb<B>) -> Result<PartialRows<M>> {
+        let filter = self.filter_node()?;
+        if filter.and_then(pinned_keys::<M>).is_some() {
+            return Ok(PartialRows {
+                rows: self.all(db).await?,
+                failed: Vec::new(),
+            });
+        }
+        let (rows, failed) =
+            route::rows_partial::<M, B>(db, filter, &self.order, self.offset, self.limit).await?;
+        let rows = rows
+            .into_iter()
+            .map(|row| M::from_values(row.into_values()))
+            .collect::<Result<_>>()?;
+        Ok(PartialRows { rows, failed })
+    }
+
     /// The rows the query selects, in order. Fails if any shard it needs fails.
     pub async fn all<B: Backend>(&self, db: &CollegeDb<B>) -> Result<Vec<M>> {
         Ok(self.all_with_report(db).await?.0)
@@ -291,5 +313,25 @@ fn exact_key<M: Model>(node: &Node) -> Option<crate::key::Key> {
             ..
         } if *index == M::KEY_INDEX => crate::key::Key::from_value(value.clone()).ok(),
         _ => None,
+    }
+}
+
+/// The answer of [`Query::all_partial`]: the rows of the shards that answered, and the shards
+/// that failed with their errors.
+#[derive(Debug)]
+pub struct PartialRows<M> {
+    /// The merged rows of the shards that answered.
+    pub rows: Vec<M>,
+    /// `(shard name, error)` for every shard that failed; empty when the result is complete.
+    pub failed: Vec<(String, Error)>,
+}
+
+impl<M> PartialRows<M> {
+    /// The rows, or the first shard's error if any shard failed.
+    pub fn complete(self) -> Result<Vec<M>> {
+        match self.failed.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(self.rows),
+        }
     }
 }

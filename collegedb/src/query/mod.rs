@@ -84,7 +84,7 @@ mod route;
 mod write;
 
 pub use aggregate::{Aggregate, AggregateRow, Having, Numeric};
-pub use builder::Query;
+pub use builder::{PartialRows, Query};
 pub use column::{escape_like, Column, Comparable, Json, Operand, OrderBy, Textual, LIKE_ESCAPE};
 pub use filter::{Filter, INLINE_LIST, MAX_LIKE_PATTERN_BYTES};
 pub use page::{Cursor, QueryPage, DEFAULT_PAGE_SIZE};

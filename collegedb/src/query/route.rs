@@ -215,11 +215,25 @@ pub(crate) async fn rows_after<M: Model, B: Backend>(
         let end = limit.map_or(rows.len(), |n| rows.len().min(offset.saturating_add(n)));
         return Ok(rows.drain(offset.min(end)..end).collect());
     }
+    let statement = scatter_statement::<M>(filter, &order, after, offset, limit)?;
+    let streams = on_every_serving(db, &statement, report).await?;
+    Ok(merge_sorted(streams, &order, offset, limit))
+}
+
+/// The statement each shard runs for a scattered query: the filter (and the cursor's
+/// condition), `ORDER BY` the terms of `order` (the key included), `LIMIT offset + limit`.
+fn scatter_statement<M: Model>(
+    filter: Option<&Node>,
+    order: &[OrderBy<M>],
+    after: Option<&[Value]>,
+    offset: usize,
+    limit: Option<usize>,
+) -> Result<Rendered> {
     let mut select = select_rows::<M>(filter)?;
     if let Some(after) = after {
-        select.and_where(after_condition(&order, after));
+        select.and_where(after_condition(order, after));
     }
-    for term in &order {
+    for term in order {
         let direction = if term.descending {
             Order::Desc
         } else {
@@ -232,8 +246,32 @@ pub(crate) async fn rows_after<M: Model, B: Backend>(
     }
     let mut statement = build(&select, 0)?;
     statement.sql = limit_as_expression(statement.sql);
-    let streams = on_every_serving(db, &statement, report).await?;
-    Ok(merge_sorted(streams, &order, offset, limit))
+    Ok(statement)
+}
+
+/// A scattered query in partial mode: the shards that fail are listed with their error instead
+/// of failing the query, and the rows of the others are merged.
+pub(crate) async fn rows_partial<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    filter: Option<&Node>,
+    order: &[OrderBy<M>],
+    offset: usize,
+    limit: Option<usize>,
+) -> Result<(Vec<Row>, Vec<(String, crate::error::Error)>)> {
+    let order = with_key_order(order);
+    let statement = scatter_statement::<M>(filter, &order, None, offset, limit)?;
+    let results = db
+        .on_serving_shards(|shard| shard.query(&statement.sql, &statement.params))
+        .await;
+    let mut streams = Vec::with_capacity(results.len());
+    let mut failed = Vec::new();
+    for (shard, rows) in results {
+        match rows {
+            Ok(rows) => streams.push(rows),
+            Err(error) => failed.push((db.shard_name(shard).to_owned(), error)),
+        }
+    }
+    Ok((merge_sorted(streams, &order, offset, limit), failed))
 }
 
 /// A k-way merge of sorted streams: skips `offset` rows, then keeps at most `limit`.
