@@ -857,6 +857,15 @@ fn queries_and_bulk_writes_check_the_slot_fence() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), "SLOT_MOVING", "{err}");
+        let err = Person::query()
+            .filter(
+                f.id()
+                    .is_in(rows.iter().take(10).map(|p| p.id).chain([on_s1.id])),
+            )
+            .all(&db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "SLOT_MOVING", "a grouped pinned read: {err}");
         let before = collegedb_tests::rows_per_shard(dir.path(), 2, "people");
         let err = Person::query().delete_many(&db).await.unwrap_err();
         assert_eq!(err.code(), "SLOT_MOVING", "{err}");
@@ -1098,4 +1107,81 @@ fn projections_and_distinct_match_one_unsharded_table() {
         .unwrap_err();
         assert_eq!(err.code(), "QUERY_INVALID", "{err}");
     }
+}
+
+/// A model read hash-first but placed at random: most keys live off their hash shard, so a
+/// pinned `is_in` finds them through the off-hash marker and the directory, like `find`.
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "tickets", read = "hash", write = "random")]
+struct Ticket {
+    #[sharded(key)]
+    id: String,
+    seat: i64,
+}
+
+#[test]
+fn pinned_lists_find_keys_placed_off_their_hash_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let f = Ticket::fields();
+    block_on(async {
+        Ticket::create_table(&db).await.unwrap();
+        let tickets: Vec<Ticket> = (0..90)
+            .map(|i| Ticket {
+                id: format!("t{i:03}"),
+                seat: i % 7,
+            })
+            .collect();
+        for t in &tickets {
+            Ticket::insert(&db, t).await.unwrap();
+        }
+        let off_hash = tickets
+            .iter()
+            .filter(|t| {
+                let key = collegedb::Key::text(t.id.as_str()).unwrap();
+                let hash = db.hash_shard(&key);
+                pollster::block_on(Ticket::locate(&db, t.id.as_str())).unwrap()
+                    != Some(db.list_known_shards()[hash].to_owned())
+            })
+            .count();
+        assert!(off_hash > 20, "only {off_hash} keys off their hash shard");
+        let wanted: Vec<String> = tickets
+            .iter()
+            .step_by(2)
+            .map(|t| t.id.clone())
+            .chain(["nobody".to_owned()])
+            .collect();
+        let (found, report) = Ticket::query()
+            .filter(f.id().is_in(wanted.clone()).and(f.seat().ne(3)))
+            .all_with_report(&db)
+            .await
+            .unwrap();
+        assert!(!report.scattered);
+        let expected: Vec<Ticket> = tickets
+            .iter()
+            .filter(|t| wanted.contains(&t.id) && t.seat != 3)
+            .cloned()
+            .collect();
+        assert_eq!(found, expected);
+    });
+}
+
+/// With hash placement, a pinned list costs one statement per shard and chunk, not one per key.
+#[test]
+fn a_pinned_list_costs_one_statement_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    let rows = people(&mut Random(81), 200);
+    load(&db, &rows);
+    let f = Person::fields();
+    let keys: Vec<i64> = rows.iter().take(60).map(|p| p.id).collect();
+    let (found, report) = block_on(
+        Person::query()
+            .filter(f.id().is_in(keys.clone()))
+            .all_with_report(&db),
+    )
+    .unwrap();
+    assert_eq!(found.len(), 60);
+    assert!(!report.scattered);
+    assert_eq!(report.shards, 3, "{report:?}");
 }

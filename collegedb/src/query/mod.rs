@@ -52,7 +52,7 @@
 //!
 //! | query | shards asked | rows crossing the wire |
 //! | --- | --- | --- |
-//! | filter pins the key (`key.eq(v)`, `key.is_in(list)`, or an `and` holding one) | the owner of each key, found like `find` (one query per key, [`PINNED_CONCURRENCY`] at a time) | the matching rows |
+//! | filter pins the key (`key.eq(v)`, `key.is_in(list)`, or an `and` holding one) | the owner of each key, found like `find`: one fenced statement per hash shard for hash-first reads, one per key ([`PINNED_CONCURRENCY`] at a time) otherwise | the matching rows |
 //! | any other filter, `all`/`first` | every serving shard, concurrently | at most `N·(offset + limit)` for `N` shards |
 //! | any other filter, `count` | every serving shard | one per shard (`COUNT(*)`) |
 //! | any other filter, `exists` | every serving shard | at most one per shard (`LIMIT 1`) |
@@ -79,6 +79,7 @@ mod builder;
 mod column;
 mod filter;
 mod page;
+mod pinned;
 mod project;
 mod route;
 mod write;

@@ -19,9 +19,7 @@ use sea_query::{Expr, ExprTrait, Order, Query, SelectStatement, SqliteQueryBuild
 use super::column::OrderBy;
 use super::filter::{check_parameter_count, pinned_keys, render, unbind, Node};
 use crate::backend::{Backend, Row, ShardConn};
-use crate::crud::{query_owner, RoutedQuery};
 use crate::error::Result;
-use crate::key::Key;
 use crate::model::Model;
 use crate::router::CollegeDb;
 use crate::scan::compare_values;
@@ -111,53 +109,6 @@ fn limit_as_expression(sql: String) -> String {
     }
 }
 
-/// The rows of a pinned query: the filter, run on each key's owner, with `key = ?` in front.
-async fn pinned_rows<M: Model, B: Backend>(
-    db: &CollegeDb<B>,
-    filter: &Node,
-    keys: &[Key],
-    report: &mut QueryReport,
-) -> Result<Vec<Row>> {
-    let key = M::COLUMNS[M::KEY_INDEX].name;
-    let mut select = Query::select();
-    select
-        .columns(M::COLUMNS.iter().map(|c| c.name))
-        .from(M::TABLE)
-        .and_where(Expr::col(key).eq(sea_query::Value::BigInt(Some(0))))
-        .and_where(render(filter)?);
-    let Rendered { sql, params } = build(&select, 1)?;
-    let nulls = vec!["NULL"; M::COLUMNS.len()].join(", ");
-    let fenced = format!(
-        "{sql} UNION ALL SELECT {nulls} WHERE NOT {}",
-        crate::fence::OWNED
-    );
-    let read = db.strategies(M::STRATEGY).read;
-    let mut rows = Vec::new();
-    for chunk in keys.chunks(PINNED_CONCURRENCY) {
-        let lookups = chunk.iter().map(|key| {
-            let mut params = params.clone();
-            params[0] = key.to_value();
-            let (sql, fenced) = (&sql, &fenced);
-            async move {
-                let query = RoutedQuery {
-                    sql,
-                    fenced: Some((fenced, M::KEY_INDEX)),
-                    params: &params,
-                };
-                query_owner(db, M::TABLE, key, read, query).await
-            }
-        });
-        for found in futures_util::future::join_all(lookups).await {
-            report.shards += 1;
-            if let Some((_, _, found)) = found? {
-                rows.extend(found);
-            }
-        }
-    }
-    report.rows_fetched += rows.len();
-    Ok(rows)
-}
-
 /// Runs `statement` on every serving shard concurrently; fails if any shard fails.
 pub(crate) async fn on_every_serving<B: Backend>(
     db: &CollegeDb<B>,
@@ -207,7 +158,7 @@ pub(crate) async fn rows_after<M: Model, B: Backend>(
     }
     if let Some(keys) = filter.and_then(pinned_keys::<M>) {
         let filter = filter.expect("a pinned query has a filter");
-        let mut rows = pinned_rows::<M, B>(db, filter, &keys, report).await?;
+        let mut rows = super::pinned::rows::<M, B>(db, filter, &keys, report).await?;
         if let Some(after) = after {
             rows.retain(|row| compare_to(&order, row, after) == Ordering::Greater);
         }
