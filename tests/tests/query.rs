@@ -56,6 +56,10 @@ fn random_queries_match_one_unsharded_table() {
                 query = query.limit(n);
             }
             query = query.offset(offset);
+            if random.chance(30) {
+                // Bounded fan-out changes when shards are asked, never the answer.
+                query = query.max_concurrency(1 + random.below(3) as usize);
+            }
             let mut sql = format!(
                 "SELECT id FROM people WHERE {} ORDER BY {}",
                 case.sql,

@@ -272,6 +272,7 @@ pub(crate) async fn aggregate<M: Model, B: Backend>(
     group_by: &[&'static str],
     aggregates: &[Aggregate<M>],
     having: &[Having<M>],
+    concurrency: usize,
 ) -> Result<Vec<AggregateRow>> {
     // The aggregates asked for, then those only `having` needs.
     let all: Vec<Aggregate<M>> = aggregates
@@ -302,7 +303,7 @@ pub(crate) async fn aggregate<M: Model, B: Backend>(
     let statement = build(&select, 0)?;
     let mut report = QueryReport::default();
     let mut groups: BTreeMap<GroupKey, Vec<Value>> = BTreeMap::new();
-    for rows in on_every_serving(db, &statement, &mut report).await? {
+    for rows in on_every_serving(db, &statement, &mut report, concurrency).await? {
         for row in rows {
             let mut values = row.into_values();
             let partials = values.split_off(group_by.len());

@@ -26,6 +26,7 @@ pub struct Query<M> {
     offset: usize,
     group_by: Vec<&'static str>,
     having: Vec<Having<M>>,
+    concurrency: usize,
 }
 
 impl<M> Clone for Query<M> {
@@ -37,6 +38,7 @@ impl<M> Clone for Query<M> {
             offset: self.offset,
             group_by: self.group_by.clone(),
             having: self.having.clone(),
+            concurrency: self.concurrency,
         }
     }
 }
@@ -50,6 +52,7 @@ impl<M> std::fmt::Debug for Query<M> {
             .field("offset", &self.offset)
             .field("group_by", &self.group_by)
             .field("having", &self.having)
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }
@@ -70,6 +73,7 @@ impl<M: Model> Query<M> {
             offset: 0,
             group_by: Vec::new(),
             having: Vec::new(),
+            concurrency: usize::MAX,
         }
     }
 
@@ -136,6 +140,7 @@ impl<M: Model> Query<M> {
             &self.group_by,
             aggregates,
             &self.having,
+            self.concurrency,
         )
         .await
     }
@@ -161,6 +166,19 @@ impl<M: Model> Query<M> {
     /// `delete`. Routed and fenced like [`Query::update_many`].
     pub async fn delete_many<B: Backend>(&self, db: &CollegeDb<B>) -> Result<WriteReport> {
         write_many::<M, B>(db, self.filter_node()?, Change::Delete).await
+    }
+
+    /// Asks at most `n` shards at once when the query scatters (all serving shards by
+    /// default). On D1 every shard asked is one query of the invocation's budget whatever the
+    /// concurrency; a bound spreads them over time, trading latency for fewer queries in
+    /// flight at once.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    pub(crate) fn concurrency_value(&self) -> usize {
+        self.concurrency
     }
 
     pub(crate) fn offset_value(&self) -> usize {
@@ -212,6 +230,7 @@ impl<M: Model> Query<M> {
             self.offset,
             limit,
             &mut report,
+            self.concurrency,
         )
         .await?;
         let rows = rows
@@ -234,8 +253,15 @@ impl<M: Model> Query<M> {
                 failed: Vec::new(),
             });
         }
-        let (rows, failed) =
-            route::rows_partial::<M, B>(db, filter, &self.order, self.offset, self.limit).await?;
+        let (rows, failed) = route::rows_partial::<M, B>(
+            db,
+            filter,
+            &self.order,
+            self.offset,
+            self.limit,
+            self.concurrency,
+        )
+        .await?;
         let rows = rows
             .into_iter()
             .map(|row| M::from_values(row.into_values()))
@@ -260,7 +286,8 @@ impl<M: Model> Query<M> {
         let filter = self.filter_node()?;
         if filter.and_then(pinned_keys::<M>).is_some() {
             let mut report = QueryReport::default();
-            let rows = route::rows::<M, B>(db, filter, &[], 0, None, &mut report).await?;
+            let rows =
+                route::rows::<M, B>(db, filter, &[], 0, None, &mut report, usize::MAX).await?;
             return Ok(rows.len() as u64);
         }
         let mut select = sea_query::Query::select();
@@ -273,7 +300,7 @@ impl<M: Model> Query<M> {
         let statement = route::build(&select, 0)?;
         let mut report = QueryReport::default();
         let mut total = 0u64;
-        for rows in on_every_serving(db, &statement, &mut report).await? {
+        for rows in on_every_serving(db, &statement, &mut report, self.concurrency).await? {
             total += match rows.first().and_then(|row| row.values().first()) {
                 Some(Value::Integer(n)) => *n as u64,
                 None => 0,
@@ -298,7 +325,7 @@ impl<M: Model> Query<M> {
         select.limit(1);
         let statement = route::build(&select, 0)?;
         let mut report = QueryReport::default();
-        let found = on_every_serving(db, &statement, &mut report).await?;
+        let found = on_every_serving(db, &statement, &mut report, self.concurrency).await?;
         Ok(found.iter().any(|rows| !rows.is_empty()))
     }
 }

@@ -140,6 +140,7 @@ impl<M: Model> Query<M> {
             0,
             Some(size + 1),
             &mut report,
+            self.concurrency_value(),
         )
         .await?;
         let next = if rows.len() > size {

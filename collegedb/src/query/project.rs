@@ -90,6 +90,7 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
         let columns = self.projection.columns();
         let filter = self.query.filter_node()?;
         let (offset, limit) = (self.query.offset_value(), self.query.limit_value());
+        let fan = self.query.concurrency_value();
         let mut report = QueryReport::default();
         let pinned = filter.and_then(super::filter::pinned_keys::<M>).is_some();
         if !self.distinct {
@@ -98,7 +99,8 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
             if pinned {
                 let order = self.query.order_terms();
                 let rows =
-                    route::rows::<M, B>(db, filter, order, offset, limit, &mut report).await?;
+                    route::rows::<M, B>(db, filter, order, offset, limit, &mut report, usize::MAX)
+                        .await?;
                 return rows
                     .into_iter()
                     .map(|row| P::decode(pick(row, columns.iter().map(|c| c.1))))
@@ -111,7 +113,8 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
                     selected.push((term.column, term.index));
                 }
             }
-            let rows = scatter::<M, B>(db, filter, &selected, &order, offset, limit, false).await?;
+            let rows =
+                scatter::<M, B>(db, filter, &selected, &order, offset, limit, false, fan).await?;
             return rows
                 .into_iter()
                 .map(|row| P::decode(row.into_values().into_iter().take(columns.len()).collect()))
@@ -135,7 +138,8 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
             }
         }
         if pinned {
-            let mut rows = route::rows::<M, B>(db, filter, &order, 0, None, &mut report).await?;
+            let mut rows =
+                route::rows::<M, B>(db, filter, &order, 0, None, &mut report, usize::MAX).await?;
             rows.dedup_by(|a, b| same(&order, a, b));
             let end = limit.map_or(rows.len(), |n| rows.len().min(offset.saturating_add(n)));
             return rows
@@ -143,7 +147,7 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
                 .map(|row| P::decode(pick(row, columns.iter().map(|c| c.1))))
                 .collect();
         }
-        let rows = scatter::<M, B>(db, filter, &columns, &order, offset, limit, true).await?;
+        let rows = scatter::<M, B>(db, filter, &columns, &order, offset, limit, true, fan).await?;
         rows.into_iter()
             .map(|row| P::decode(row.into_values()))
             .collect()
@@ -173,6 +177,7 @@ fn same<M>(order: &[OrderBy<M>], a: &Row, b: &Row) -> bool {
 
 /// Runs `SELECT [DISTINCT] <selected> ... ORDER BY <order> LIMIT offset + n` on every serving
 /// shard and merges; with `distinct`, repeats across shards are dropped in the merge.
+#[allow(clippy::too_many_arguments)]
 async fn scatter<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     filter: Option<&super::filter::Node>,
@@ -181,6 +186,7 @@ async fn scatter<M: Model, B: Backend>(
     offset: usize,
     limit: Option<usize>,
     distinct: bool,
+    concurrency: usize,
 ) -> Result<Vec<Row>> {
     let mut select = SqlQuery::select();
     select.columns(selected.iter().map(|c| c.0)).from(M::TABLE);
@@ -203,7 +209,7 @@ async fn scatter<M: Model, B: Backend>(
     }
     let statement = build(&select, 0)?;
     let mut report = QueryReport::default();
-    let streams = on_every_serving(db, &statement, &mut report).await?;
+    let streams = on_every_serving(db, &statement, &mut report, concurrency).await?;
     // Terms re-pointed at the positions of the selected columns.
     let local: Vec<OrderBy<M>> = order
         .iter()

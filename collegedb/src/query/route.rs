@@ -109,16 +109,36 @@ fn limit_as_expression(sql: String) -> String {
     }
 }
 
-/// Runs `statement` on every serving shard concurrently; fails if any shard fails.
+/// Runs `statement` on every serving shard, at most `concurrency` at once; returns each shard's
+/// index and answer, in configuration order.
+pub(crate) async fn fan_out<B: Backend>(
+    db: &CollegeDb<B>,
+    statement: &Rendered,
+    concurrency: usize,
+) -> Vec<(usize, Result<Vec<Row>>)> {
+    let serving = db.serving_shards();
+    let mut results = Vec::with_capacity(serving.len());
+    for wave in serving.chunks(concurrency.max(1)) {
+        let answers = futures_util::future::join_all(
+            wave.iter()
+                .map(|&i| db.shard(i).query(&statement.sql, &statement.params)),
+        )
+        .await;
+        results.extend(wave.iter().copied().zip(answers));
+    }
+    results
+}
+
+/// Runs `statement` on every serving shard, at most `concurrency` at once; fails if any shard
+/// fails.
 pub(crate) async fn on_every_serving<B: Backend>(
     db: &CollegeDb<B>,
     statement: &Rendered,
     report: &mut QueryReport,
+    concurrency: usize,
 ) -> Result<Vec<Vec<Row>>> {
     report.scattered = true;
-    let results = db
-        .on_serving_shards(|shard| shard.query(&statement.sql, &statement.params))
-        .await;
+    let results = fan_out(db, statement, concurrency).await;
     report.shards += results.len();
     let mut all = Vec::with_capacity(results.len());
     for (_, rows) in results {
@@ -137,12 +157,14 @@ pub(crate) async fn rows<M: Model, B: Backend>(
     offset: usize,
     limit: Option<usize>,
     report: &mut QueryReport,
+    concurrency: usize,
 ) -> Result<Vec<Row>> {
-    rows_after::<M, B>(db, filter, order, None, offset, limit, report).await
+    rows_after::<M, B>(db, filter, order, None, offset, limit, report, concurrency).await
 }
 
 /// [`rows`], keeping only rows after `after` in the order (with the key appended): one value
 /// per term of [`with_key_order`].
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn rows_after<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     filter: Option<&Node>,
@@ -151,6 +173,7 @@ pub(crate) async fn rows_after<M: Model, B: Backend>(
     offset: usize,
     limit: Option<usize>,
     report: &mut QueryReport,
+    concurrency: usize,
 ) -> Result<Vec<Row>> {
     let order = with_key_order(order);
     if limit == Some(0) {
@@ -167,7 +190,7 @@ pub(crate) async fn rows_after<M: Model, B: Backend>(
         return Ok(rows.drain(offset.min(end)..end).collect());
     }
     let statement = scatter_statement::<M>(filter, &order, after, offset, limit)?;
-    let streams = on_every_serving(db, &statement, report).await?;
+    let streams = on_every_serving(db, &statement, report, concurrency).await?;
     Ok(merge_sorted(streams, &order, offset, limit))
 }
 
@@ -208,12 +231,11 @@ pub(crate) async fn rows_partial<M: Model, B: Backend>(
     order: &[OrderBy<M>],
     offset: usize,
     limit: Option<usize>,
+    concurrency: usize,
 ) -> Result<(Vec<Row>, Vec<(String, crate::error::Error)>)> {
     let order = with_key_order(order);
     let statement = scatter_statement::<M>(filter, &order, None, offset, limit)?;
-    let results = db
-        .on_serving_shards(|shard| shard.query(&statement.sql, &statement.params))
-        .await;
+    let results = fan_out(db, &statement, concurrency).await;
     let mut streams = Vec::with_capacity(results.len());
     let mut failed = Vec::new();
     for (shard, rows) in results {
