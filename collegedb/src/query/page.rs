@@ -112,8 +112,10 @@ impl<M: Model> Query<M> {
     ///
     /// Keyset pagination: each shard is asked for `limit + 1` rows after the cursor in the
     /// query's order (ties broken by the key), so a page costs at most `N·(limit + 1)` rows
-    /// however deep it is, and stays exact while rows are inserted or deleted between pages
-    /// (see the [module docs](self)). `offset` must not be set.
+    /// however deep it is. A cursor names a position in the order, not a row count, so rows
+    /// inserted or deleted between pages never shift a page: every row that exists from the
+    /// first page to the last, and keeps its order values, is returned exactly once. `offset`
+    /// must not be set.
     pub async fn page<B: Backend>(
         &self,
         db: &CollegeDb<B>,
