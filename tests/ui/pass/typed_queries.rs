@@ -46,6 +46,38 @@ async fn run(db: &collegedb::EmbeddedDb) -> collegedb::Result<()> {
     let _first: Option<Row> = Row::query().first(db).await?;
     let _n: u64 = Row::query().count(db).await?;
     let _any: bool = Row::query().exists(db).await?;
+    let pairs: Vec<(String, Option<f64>)> = Row::query()
+        .order_by(f.name().asc())
+        .select((f.name(), f.total()))
+        .distinct()
+        .all(db)
+        .await?;
+    let groups: Vec<collegedb::query::AggregateRow> = Row::query()
+        .group_by(f.flag())
+        .having(collegedb::query::Aggregate::count().gt(1))
+        .aggregate(
+            db,
+            &[
+                collegedb::query::Aggregate::count(),
+                collegedb::query::Aggregate::sum(f.small()),
+                collegedb::query::Aggregate::avg(f.total()),
+                collegedb::query::Aggregate::min(f.nick()),
+            ],
+        )
+        .await?;
+    let page: collegedb::query::QueryPage<Row> =
+        Row::query().order_by(f.ratio().desc()).limit(5).page(db, None).await?;
+    let _more = match page.next {
+        Some(cursor) => Row::query().order_by(f.ratio().desc()).limit(5).page(db, Some(&cursor)).await?.rows,
+        None => Vec::new(),
+    };
+    let written: collegedb::query::WriteReport = Row::query()
+        .filter(f.flag().eq(false))
+        .update_many(db, &[f.nick().set(None), f.small().set(2)])
+        .await?;
+    let _gone: u64 = Row::query().filter(f.id().is_in([7])).delete_many(db).await?.total;
+    let _partial = Row::query().max_concurrency(2).all_partial(db).await?.complete()?;
+    drop((pairs, groups, written));
     drop(rows);
     Ok(())
 }
