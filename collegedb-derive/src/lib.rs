@@ -6,6 +6,7 @@
 //! generic CRUD. Generated code reaches the runtime only through `collegedb::__private`.
 
 mod expand;
+mod fields;
 mod schema;
 
 use proc_macro::TokenStream;
@@ -19,7 +20,11 @@ pub fn derive_sharded(input: TokenStream) -> TokenStream {
 fn derive(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     syn::parse2::<syn::DeriveInput>(input)
         .and_then(|ast| schema::Model::from_ast(&ast))
-        .map(|model| expand::model(&model))
+        .map(|model| {
+            let mut tokens = expand::model(&model);
+            tokens.extend(fields::expand(&model));
+            tokens
+        })
         .unwrap_or_else(syn::Error::into_compile_error)
 }
 

@@ -11,6 +11,7 @@ const STRATEGIES: [&str; 4] = ["hash", "round-robin", "random", "location"];
 /// A validated model.
 pub struct Model {
     pub ident: Ident,
+    pub vis: syn::Visibility,
     pub table: String,
     pub read: Option<String>,
     pub write: Option<String>,
@@ -252,6 +253,7 @@ impl Model {
         }
         errors.finish(Model {
             ident: ast.ident.clone(),
+            vis: ast.vis.clone(),
             table: table.unwrap_or_default(),
             read,
             write,

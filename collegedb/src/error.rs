@@ -101,6 +101,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// A typed query that cannot be run as built (a pattern longer than SQLite accepts, a
+    /// list that cannot be bound, a value D1 cannot carry). The message says what to change.
+    #[error("invalid query: {reason}")]
+    QueryInvalid {
+        /// What is wrong and what to do instead.
+        reason: String,
+    },
+
     /// The database refused or failed a statement.
     #[error("query failed on shard `{shard}`: {message}")]
     QueryFailed {
@@ -174,6 +182,16 @@ pub enum Error {
         written: usize,
         /// The failure.
         source: Box<Error>,
+    },
+
+    /// A bulk write by filter while a growth operation moves rows (see [`crate::growth`]): it
+    /// could change a row's copy and miss the row. Retry when the operation has finished.
+    #[error(
+        "a bulk write by filter waits while a growth operation runs ({operation}): retry when it has finished (`status`), or write by key"
+    )]
+    GrowthInProgress {
+        /// The operation in progress.
+        operation: String,
     },
 
     /// A migration failed on a shard (see [`crate::migrate`]). Every shard is at a whole
@@ -264,6 +282,7 @@ impl Error {
             Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
             Error::StatementTooLarge { .. } => "STATEMENT_TOO_LARGE",
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
+            Error::QueryInvalid { .. } => "QUERY_INVALID",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::Busy { .. } => "SHARD_BUSY",
             Error::Unavailable { .. } => "SHARD_UNAVAILABLE",
@@ -271,6 +290,7 @@ impl Error {
             Error::BatchRow { source, .. } => source.code(),
             Error::PartiallyWritten { .. } => "PARTIALLY_WRITTEN",
             Error::MigrationFailed { .. } => "MIGRATION_FAILED",
+            Error::GrowthInProgress { .. } => "GROWTH_IN_PROGRESS",
             Error::SlotMoving { .. } => "SLOT_MOVING",
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
@@ -297,6 +317,7 @@ impl Error {
             | Error::ValueUnsupported { .. }
             | Error::TooManyParameters { .. }
             | Error::StatementTooLarge { .. }
+            | Error::QueryInvalid { .. }
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ValueTooLarge { .. } => 413,
@@ -309,6 +330,7 @@ impl Error {
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }
             | Error::SlotMoving { .. }
+            | Error::GrowthInProgress { .. }
             | Error::Unavailable { .. } => 503,
             Error::QueryFailed { .. }
             | Error::ConfigInvalid(_)
@@ -333,6 +355,7 @@ impl Error {
             | Error::CoordinatorUnavailable(_)
             | Error::Busy { .. }
             | Error::SlotMoving { .. }
+            | Error::GrowthInProgress { .. }
             | Error::Unavailable { .. } => true,
             Error::BatchRow { source, .. } | Error::MigrationFailed { source, .. } => {
                 source.is_retryable()

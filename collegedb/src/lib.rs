@@ -43,6 +43,7 @@
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
 //! | [`scan`] | cross-shard scans in key order |
+//! | [`query`] | typed queries across shards: filters, ordering, limits, counts, aggregates, bulk writes |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
 //! | [`growth`] | adding and draining shards of a live deployment: moves, journal, status |
 //! | [`adopt`] | taking over databases that already hold rows |
@@ -65,6 +66,7 @@ pub mod marker;
 pub mod migrate;
 pub mod model;
 pub mod placement;
+pub mod query;
 pub mod raw;
 pub mod router;
 pub mod scan;
@@ -83,6 +85,7 @@ pub use error::{Error, Result, MAX_SAFE_INTEGER};
 pub use growth::{GrowthOptions, GrowthStatus, Job};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use model::{Model, MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
+pub use query::{Filter, Query};
 pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
 pub use scan::Page;
@@ -109,6 +112,7 @@ pub mod __private {
     pub use crate::error::{Error, Result};
     pub use crate::key::{KeyArg, ShardKey};
     pub use crate::model::{ColumnDef, Model, ModelSql};
+    pub use crate::query::{Column, Json, Query};
     pub use crate::router::CollegeDb;
     pub use crate::value::{json, ColumnType, ColumnValue, Value};
     pub use crate::{bulk, crud, scan};

@@ -82,7 +82,87 @@ fn worker_example_end_to_end() {
     coordinator_failure_falls_back_to_a_local_counter(&server);
     fence_sql_runs_on_d1(&server);
     migrations_reach_every_shard_once_and_models_match_the_tables(&server);
+    typed_queries_run_on_d1(&server);
     flush_empties_everything(&server);
+}
+
+/// The typed-query layer on D1: a filtered, ordered keyset walk across the shards, a count, a
+/// grouped aggregate pushed down as partials, and a bulk update, compared with what the rows
+/// imply.
+fn typed_queries_run_on_d1(server: &Workerd) {
+    let karma = |i: i64| (i * 37) % 50;
+    for i in 0..40 {
+        let mut row = user(&format!("q-{i:02}"));
+        row["karma"] = json!(100 + karma(i));
+        row["active"] = json!(i % 4 != 0);
+        let reply = server.post("/users", &row);
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    // Active users with karma >= 120, karma descending, ties by id.
+    let mut expected: Vec<(i64, String)> = (0..40)
+        .filter(|i| i % 4 != 0 && 100 + karma(*i) >= 120)
+        .map(|i| (-(100 + karma(i)), format!("q-{i:02}")))
+        .collect();
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let page = server.get(&format!("/query/users?minKarma=120&limit=4{cursor}"));
+        assert_eq!(page.status, 200, "{}", page.text);
+        assert_eq!(page.json["count"].as_u64(), Some(expected.len() as u64));
+        seen.extend(
+            page.json["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned()),
+        );
+        match page.json["next"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    let page = server.get("/query/users?minKarma=120&limit=4");
+    let groups = page.json["groups"].as_array().unwrap();
+    let group = |active: i64| {
+        groups
+            .iter()
+            .find(|g| g["active"].as_i64() == Some(active))
+            .unwrap_or_else(|| panic!("no group {active}: {}", page.text))
+    };
+    let (mut counts, mut sums) = ([0u64; 2], [0f64; 2]);
+    for i in (0..40).filter(|i| 100 + karma(*i) >= 120) {
+        let active = usize::from(i % 4 != 0);
+        counts[active] += 1;
+        sums[active] += (100 + karma(i)) as f64;
+    }
+    for active in [0, 1] {
+        assert_eq!(group(active as i64)["count"].as_u64(), Some(counts[active]));
+        assert_eq!(group(active as i64)["karma"].as_f64(), Some(sums[active]));
+    }
+    // A bulk update behind the slot fence: every user with karma < 130 becomes inactive (the
+    // users of earlier steps too); active users with karma >= 130 are untouched.
+    let high = server.get("/query/users?minKarma=130&limit=1");
+    let still = high.json["count"].as_u64().unwrap();
+    let expected_high = (0..40)
+        .filter(|i| i % 4 != 0 && 100 + karma(*i) >= 130)
+        .count() as u64;
+    assert!(still >= expected_high, "{}", high.text);
+    let reply = server.post("/query/users/deactivate", &json!({ "below": 130 }));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let low = (0..40).filter(|i| 100 + karma(*i) < 130).count() as u64;
+    let total = reply.json["total"].as_u64().unwrap();
+    assert!(total >= 45 + low, "{}", reply.text);
+    let per_shard: u64 = reply.json["perShard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_shard, total);
+    let after = server.get("/query/users?minKarma=0&limit=1");
+    assert_eq!(after.json["count"].as_u64(), Some(still), "{}", after.text);
 }
 
 /// `POST /admin/migrate` applies the example's two migrations to all four shards (the standby

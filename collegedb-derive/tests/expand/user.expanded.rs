@@ -148,3 +148,43 @@ const _: () = {
         }
     }
 };
+///Typed handles on the columns of `users`, for filters and ordering: `User::fields()`.
+#[derive(Clone, Copy, Debug, Default)]
+struct UserFields {
+    _private: (),
+}
+impl UserFields {
+    ///The `id` column of `users`.
+    #[inline]
+    pub fn id(&self) -> ::collegedb::__private::Column<User, String> {
+        ::collegedb::__private::Column::new("id", 0usize)
+    }
+    ///The `name` column of `users`.
+    #[inline]
+    pub fn name(&self) -> ::collegedb::__private::Column<User, String> {
+        ::collegedb::__private::Column::new("name", 1usize)
+    }
+    ///The `mail` column of `users`.
+    #[inline]
+    pub fn email(&self) -> ::collegedb::__private::Column<User, Option<String>> {
+        ::collegedb::__private::Column::new("mail", 2usize)
+    }
+    ///The `prefs` column of `users`.
+    #[inline]
+    pub fn prefs(
+        &self,
+    ) -> ::collegedb::__private::Column<User, ::collegedb::__private::Json> {
+        ::collegedb::__private::Column::new("prefs", 3usize)
+    }
+}
+impl User {
+    ///Typed handles on the columns of `users`.
+    #[inline]
+    pub fn fields() -> UserFields {
+        UserFields { _private: () }
+    }
+    ///A query over `users` rows on every shard: add `filter`, `order_by`, `limit`, then run it with `all`, `first`, `count` or `exists`.
+    pub fn query() -> ::collegedb::__private::Query<Self> {
+        ::collegedb::__private::Query::new()
+    }
+}

@@ -603,6 +603,11 @@ impl<B: Backend> CollegeDb<B> {
         })
     }
 
+    /// The growth operation journaled now, if any (one read of the coordinator's store).
+    pub(crate) async fn growth_in_progress(&self) -> Result<Option<Operation>> {
+        Ok(self.load_job(JOB).await?.map(|job| job.operation))
+    }
+
     async fn load_job(&self, name: &str) -> Result<Option<Job>> {
         match self.coordinator().load_job(name).await? {
             Some(json) => parse_job(name, &json).map(Some),

@@ -10,6 +10,8 @@
 //! | `GET /{model}?after=&limit=` | a page of rows in key order across every shard (`scan`) |
 //! | `POST /{model}/batch` | `insert_many` |
 //! | `POST /{model}/upsert` | `upsert` |
+//! | `GET /query/users?minKarma=&limit=&cursor=` | typed query across shards: active users with `karma >= minKarma`, by karma descending, one keyset page, with `count` and a `GROUP BY active` aggregate |
+//! | `POST /query/users/deactivate` | `{"below": n}`: `update_many` sets `active = false` where `karma < n`; rows changed per shard |
 //! | `GET /shards/{shard}/{model}` | every row of that model on that shard |
 //! | `POST /raw/{shard}` | `{"sql", "params"}` on one shard, for value-mapping checks |
 //! | `GET /stats` | rows per table and size per shard, counted on the shards |
@@ -336,6 +338,75 @@ where
     }
 }
 
+/// Typed queries across shards on `users`: filters, keyset pages, counts, aggregates and a bulk
+/// update, the same code as natively.
+async fn query_route(db: &Db, mut req: Request, rest: &[&str]) -> Result<Response> {
+    use collegedb::query::{Aggregate, Cursor};
+    let f = User::fields();
+    let outcome: collegedb::Result<serde_json::Value> = match (req.method(), rest) {
+        (Method::Get, []) => {
+            let url = req.url()?;
+            let (mut min_karma, mut limit, mut cursor) = (0i64, 10usize, None);
+            for (name, value) in url.query_pairs() {
+                match name.as_ref() {
+                    "minKarma" => min_karma = value.parse().unwrap_or(0),
+                    "limit" => limit = value.parse().unwrap_or(10),
+                    "cursor" => cursor = Some(Cursor::from_text(value.as_ref())),
+                    _ => {}
+                }
+            }
+            let query = User::query()
+                .filter(f.karma().ge(min_karma) & f.active().eq(true))
+                .order_by(f.karma().desc())
+                .limit(limit);
+            let run = async {
+                let page = query.page(db, cursor.as_ref()).await?;
+                let count = query.count(db).await?;
+                let groups = User::query()
+                    .filter(f.karma().ge(min_karma))
+                    .group_by(f.active())
+                    .aggregate(db, &[Aggregate::count(), Aggregate::sum(f.karma())])
+                    .await?;
+                let groups: Vec<serde_json::Value> = groups
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "active": value_to_json(&g.group[0]),
+                            "count": value_to_json(&g.values[0]),
+                            "karma": value_to_json(&g.values[1]),
+                        })
+                    })
+                    .collect();
+                Ok::<_, collegedb::Error>(serde_json::json!({
+                    "rows": page.rows,
+                    "next": page.next.map(|c| c.as_str().to_owned()),
+                    "count": count,
+                    "groups": groups,
+                }))
+            };
+            run.await
+        }
+        (Method::Post, ["deactivate"]) => {
+            let below = match body::<serde_json::Value>(&mut req).await {
+                Ok(v) => v["below"].as_i64().unwrap_or(0),
+                Err(e) => return bad_request("BAD_BODY", e),
+            };
+            User::query()
+                .filter(f.karma().lt(below))
+                .update_many(db, &[f.active().set(false)])
+                .await
+                .map(|report| {
+                    serde_json::json!({ "total": report.total, "perShard": report.per_shard })
+                })
+        }
+        _ => return Response::error("no such route", 404),
+    };
+    match outcome {
+        Ok(json) => Response::from_json(&json),
+        Err(error) => json_error(&error),
+    }
+}
+
 async fn create_tables(db: &Db) -> collegedb::Result<()> {
     User::create_table(db).await?;
     Post::create_table(db).await?;
@@ -586,6 +657,7 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
         (Method::Post, ["stats", "recount"]) => cloudflare::recount_stats(db)
             .await
             .map(|counts| Response::from_json(&counts).expect("JSON of counts")),
+        (_, ["query", "users", rest @ ..]) => return query_route(db, req, rest).await,
         (_, ["users", rest @ ..]) => return model_route::<User>(db, req, rest).await,
         (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
         (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
