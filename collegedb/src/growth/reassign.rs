@@ -35,7 +35,7 @@
 //!    table's schema and the fences there.
 //! 2. **Freeze**: revoke what Prepare decided.
 //! 3. **Copy** the row from the giver to the receiver (`INSERT OR REPLACE`).
-//! 4. **Switch**: point the entry at the receiver; remove its tombstone.
+//! 4. **Switch**: remove the receiver's tombstone, then point the entry at it.
 //! 5. **Delete** the row from the giver, leave a tombstone there, give the freeze back.
 //!
 //! Costs: a handful of statements and two directory writes; nothing for other keys but the
@@ -193,8 +193,12 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
             t.phase = Phase::Switch;
         }
         Phase::Switch => {
-            db.directory().assign(&table, &key, &t.to).await?;
+            // The copy shows itself first, then the entry points at it: never an entry naming
+            // a shard where the key reads as absent (a lookup would call that a final miss).
+            // Meanwhile only a stale entry naming the receiver reaches the copy, and it is
+            // current (the giver is frozen) and becomes the row.
             fence::unbury(db.shard(to), &table, &value).await?;
+            db.directory().assign(&table, &key, &t.to).await?;
             db.directory_cache().invalidate(&table, &key);
             t.phase = Phase::Delete;
         }

@@ -155,22 +155,27 @@ pub(super) async fn step<B: Backend>(
                 .directory()
                 .list(&cursor.table, after.as_deref(), page)
                 .await?;
-            // Entries first, then the copies' tombstones. A page cut short by a kill is listed
-            // again: its entries repointed already name their new shard, and lose their
-            // tombstones then.
-            let mut arrived: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+            // The copies' tombstones first, then the entries: never an entry naming a shard
+            // where its key reads as absent (a lookup would call that a final miss). The drained
+            // shard is frozen, so a copy shown early is current. A page cut short by a kill is
+            // listed again, and its entries repointed already lose their tombstones again.
+            let mut arriving: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+            let mut repoint = Vec::new();
             for (key, shard) in &listed.entries {
                 let target = targets.of(db, key);
                 let name = db.shard_name(target).to_owned();
                 if *shard == t.from {
-                    db.directory().assign(&cursor.table, key, &name).await?;
+                    repoint.push((key, name));
                 } else if *shard != name {
                     continue;
                 }
-                arrived.entry(target).or_default().push(key.to_value());
+                arriving.entry(target).or_default().push(key.to_value());
             }
-            for (target, keys) in arrived {
+            for (target, keys) in arriving {
                 fence::forget(db.shard(target), &cursor.table, &keys).await?;
+            }
+            for (key, name) in repoint {
+                db.directory().assign(&cursor.table, key, &name).await?;
             }
             match listed.cursor {
                 Some(next) => cursor.after = Some(StoredValue::Text(next)),
