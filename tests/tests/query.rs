@@ -14,11 +14,12 @@ use rusqlite::Connection;
 /// Random queries on 1, 3 and 7 shards: rows, order, count and existence equal the oracle's.
 #[test]
 fn random_queries_match_one_unsharded_table() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
     for (shards, seed) in [(1, 11), (3, 12), (7, 13)] {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), shards);
-        let mut random = Random(seed);
-        let rows = people(&mut random, 400);
+        let rows = people(&mut Random(seed), 400);
         let ids: Vec<i64> = rows.iter().map(|p| p.id).collect();
         load(&db, &rows);
         let conn = oracle(&rows);
@@ -33,67 +34,82 @@ fn random_queries_match_one_unsharded_table() {
             (f.city().desc(), "city DESC"),
             (f.id().desc(), "id DESC"),
         ];
-        let mut pinned = 0;
-        for case_number in 0..250 {
-            let case = filter(&mut random, &ids, 3);
+        let pinned = std::cell::Cell::new(0);
+        // proptest draws each case: the seed of its filter tree (built by `filter`, which pins
+        // keys in some cases), up to two order terms, a limit, an offset and a fan-out bound;
+        // a failure is shrunk and reported with its inputs.
+        let config = Config {
+            cases: 250,
+            failure_persistence: None,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new_with_rng(
+            config.clone(),
+            proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm),
+        );
+        let cases = (
+            any::<u64>(),
+            proptest::collection::vec(0..columns.len(), 0..3),
+            proptest::option::weighted(0.6, 0usize..30),
+            prop_oneof![3 => Just(0usize), 2 => 0usize..20],
+            proptest::option::weighted(0.3, 1usize..4),
+        );
+        let outcome = runner.run(&cases, |(filter_seed, orders, limit, offset, bound)| {
+            let case = filter(&mut Random(filter_seed | 1), &ids, 3);
             let mut query = Person::query().filter(case.filter.clone());
             let mut order = Vec::new();
-            for _ in 0..random.below(3) {
-                let (term, sql) = columns[random.below(columns.len() as u64) as usize];
+            for &index in &orders {
+                let (term, sql) = columns[index];
                 query = query.order_by(term);
                 order.push(sql);
             }
             if !order.iter().any(|o| o.starts_with("id ")) {
                 order.push("id ASC");
             }
-            let limit = random.chance(60).then(|| random.below(30) as usize);
-            let offset = if random.chance(40) {
-                random.below(20) as usize
-            } else {
-                0
-            };
             if let Some(n) = limit {
                 query = query.limit(n);
             }
             query = query.offset(offset);
-            if random.chance(30) {
+            if let Some(k) = bound {
                 // Bounded fan-out changes when shards are asked, never the answer.
-                query = query.max_concurrency(1 + random.below(3) as usize);
+                query = query.max_concurrency(k);
             }
-            let mut sql = format!(
-                "SELECT id FROM people WHERE {} ORDER BY {}",
+            let sql = format!(
+                "SELECT id FROM people WHERE {} ORDER BY {} LIMIT {} OFFSET {offset}",
                 case.sql,
-                order.join(", ")
-            );
-            sql.push_str(&format!(
-                " LIMIT {} OFFSET {offset}",
+                order.join(", "),
                 limit.map_or(-1, |n| n as i64)
-            ));
+            );
             let expected = oracle_ids(&conn, &sql, &case.params);
             let (found, report) = block_on(query.all_with_report(&db))
-                .unwrap_or_else(|e| panic!("case {case_number} on {shards}: {e}\n{sql}"));
+                .map_err(|e| TestCaseError::fail(format!("on {shards} shards: {e}\n{sql}")))?;
             let found: Vec<i64> = found.iter().map(|p| p.id).collect();
-            assert_eq!(
-                found, expected,
-                "case {case_number} on {shards} shards: {sql}"
-            );
+            prop_assert_eq!(&found, &expected, "on {} shards: {}", shards, sql);
             if !report.scattered {
-                pinned += 1;
+                pinned.set(pinned.get() + 1);
             } else if let Some(n) = limit {
-                assert!(
+                prop_assert!(
                     report.rows_fetched <= shards * (offset + n),
-                    "{report:?}: more than N·(offset + limit) rows"
+                    "{:?}: more than N·(offset + limit) rows",
+                    report
                 );
             }
 
             let count_sql = format!("SELECT COUNT(*) FROM people WHERE {}", case.sql);
             let expected_count = oracle_ids(&conn, &count_sql, &case.params)[0];
-            let count = block_on(Person::query().filter(case.filter.clone()).count(&db)).unwrap();
-            assert_eq!(count as i64, expected_count, "count: {count_sql}");
-            let exists = block_on(Person::query().filter(case.filter).exists(&db)).unwrap();
-            assert_eq!(exists, expected_count > 0, "exists: {count_sql}");
+            let count = block_on(Person::query().filter(case.filter.clone()).count(&db))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(count as i64, expected_count, "count: {}", count_sql);
+            let exists = block_on(Person::query().filter(case.filter).exists(&db))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(exists, expected_count > 0, "exists: {}", count_sql);
+            Ok(())
+        });
+        if let Err(failure) = outcome {
+            panic!("on {shards} shards: {failure}");
         }
-        assert!(pinned > 10, "only {pinned} pinned cases");
+        assert!(pinned.get() > 10, "only {} pinned cases", pinned.get());
     }
 }
 
