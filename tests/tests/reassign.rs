@@ -408,3 +408,31 @@ fn verify_reports_a_tombstone_on_the_shard_that_places_its_key() {
     assert_eq!(report.blocked, [(collegedb::Key::text("bob").unwrap(), at)]);
     assert!(report.to_string().contains("blocked: \"bob\""), "{report}");
 }
+
+#[test]
+fn verify_reports_a_fence_that_disagrees_with_the_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await.unwrap();
+        User::insert(&db, &User::new("carol")).await.unwrap();
+    });
+    assert_clean(&db, "users", "id");
+    // As a freeze left behind by a runner that never resumed would leave it.
+    let slot = collegedb::slots::slot_of(&collegedb::Key::text("carol").unwrap());
+    let owner = db.shard_map().owner(slot).to_owned();
+    let conn = rusqlite::Connection::open(dir.path().join(format!("{owner}.sqlite"))).unwrap();
+    conn.execute(
+        "DELETE FROM _collegedb_slots WHERE slot IN (?1, -1)",
+        [slot],
+    )
+    .unwrap();
+    let report = block_on(db.verify_table("users", "id")).unwrap();
+    assert!(!report.is_clean(), "{report}");
+    assert_eq!(report.fence.len(), 1, "{report}");
+    assert!(
+        report.fence[0].starts_with(&format!("{owner}'s fence lacks 1 of its"))
+            && report.fence[0].contains("and directory-placed rows"),
+        "{report}"
+    );
+}

@@ -85,10 +85,18 @@ pub(crate) fn with_key_order<M: Model>(order: &[OrderBy<M>]) -> Vec<OrderBy<M>> 
 
 /// Orders two rows of `M` (all columns, in model order) by `order`, as SQLite does.
 pub(crate) fn compare_rows<M>(order: &[OrderBy<M>], a: &Row, b: &Row) -> Ordering {
-    for term in order {
-        let (x, y) = (&a.values()[term.index], &b.values()[term.index]);
+    compare_terms(
+        order
+            .iter()
+            .map(|t| (t.descending, &a.values()[t.index], &b.values()[t.index])),
+    )
+}
+
+/// The first unequal pair of `(descending, left, right)` decides, as SQLite orders values.
+fn compare_terms<'a>(terms: impl Iterator<Item = (bool, &'a Value, &'a Value)>) -> Ordering {
+    for (descending, x, y) in terms {
         let ordering = compare_values(x, y);
-        let ordering = if term.descending {
+        let ordering = if descending {
             ordering.reverse()
         } else {
             ordering
@@ -291,18 +299,12 @@ pub(crate) fn merge_sorted<M>(
 
 /// Orders a row against cursor values (one per term of `order`), as [`compare_rows`] does.
 fn compare_to<M>(order: &[OrderBy<M>], row: &Row, values: &[Value]) -> Ordering {
-    for (term, value) in order.iter().zip(values) {
-        let ordering = compare_values(&row.values()[term.index], value);
-        let ordering = if term.descending {
-            ordering.reverse()
-        } else {
-            ordering
-        };
-        if ordering != Ordering::Equal {
-            return ordering;
-        }
-    }
-    Ordering::Equal
+    compare_terms(
+        order
+            .iter()
+            .zip(values)
+            .map(|(t, value)| (t.descending, &row.values()[t.index], value)),
+    )
 }
 
 /// The rows after `values` in `order`, as SQL: for terms `t1..tk`, the `OR` over `i` of
