@@ -77,6 +77,7 @@ pub fn model(model: &Model) -> TokenStream {
     let key_index = model.key_index;
     let read = strategy(&model.read);
     let write = strategy(&model.write);
+    let primary_reads = model.primary_reads;
     let columns = model.fields.iter().map(column_def);
     let to_values = model.fields.iter().map(to_value);
     let from_values = model.fields.iter().map(from_value);
@@ -120,6 +121,7 @@ pub fn model(model: &Model) -> TokenStream {
                     read: #read,
                     write: #write,
                 };
+                const PRIMARY_READS: bool = #primary_reads;
 
                 fn key(&self) -> &Self::Key {
                     &self.#key_ident

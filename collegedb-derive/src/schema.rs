@@ -15,6 +15,8 @@ pub struct Model {
     pub table: String,
     pub read: Option<String>,
     pub write: Option<String>,
+    /// `consistency = "primary"`: reads always go to the primary.
+    pub primary_reads: bool,
     pub fields: Vec<Field>,
     pub key_index: usize,
 }
@@ -120,6 +122,7 @@ impl Model {
         let mut table: Option<String> = None;
         let (mut read, mut write, mut both): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
+        let mut primary_reads = false;
         for attr in ast.attrs.iter().filter(|a| a.path().is_ident("sharded")) {
             let result = attr.parse_nested_meta(|meta| {
                 let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
@@ -132,12 +135,24 @@ impl Model {
                         table = Some(sql_identifier(&lit, "table name", &mut errors));
                         return Ok(());
                     }
+                    "consistency" => {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        match lit.value().as_str() {
+                            "primary" => primary_reads = true,
+                            "handle" => primary_reads = false,
+                            other => errors.push(syn::Error::new(
+                                lit.span(),
+                                format!("unknown consistency `{other}`; expected `primary` (reads always on the primary) or `handle` (as the handle reads, the default)"),
+                            )),
+                        }
+                        return Ok(());
+                    }
                     "read" => &mut read,
                     "write" => &mut write,
                     "strategy" => &mut both,
                     _ => {
                         errors.push(meta.error(format!(
-                            "unknown `sharded` attribute `{name}`; expected `table`, `read`, `write` or `strategy`"
+                            "unknown `sharded` attribute `{name}`; expected `table`, `read`, `write`, `strategy` or `consistency`"
                         )));
                         // Skip a value, if any, so parsing can go on.
                         if meta.input.peek(syn::Token![=]) {
@@ -257,6 +272,7 @@ impl Model {
             table: table.unwrap_or_default(),
             read,
             write,
+            primary_reads,
             fields,
             key_index: key_index.unwrap_or_default(),
         })

@@ -76,8 +76,13 @@ impl Region {
 
     /// Great-circle distance between the regions' anchors, in kilometres.
     pub fn distance_km(self, other: Region) -> f64 {
+        self.distance_from(other.anchor())
+    }
+
+    /// Great-circle distance from the region's anchor to `(latitude, longitude)` in degrees, in
+    /// kilometres.
+    pub fn distance_from(self, (lat2, lon2): (f64, f64)) -> f64 {
         let (lat1, lon1) = self.anchor();
-        let (lat2, lon2) = other.anchor();
         let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
         let dp = (lat2 - lat1).to_radians();
         let dl = (lon2 - lon1).to_radians();
@@ -313,6 +318,46 @@ impl Config {
     /// Parses a JSON configuration. Unknown fields are an error, not ignored.
     pub fn from_json(json: &str) -> Result<Self> {
         let config: Config = serde_json::from_str(json).map_err(Error::config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration of the binding names that start with `prefix`, in name order, with the
+    /// defaults of [`Config::new`]; how a Worker discovers its D1 shards from its environment
+    /// (`backend::cloudflare::config_from_env`). Validated like [`Config::from_json`].
+    ///
+    /// The order only seeds the first shard map: once the coordinator stores one, a binding added
+    /// later (whatever its name sorts as) joins as a standby shard that owns nothing until
+    /// [`CollegeDb::add_shard`](crate::CollegeDb::add_shard).
+    ///
+    /// ```
+    /// use collegedb::Config;
+    /// let config = Config::from_binding_names("DB_", ["DB_WEST", "CACHE", "DB_EAST"])?;
+    /// assert_eq!(config.shards[0].name, "DB_EAST");
+    /// assert_eq!(config.shards.len(), 2);
+    /// assert_eq!(Config::from_binding_names("SHARD_", ["DB_EAST"]).unwrap_err().code(), "CONFIG_INVALID");
+    /// # Ok::<(), collegedb::Error>(())
+    /// ```
+    pub fn from_binding_names<'a>(
+        prefix: &str,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self> {
+        if prefix.is_empty() {
+            return Err(Error::config(
+                "the shard binding prefix is empty: name one, such as `DB_`, that only the shards' D1 bindings start with",
+            ));
+        }
+        let mut shards: Vec<&str> = names
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        if shards.is_empty() {
+            return Err(Error::config(format!(
+                "no D1 binding starts with `{prefix}`: declare the shards as [[d1_databases]] in wrangler.toml with bindings named `{prefix}...`"
+            )));
+        }
+        shards.sort_unstable();
+        let config = Config::with_shard_names(shards);
         config.validate()?;
         Ok(config)
     }

@@ -385,6 +385,8 @@ pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 
 /// Finds a row by key. Reads never create directory entries.
 pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<Option<M>> {
+    let reads = db.reads_for::<M>();
+    let db = &*reads;
     let key = key.into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     if !hash_first(read) {
@@ -535,6 +537,8 @@ pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 /// Counts the model's rows on every shard that serves rows (see [`crate::growth`] for counts
 /// while a move runs).
 pub async fn count<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<u64> {
+    let reads = db.reads_for::<M>();
+    let db = &*reads;
     let mut total = 0;
     for (_, rows) in db
         .on_serving_shards(|shard| shard.query(&M::sql().count, &[]))

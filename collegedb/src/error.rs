@@ -232,6 +232,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     ConfigInvalid(String),
 
+    /// A D1 session bookmark a client sent back (the `x-collegedb-bookmarks` header) is
+    /// malformed: it names an unknown shard, or holds characters no bookmark has.
+    #[error("invalid session bookmark: {0}; send back the header value the last response carried, or none")]
+    BookmarkInvalid(String),
+
     /// A value read from a shard does not have the shape the Rust type expects.
     #[error("cannot decode column `{column}`: {message}")]
     Decode {
@@ -294,6 +299,7 @@ impl Error {
             Error::SlotMoving { .. } => "SLOT_MOVING",
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
+            Error::BookmarkInvalid(_) => "BOOKMARK_INVALID",
             Error::Decode { .. } => "DECODE_FAILED",
             Error::Directory(_) => "DIRECTORY_FAILED",
             Error::DirectoryInconsistent(_) => "DIRECTORY_INCONSISTENT",
@@ -318,6 +324,7 @@ impl Error {
             | Error::TooManyParameters { .. }
             | Error::StatementTooLarge { .. }
             | Error::QueryInvalid { .. }
+            | Error::BookmarkInvalid(_)
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ValueTooLarge { .. } => 413,

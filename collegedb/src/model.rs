@@ -74,6 +74,9 @@ pub trait Model: Sized + MaybeSync + 'static {
     const KEY_INDEX: usize;
     /// The model's own strategies (unset ones come from the configuration).
     const STRATEGY: StrategyOverride;
+    /// Whether the model's reads always go to each shard's primary, even on a handle that reads
+    /// through D1 sessions (`#[sharded(consistency = "primary")]`; see [`crate::session`]).
+    const PRIMARY_READS: bool = false;
 
     /// The row's key.
     fn key(&self) -> &Self::Key;

@@ -42,6 +42,8 @@ const CLAIM_BATCH: usize = 500;
 pub struct CollegeDb<B: Backend> {
     inner: Arc<Inner<B>>,
     region: Option<Region>,
+    /// Every statement on each shard's primary, whatever sessions the shards hold.
+    primary: bool,
 }
 
 impl<B: Backend> Clone for CollegeDb<B> {
@@ -49,6 +51,7 @@ impl<B: Backend> Clone for CollegeDb<B> {
         CollegeDb {
             inner: self.inner.clone(),
             region: self.region,
+            primary: self.primary,
         }
     }
 }
@@ -59,6 +62,7 @@ impl<B: Backend> std::fmt::Debug for CollegeDb<B> {
             .field("shards", &self.inner.config.shards)
             .field("strategy", &self.inner.config.strategy)
             .field("region", &self.region)
+            .field("primary", &self.primary)
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +205,7 @@ impl<B: Backend> CollegeDb<B> {
                 coordinator,
             }),
             region,
+            primary: false,
         })
     }
 
@@ -210,7 +215,37 @@ impl<B: Backend> CollegeDb<B> {
         CollegeDb {
             inner: self.inner.clone(),
             region: Some(region),
+            primary: self.primary,
         }
+    }
+
+    /// A handle whose statements all go to each shard's primary database, on a handle that reads
+    /// through D1 sessions (shares everything else). Without sessions, and on the embedded
+    /// backend, every handle already reads the primary. A model can ask for this on every read
+    /// with `#[sharded(consistency = "primary")]`.
+    #[must_use]
+    pub fn on_primary(&self) -> Self {
+        CollegeDb {
+            inner: self.inner.clone(),
+            region: self.region,
+            primary: true,
+        }
+    }
+
+    /// The handle `M`'s reads go through: this one, or its [`CollegeDb::on_primary`] view for a
+    /// model with `consistency = "primary"`.
+    pub(crate) fn reads_for<M: crate::model::Model>(&self) -> std::borrow::Cow<'_, Self> {
+        if M::PRIMARY_READS && !self.primary {
+            std::borrow::Cow::Owned(self.on_primary())
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
+    /// The region this handle's `location` placements target: the one [`CollegeDb::near`] set,
+    /// else the configured `target_region`.
+    pub fn target_region(&self) -> Option<Region> {
+        self.region
     }
 
     /// The configuration in force.
@@ -281,7 +316,12 @@ impl<B: Backend> CollegeDb<B> {
     }
 
     pub(crate) fn shard(&self, index: usize) -> &B::Shard {
-        &self.inner.shards[index]
+        let shard = &self.inner.shards[index];
+        if self.primary {
+            crate::backend::ShardConn::primary(shard)
+        } else {
+            shard
+        }
     }
 
     pub(crate) fn shard_name(&self, index: usize) -> &str {

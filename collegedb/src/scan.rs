@@ -68,6 +68,8 @@ pub async fn scan<M: Model, B: Backend>(
     after: Option<M::Key>,
     limit: usize,
 ) -> Result<Page<M>> {
+    let reads = db.reads_for::<M>();
+    let db = &*reads;
     let limit = limit.clamp(1, MAX_SCAN_LIMIT);
     let after = match after {
         Some(key) => Some(key.into_key()?.into_value()),

@@ -36,6 +36,8 @@ pub struct Reply {
     pub text: String,
     /// `(reads, writes)` from `x-collegedb-directory-ops`.
     pub directory_ops: (u64, u64),
+    /// The D1 session bookmarks the response carried (`x-collegedb-bookmarks`).
+    pub bookmarks: Option<String>,
 }
 
 fn repository_root() -> PathBuf {
@@ -197,7 +199,7 @@ impl Workerd {
     fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Ok(reply) = self.try_request("GET", &self.probe.clone(), None) {
+            if let Ok(reply) = self.try_request("GET", &self.probe.clone(), None, &[]) {
                 if reply.status == 200 {
                     return;
                 }
@@ -314,24 +316,37 @@ impl Workerd {
         method: &str,
         path: &str,
         body: Option<&str>,
+        headers: &[(&str, &str)],
     ) -> Result<Reply, ureq::Error> {
         let url = format!("{}{path}", self.base);
+        fn with<B>(
+            mut request: ureq::RequestBuilder<B>,
+            headers: &[(&str, &str)],
+        ) -> ureq::RequestBuilder<B> {
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request
+        }
         let mut response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call()?,
-            ("DELETE", None) => self.agent.delete(&url).call()?,
-            ("DELETE", Some(body)) => self.agent.delete(&url).force_send_body().send(body)?,
-            ("POST", body) => self
-                .agent
-                .post(&url)
+            ("GET", _) => with(self.agent.get(&url), headers).call()?,
+            ("DELETE", None) => with(self.agent.delete(&url), headers).call()?,
+            ("DELETE", Some(body)) => with(self.agent.delete(&url), headers)
+                .force_send_body()
+                .send(body)?,
+            ("POST", body) => with(self.agent.post(&url), headers)
                 .header("content-type", "application/json")
                 .send(body.unwrap_or(""))?,
-            ("PUT", body) => self
-                .agent
-                .put(&url)
+            ("PUT", body) => with(self.agent.put(&url), headers)
                 .header("content-type", "application/json")
                 .send(body.unwrap_or(""))?,
             _ => panic!("unsupported method {method}"),
         };
+        let bookmarks = response
+            .headers()
+            .get("x-collegedb-bookmarks")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let status = response.status().as_u16();
         let directory_ops = response
             .headers()
@@ -352,12 +367,24 @@ impl Workerd {
             json,
             text,
             directory_ops,
+            bookmarks,
         })
     }
 
     /// Sends a request; panics (with wrangler's log) if it cannot be sent.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        self.try_request(method, path, body)
+        self.request_with(method, path, body, &[])
+    }
+
+    /// Sends a request with extra headers; panics (with wrangler's log) if it cannot be sent.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.try_request(method, path, body, headers)
             .unwrap_or_else(|e| panic!("{method} {path} failed: {e}\n{}", self.log_tail()))
     }
 

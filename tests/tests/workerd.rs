@@ -69,6 +69,9 @@ fn worker_example_end_to_end() {
     kv_directory_places_and_finds_rows(&server);
     directory_listings_page_with_cursors(&server);
     location_places_near_the_requested_region(&server);
+    location_comes_from_request_cf(&server);
+    config_comes_from_the_environment(&server);
+    sessions_carry_bookmarks_across_requests(&server);
     random_placement_and_chunked_batches(&server);
     concurrent_first_writes_settle_on_one_shard(&server);
     reads_of_unknown_keys_create_no_directory_entries(&server);
@@ -367,6 +370,202 @@ fn location_places_near_the_requested_region(server: &Workerd) {
             assert_eq!(shard.json["shard"], expected, "{region}");
         }
     }
+}
+
+/// Without `?region=`, `location` placement targets the region `request.cf` names. Local
+/// workerd gives every request the same `cf` (a fixed place), so the test reads it back from
+/// `/whereami` and checks the mapping and the placement against it.
+fn location_comes_from_request_cf(server: &Workerd) {
+    let here = server.get("/whereami");
+    assert_eq!(here.status, 200, "{}", here.text);
+    let location = collegedb::geo::RequestLocation {
+        continent: here.json["continent"].as_str().map(str::to_owned),
+        country: here.json["country"].as_str().map(str::to_owned),
+        coordinates: here.json["coordinates"]
+            .as_array()
+            .map(|c| (c[0].as_f64().unwrap(), c[1].as_f64().unwrap())),
+    };
+    let expected = location.region().expect("local workerd sends a cf object");
+    assert_eq!(here.json["cfRegion"], expected.as_str(), "{}", here.text);
+    assert_eq!(here.json["region"], expected.as_str(), "{}", here.text);
+    // `?region=` still wins over `cf`.
+    let chosen = server.get("/whereami?region=oc");
+    assert_eq!(chosen.json["region"], "oc", "{}", chosen.text);
+
+    let shard_of_region = |region: &str| {
+        let config = server.get("/admin/config");
+        config.json["config"]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                config.json["initialShards"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&s["name"])
+            })
+            .min_by(|a, b| {
+                let distance = |s: &serde_json::Value| {
+                    let r: collegedb::Region = s["region"].as_str().unwrap().parse().unwrap();
+                    r.distance_km(region.parse().unwrap())
+                };
+                distance(a).total_cmp(&distance(b))
+            })
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let token = "from-cf";
+    let reply = server.post("/sessions", &json!({ "token": token, "user_id": "u" }));
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let shard = server.get(&format!("/sessions/{token}/shard"));
+    assert_eq!(shard.json["shard"], shard_of_region(expected.as_str()));
+}
+
+/// The Worker builds its configuration from `COLLEGEDB_CONFIG` in wrangler.toml, or discovers the
+/// D1 bindings by prefix; a missing var is a typed error.
+fn config_comes_from_the_environment(server: &Workerd) {
+    let config = server.get("/admin/config");
+    assert_eq!(config.status, 200, "{}", config.text);
+    let names: Vec<&str> = config.json["config"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["DB_EAST", "DB_WEST", "DB_EU", STANDBY]);
+    assert_eq!(config.json["config"]["shards"][2]["region"], "weur");
+    assert_eq!(
+        config.json["initialShards"],
+        json!(["DB_EAST", "DB_WEST", "DB_EU"])
+    );
+    let discovered = server.get("/admin/config?prefix=DB_");
+    assert_eq!(discovered.status, 200, "{}", discovered.text);
+    let names: Vec<&str> = discovered.json["config"]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["DB_APAC", "DB_EAST", "DB_EU", "DB_WEST"]);
+    for (path, message) in [
+        ("/admin/config?var=NOT_SET", "is not set"),
+        (
+            "/admin/config?var=COLLEGEDB_STANDBY",
+            "var `COLLEGEDB_STANDBY`",
+        ),
+        (
+            "/admin/config?prefix=NOPE_",
+            "no D1 binding starts with `NOPE_`",
+        ),
+        // The KV and Durable Object bindings start with `DIRECTORY_` but are not D1 databases.
+        ("/admin/config?prefix=DIRECTORY_", "no D1 binding"),
+    ] {
+        let refused = server.get(path);
+        assert_eq!(refused.status, 500, "{path}: {}", refused.text);
+        assert_eq!(refused.json["code"], "CONFIG_INVALID", "{path}");
+        assert!(refused.text.contains(message), "{path}: {}", refused.text);
+    }
+}
+
+/// D1 sessions: a handle that reads through sessions returns each touched shard's bookmark; the
+/// client sends them back and the next request starts from them; a model marked
+/// `consistency = "primary"` reads outside the session; hostile headers are refused.
+fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
+    let parse = |header: &Option<String>| {
+        collegedb::session::Bookmarks::parse(header.as_deref().unwrap_or("")).unwrap()
+    };
+    // Primary reads (the default): no session, no bookmark.
+    let plain = server.get("/users/nobody-here");
+    assert_eq!(plain.bookmarks, None);
+
+    let user = user("bookmarked");
+    let written = server.request_with(
+        "POST",
+        "/users?reads=first-primary",
+        Some(&user.to_string()),
+        &[],
+    );
+    assert_eq!(written.status, 201, "{}", written.text);
+    let owner = server.get("/users/bookmarked/shard").json["shard"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let after_write = parse(&written.bookmarks);
+    let first = after_write
+        .get(&owner)
+        .unwrap_or_else(|| panic!("no bookmark for {owner}: {:?}", written.bookmarks))
+        .to_owned();
+
+    // The next request brings the bookmarks back: its session starts there, reads the write, and
+    // returns a bookmark at least as new. Shards it did not touch keep what the client sent.
+    let mut sent = after_write.clone();
+    let untouched = ["DB_EAST", "DB_WEST", "DB_EU"]
+        .into_iter()
+        .find(|s| *s != owner)
+        .unwrap();
+    sent.set(untouched, "00000000-00000001-00000000-carried")
+        .unwrap();
+    let header = sent.to_header();
+    let read = server.request_with(
+        "GET",
+        "/users/bookmarked",
+        None,
+        &[("x-collegedb-bookmarks", &header)],
+    );
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.json["id"], "bookmarked");
+    let after_read = parse(&read.bookmarks);
+    assert!(
+        after_read.get(&owner).unwrap() >= first.as_str(),
+        "{after_read:?}"
+    );
+    assert_eq!(
+        after_read.get(untouched),
+        Some("00000000-00000001-00000000-carried")
+    );
+
+    // `first-unconstrained` sessions work as well (local workerd has no replicas: see README).
+    let loose = server.get("/users/bookmarked?reads=first-unconstrained");
+    assert_eq!(loose.status, 200, "{}", loose.text);
+    assert!(parse(&loose.bookmarks).get(&owner).is_some());
+
+    // `Post` reads the primary whatever the handle does: its find runs outside the session, so
+    // the response carries no bookmark for the shard it read.
+    let post = server.post(
+        "/posts",
+        &json!({ "id": 990_001, "author": "b", "title": "t", "score": 1.0 }),
+    );
+    assert_eq!(post.status, 201, "{}", post.text);
+    let post_shard = server.get("/posts/990001/shard").json["shard"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let found = server.get("/posts/990001?reads=first-primary");
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert_eq!(
+        parse(&found.bookmarks).get(&post_shard),
+        None,
+        "{:?}",
+        found.bookmarks
+    );
+
+    for hostile in [
+        "DB_EAST",
+        "DB_EAST=<script>",
+        "NOT_A_SHARD=00000001",
+        "DB_EAST=1,../x=2",
+    ] {
+        let refused = server.request_with(
+            "GET",
+            "/users/bookmarked",
+            None,
+            &[("x-collegedb-bookmarks", hostile)],
+        );
+        assert_eq!(refused.status, 400, "{hostile}: {}", refused.text);
+        assert_eq!(refused.json["code"], "BOOKMARK_INVALID", "{hostile}");
+    }
+    let unknown = server.get("/users/bookmarked?reads=eventually");
+    assert_eq!(unknown.json["code"], "CONFIG_INVALID", "{}", unknown.text);
 }
 
 fn random_placement_and_chunked_batches(server: &Workerd) {

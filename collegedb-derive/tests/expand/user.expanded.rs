@@ -34,6 +34,7 @@ const _: () = {
             read: ::core::option::Option::Some(__cdb::Strategy::Hash),
             write: ::core::option::Option::Some(__cdb::Strategy::Location),
         };
+        const PRIMARY_READS: bool = false;
         fn key(&self) -> &Self::Key {
             &self.id
         }

@@ -169,6 +169,12 @@ pub trait ShardConn: MaybeSync + 'static {
 
     /// The database's size in bytes.
     fn size_bytes(&self) -> impl Future<Output = Result<u64>> + MaybeSend;
+
+    /// This shard with every statement on its primary database: itself, except for a shard that
+    /// reads through a D1 session (see [`crate::session`]).
+    fn primary(&self) -> &Self {
+        self
+    }
 }
 
 /// A change in a table's row count on one shard, reported by the router's writes.

@@ -134,6 +134,8 @@ impl<M: Model> Query<M> {
         db: &CollegeDb<B>,
         aggregates: &[Aggregate<M>],
     ) -> Result<Vec<AggregateRow>> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         super::aggregate::aggregate::<M, B>(
             db,
             self.filter_node()?,
@@ -210,6 +212,8 @@ impl<M: Model> Query<M> {
         db: &CollegeDb<B>,
         limit: Option<usize>,
     ) -> Result<(Vec<M>, QueryReport)> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         let mut report = QueryReport::default();
         if let Some(key) = self.filter_node()?.and_then(exact_key::<M>) {
             // Exactly `key = v`: the query is `find`, on the same path.
@@ -246,6 +250,8 @@ impl<M: Model> Query<M> {
     /// caller decides whether a result without them will do. A filter that pins the key is not
     /// scattered and fails as [`Query::all`] does.
     pub async fn all_partial<B: Backend>(&self, db: &CollegeDb<B>) -> Result<PartialRows<M>> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         let filter = self.filter_node()?;
         if filter.and_then(pinned_keys::<M>).is_some() {
             return Ok(PartialRows {
@@ -283,6 +289,8 @@ impl<M: Model> Query<M> {
     /// Counts the rows the filter matches on every shard it needs, with `COUNT(*)` on each
     /// (a pinned query counts the owners' rows). Order, limit and offset do not apply.
     pub async fn count<B: Backend>(&self, db: &CollegeDb<B>) -> Result<u64> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         let filter = self.filter_node()?;
         if filter.and_then(pinned_keys::<M>).is_some() {
             let mut report = QueryReport::default();
@@ -317,6 +325,8 @@ impl<M: Model> Query<M> {
 
     /// Whether the filter matches any row (`LIMIT 1` on each shard it needs).
     pub async fn exists<B: Backend>(&self, db: &CollegeDb<B>) -> Result<bool> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         let filter = self.filter_node()?;
         if filter.and_then(pinned_keys::<M>).is_some() {
             return Ok(self.first(db).await?.is_some());

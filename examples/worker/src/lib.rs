@@ -54,10 +54,11 @@
 //! Durable Object directory: rows placed through `?dir=kv` are not known to it, so grow a
 //! deployment that uses one directory.
 
-use collegedb::backend::cloudflare::{self, Cloudflare, DirectoryChoice};
+use collegedb::backend::cloudflare::{self, Cloudflare, ConfigSource, DirectoryChoice};
 use collegedb::directory::Directory;
 use collegedb::growth::Operation;
-use collegedb::{CollegeDb, Config, Model, Region, ShardConfig, Sharded, Strategy, Value};
+use collegedb::session::{Bookmarks, ReadConsistency, SessionStart};
+use collegedb::{CollegeDb, Config, Model, Region, Sharded, Value};
 use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
@@ -82,9 +83,10 @@ pub struct User {
     pub profile: serde_json::Value,
 }
 
-/// Round-robin through the coordinator; read directory-first.
+/// Round-robin through the coordinator; read directory-first, always from each shard's primary
+/// (even on a request that reads through D1 sessions).
 #[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
-#[sharded(table = "posts", strategy = "round-robin")]
+#[sharded(table = "posts", strategy = "round-robin", consistency = "primary")]
 pub struct Post {
     #[sharded(key)]
     pub id: i64,
@@ -113,66 +115,159 @@ pub struct Event {
 
 const MODELS: [&str; 4] = ["users", "posts", "sessions", "events"];
 
-/// The shards that serve rows from the start. The fourth configured shard, `DB_APAC`, is standby
-/// until `POST /admin/shards/DB_APAC/add`.
-pub const INITIAL_SHARDS: [&str; 3] = ["DB_EAST", "DB_WEST", "DB_EU"];
+/// The var holding the configuration (shards, regions, strategies) in `wrangler.toml`.
+pub const CONFIG_VAR: &str = "COLLEGEDB_CONFIG";
+
+/// The var naming the configured shards that own no slots at first (comma-separated): standby
+/// until `POST /admin/shards/{shard}/add`. The others serve rows from the start.
+pub const STANDBY_VAR: &str = "COLLEGEDB_STANDBY";
 
 /// The growth runner's Durable Object binding.
 const GROWTH_RUNNER: &str = "GROWTH_RUNNER";
 
-fn config(region: Region) -> Config {
-    Config::new()
-        .shard(ShardConfig::new("DB_EAST").region(Region::Enam))
-        .shard(ShardConfig::new("DB_WEST").region(Region::Wnam))
-        .shard(ShardConfig::new("DB_EU").region(Region::Weur))
-        .shard(ShardConfig::new("DB_APAC").region(Region::Apac))
-        .with_strategy(Strategy::Hash)
-        .with_target_region(region)
-        .allow_flush(true)
+/// The configuration, from [`CONFIG_VAR`]: the shard list is written once, in `wrangler.toml`.
+fn config(env: &Env) -> collegedb::Result<Config> {
+    cloudflare::config_from_env(env, ConfigSource::Json(CONFIG_VAR))
 }
 
-/// Routes by the coordinator's stored map, storing the seed of [`INITIAL_SHARDS`] if the
-/// deployment has none yet (so the standby shard owns no slots). Only the isolate's first call
-/// makes requests.
-async fn ready(db: Db) -> collegedb::Result<Db> {
-    cloudflare::use_stored_map(&db, &INITIAL_SHARDS).await?;
+/// The shards that serve rows from the start: the configured ones not named in [`STANDBY_VAR`].
+fn initial_shards(env: &Env, config: &Config) -> Vec<String> {
+    let standby = env
+        .var(STANDBY_VAR)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let standby: Vec<&str> = standby.split(',').map(str::trim).collect();
+    config
+        .shards
+        .iter()
+        .map(|s| s.name.clone())
+        .filter(|name| !standby.contains(&name.as_str()))
+        .collect()
+}
+
+/// Routes by the coordinator's stored map, storing the seed of the initial shards (see
+/// [`STANDBY_VAR`]) if the deployment has none yet, so a standby shard owns no slots. Only the
+/// isolate's first call makes requests.
+async fn ready(env: &Env, db: Db) -> collegedb::Result<Db> {
+    let initial = initial_shards(env, db.config());
+    let initial: Vec<&str> = initial.iter().map(String::as_str).collect();
+    cloudflare::use_stored_map(&db, &initial).await?;
     Ok(db)
 }
 
-/// The handle the growth runner uses: the Durable Object directory, default region.
+/// The handle the growth runner uses: the Durable Object directory, the configured region.
 async fn open_for_growth(env: &Env) -> collegedb::Result<Db> {
     let db = cloudflare::open(
         env,
-        config(Region::Enam),
+        config(env)?,
         DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
         "COORDINATOR",
     )?;
-    ready(db).await
+    ready(env, db).await
 }
 
-async fn open(env: &Env, req: &Request) -> collegedb::Result<Db> {
+/// How a request's handle reads and where it places `location` keys.
+struct Opening {
+    directory: DirectoryChoice,
+    /// `?region=`, else the region the request arrived in (`request.cf`), else the configured
+    /// target region.
+    region: Option<Region>,
+    /// `?reads=first-primary` or `?reads=first-unconstrained` reads through D1 sessions; so
+    /// does any request that brings bookmarks back.
+    reads: ReadConsistency,
+    /// The bookmarks the request brought ([`Bookmarks::HEADER`]).
+    bookmarks: Bookmarks,
+}
+
+fn opening(req: &Request) -> collegedb::Result<Opening> {
     let url = req
         .url()
         .map_err(|e| collegedb::Error::ConfigInvalid(e.to_string()))?;
-    let (mut directory, mut region) = (
-        DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
-        Region::Enam,
-    );
+    let bookmarks = cloudflare::request_bookmarks(req)?;
+    let mut opening = Opening {
+        directory: DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
+        region: cloudflare::request_location(req).region(),
+        reads: if bookmarks.is_empty() {
+            ReadConsistency::Primary
+        } else {
+            ReadConsistency::Sessions(SessionStart::FirstPrimary)
+        },
+        bookmarks,
+    };
     for (name, value) in url.query_pairs() {
         match (name.as_ref(), value.as_ref()) {
-            ("dir", "kv") => directory = DirectoryChoice::Kv("DIRECTORY_KV".into()),
+            ("dir", "kv") => opening.directory = DirectoryChoice::Kv("DIRECTORY_KV".into()),
             ("dir", _) => {}
-            ("region", r) => region = r.parse()?,
+            ("region", r) => opening.region = Some(r.parse()?),
+            ("reads", "first-primary") => {
+                opening.reads = ReadConsistency::Sessions(SessionStart::FirstPrimary)
+            }
+            ("reads", "first-unconstrained") => {
+                opening.reads = ReadConsistency::Sessions(SessionStart::FirstUnconstrained)
+            }
+            ("reads", "primary") => {}
+            ("reads", other) => {
+                return Err(collegedb::Error::ConfigInvalid(format!(
+                    "unknown `reads={other}`: use primary, first-primary or first-unconstrained"
+                )))
+            }
             _ => {}
         }
     }
-    ready(cloudflare::open(
+    Ok(opening)
+}
+
+async fn open(env: &Env, opening: &Opening) -> collegedb::Result<Db> {
+    let db = cloudflare::open_with(
         env,
-        config(region),
-        directory,
+        config(env)?,
+        opening.directory.clone(),
         "COORDINATOR",
-    )?)
-    .await
+        opening.reads,
+        &opening.bookmarks,
+    )?;
+    let db = match opening.region {
+        Some(region) => db.near(region),
+        None => db,
+    };
+    ready(env, db).await
+}
+
+/// `GET /whereami`: what `request.cf` says about where the request arrived, and the region its
+/// handle places `location` keys in.
+fn whereami(db: &Db, req: &Request) -> Response {
+    let location = cloudflare::request_location(req);
+    Response::from_json(&serde_json::json!({
+        "continent": location.continent,
+        "country": location.country,
+        "coordinates": location.coordinates,
+        "cfRegion": location.region().map(Region::as_str),
+        "region": db.target_region().map(Region::as_str),
+    }))
+    .expect("JSON")
+}
+
+/// `GET /admin/config`: the configuration from the environment (`?var=NAME` reads another var,
+/// `?prefix=DB_` discovers the D1 bindings by prefix instead).
+fn config_route(env: &Env, req: &Request) -> collegedb::Result<Response> {
+    let url = req
+        .url()
+        .map_err(|e| collegedb::Error::ConfigInvalid(e.to_string()))?;
+    let mut source = ConfigSource::Json(CONFIG_VAR);
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "var" => source = ConfigSource::Json(value),
+            "prefix" => source = ConfigSource::BindingPrefix(value),
+            _ => {}
+        }
+    }
+    let config = cloudflare::config_from_env(env, source)?;
+    Ok(Response::from_json(&serde_json::json!({
+        "config": config,
+        "initialShards": initial_shards(env, &config),
+    }))
+    .expect("JSON"))
 }
 
 fn json_error(error: &collegedb::Error) -> Result<Response> {
@@ -615,6 +710,8 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             }),
             Err(e) => Err(e),
         },
+        (Method::Get, ["whereami"]) => Ok(whereami(db, &req)),
+        (Method::Get, ["admin", "config"]) => config_route(env, &req),
         (Method::Post, ["admin", "reassign"]) => reassign(db, env, &mut req).await,
         (Method::Post, ["admin", "migrate"]) => migrate(db).await,
         (Method::Get, ["admin", "schema"]) => schema(db).await,
@@ -849,8 +946,12 @@ async fn bench_move(env: &Env, mut req: Request) -> Result<Response> {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
-    let db = match open(&env, &req).await {
-        Ok(db) => db,
+    let opened = match opening(&req) {
+        Ok(opening) => open(&env, &opening).await.map(|db| (db, opening)),
+        Err(error) => Err(error),
+    };
+    let (db, opening) = match opened {
+        Ok(opened) => opened,
         Err(error) => return json_error(&error),
     };
     let mut response = route(&db, &env, req).await?;
@@ -859,6 +960,15 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         "x-collegedb-directory-ops",
         &format!("{},{}", ops.reads, ops.writes),
     )?;
+    // A handle reading through D1 sessions sends its latest bookmarks back, for the client to
+    // return on its next request and read its own writes.
+    if let ReadConsistency::Sessions(_) = opening.reads {
+        let sent = cloudflare::bookmarks(&db, &opening.bookmarks)
+            .and_then(|latest| cloudflare::set_bookmarks(response.headers_mut(), &latest));
+        if let Err(error) = sent {
+            return json_error(&error);
+        }
+    }
     // The handle's row-count changes join the isolate's batch: no I/O, unless the batch is full
     // (then its send finishes after the response). A request that finds a batch without a timer
     // hosts the timer that sends it when due. Most requests need no `wait_until` at all.
@@ -1010,12 +1120,14 @@ impl DurableObject for GrowthRunner {
             // Fault injection: a handle whose coordinator binding names another class, so the
             // slice fails at its first coordinator request and the runner backs off.
             self.state.storage().put("fail-alarms", failing - 1).await?;
-            let db = cloudflare::open(
-                &self.env,
-                config(Region::Enam),
-                DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
-                "DIRECTORY_DO",
-            );
+            let db = config(&self.env).and_then(|config| {
+                cloudflare::open(
+                    &self.env,
+                    config,
+                    DirectoryChoice::DurableObject("DIRECTORY_DO".into()),
+                    "DIRECTORY_DO",
+                )
+            });
             return match db {
                 Ok(db) => cloudflare::run_growth_alarm(&self.state, &db).await,
                 Err(error) => Response::error(error.to_string(), 500),

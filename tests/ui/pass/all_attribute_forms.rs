@@ -47,7 +47,7 @@ mod models {
     }
 
     #[derive(collegedb::Sharded)]
-    #[sharded(read = "random")]
+    #[sharded(read = "random", consistency = "primary")]
     #[sharded(write = "random", table = "split_attributes")]
     pub struct Split {
         #[sharded(column = "identifier")]
@@ -66,7 +66,10 @@ async fn use_everything(db: &Db) -> collegedb::Result<()> {
     let _: Option<models::Mixed> = models::Mixed::find(db, 1i32).await?;
     let _: Option<models::Mixed> = models::Mixed::find(db, 1u8).await?;
     let _: bool = models::Uniform::delete(db, 7u32).await?;
+    const _: () = assert!(<models::Split as collegedb::Model>::PRIMARY_READS);
+    const _: () = assert!(!<models::Mixed as collegedb::Model>::PRIMARY_READS);
     let _: Option<models::Split> = models::Split::find(db, "x").await?;
+    let _: Option<models::Split> = models::Split::find(&db.on_primary(), "x").await?;
     let _: Option<models::Split> = models::Split::find(db, String::from("x")).await?;
     let _: u64 = models::Defaults::count(db).await?;
     let _: Option<String> = models::Defaults::locate(db, 5).await?;

@@ -22,16 +22,26 @@ use std::sync::Arc;
 use worker::js_sys::futures::JsFuture;
 use worker::js_sys::{self, Array, ArrayBuffer, Function, Object, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::{D1Database, D1PreparedStatement};
+use worker::{D1Database, D1DatabaseSession, D1PreparedStatement};
 
 use crate::backend::{Row, ShardConn, Statement};
 use crate::error::{Error, Result, MAX_SAFE_INTEGER};
 use crate::value::Value;
 
-/// One shard: a D1 database binding.
+/// One shard: a D1 database binding, used directly (every statement on the primary) or through
+/// a D1 session (reads from replicas, sequentially consistent; see [`crate::session`]).
 pub struct D1Shard {
     name: String,
     database: D1Database,
+    session: Option<Session>,
+}
+
+/// A shard's D1 session, the bookmark it started from, and the same shard without a session
+/// (for models and handles that read the primary).
+struct Session {
+    session: D1DatabaseSession,
+    started_from: Option<String>,
+    primary: Box<D1Shard>,
 }
 
 impl std::fmt::Debug for D1Shard {
@@ -99,7 +109,59 @@ impl D1Shard {
         D1Shard {
             name: name.into(),
             database,
+            session: None,
         }
+    }
+
+    /// Wraps a D1 binding and starts a session on it: from `bookmark` if given, else as `start`
+    /// says. Starting a session sends no request; its first statement does.
+    pub fn with_session(
+        name: impl Into<String>,
+        database: D1Database,
+        start: crate::session::SessionStart,
+        bookmark: Option<&str>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let session = database
+            .with_session(Some(bookmark.unwrap_or(start.as_str())))
+            .map_err(|e| {
+                Error::BookmarkInvalid(format!("D1 refused a session on shard `{name}`: {e}"))
+            })?;
+        // The binding object is shared with the session-less twin.
+        let twin: &JsValue = database.as_ref();
+        let primary = Box::new(D1Shard::new(
+            name.clone(),
+            twin.clone().unchecked_into::<D1Database>(),
+        ));
+        Ok(D1Shard {
+            name,
+            database,
+            session: Some(Session {
+                session,
+                started_from: bookmark.map(str::to_owned),
+                primary,
+            }),
+        })
+    }
+
+    /// The latest bookmark of this shard's session: the one its last statement saw, or the one
+    /// it started from if it ran none. `None` without a session.
+    pub fn bookmark(&self) -> Result<Option<String>> {
+        let Some(session) = &self.session else {
+            return Ok(None);
+        };
+        let latest = session.session.get_bookmark().map_err(|e| self.failed(e))?;
+        Ok(latest.or_else(|| session.started_from.clone()))
+    }
+
+    /// The shard's configured name (its binding's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether statements go through a D1 session.
+    pub fn in_session(&self) -> bool {
+        self.session.is_some()
     }
 
     fn failed(&self, error: impl std::fmt::Display) -> Error {
@@ -108,10 +170,11 @@ impl D1Shard {
 
     fn prepare(&self, sql: &str, params: &[Value]) -> Result<D1PreparedStatement> {
         let args: Vec<JsValue> = params.iter().map(to_js).collect();
-        self.database
-            .prepare(sql)
-            .bind(&args)
-            .map_err(|e| self.failed(e))
+        let statement = match &self.session {
+            Some(session) => session.session.prepare(sql),
+            None => self.database.prepare(sql),
+        };
+        statement.bind(&args).map_err(|e| self.failed(e))
     }
 
     /// Runs `stmt.raw({ columnNames: true })`: the first row holds the column names, and values
@@ -190,11 +253,11 @@ impl ShardConn for D1Shard {
             .map(|s| self.prepare(&s.sql, &s.params))
             .collect::<Result<Vec<_>>>()?;
         super::note_subrequest();
-        let results = self
-            .database
-            .batch(prepared)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let results = match &self.session {
+            Some(session) => session.session.batch(prepared).await,
+            None => self.database.batch(prepared).await,
+        }
+        .map_err(|e| self.failed(e))?;
         results
             .iter()
             .map(|r| {
@@ -202,6 +265,13 @@ impl ShardConn for D1Shard {
                 Ok(meta.and_then(|m| m.changes).unwrap_or(0) as u64)
             })
             .collect()
+    }
+
+    fn primary(&self) -> &Self {
+        match &self.session {
+            Some(session) => &session.primary,
+            None => self,
+        }
     }
 
     async fn size_bytes(&self) -> Result<u64> {

@@ -24,8 +24,10 @@
 mod coordinator;
 mod d1;
 mod durable;
+mod environment;
 mod growth;
 mod kv;
+mod request;
 mod stats;
 
 use std::cell::RefCell;
@@ -38,11 +40,13 @@ pub use coordinator::{
 };
 pub use d1::{from_js, to_js, D1Shard};
 pub use durable::{serve_directory, DurableDirectory, DIRECTORY_PARTITIONS};
+pub use environment::{config_from_env, ConfigSource};
 pub use growth::{
     growth_status_json, job_json, run_growth_alarm, runner_record, serve_growth_runner,
     GrowthRunnerClient, RunnerRecord, RunnerSettings, GROWTH_RUNNER_NAME, SUBREQUEST_LIMIT,
 };
 pub use kv::KvDirectory;
+pub use request::{bookmarks, request_bookmarks, request_location, set_bookmarks};
 pub use stats::{
     discard_pending_stats, pending_stats, recount_stats, set_stats_batching, stats_timer_needed,
     PendingStats, RowCount, StatsBatching,
@@ -56,6 +60,7 @@ use crate::directory::{Directory, DirectoryCache, DirectoryPage};
 use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::router::CollegeDb;
+use crate::session::{Bookmarks, ReadConsistency};
 use crate::slots::ShardMap;
 
 /// The Cloudflare backend bundle.
@@ -161,20 +166,60 @@ fn binding(error: worker::Error, name: &str) -> Error {
 
 /// Opens a handle for this request: one D1 binding per configured shard (the shard's name is the
 /// binding's name), the chosen directory, and the coordinator's Durable Object namespace.
+///
+/// Every statement goes to each shard's primary; [`open_with_sessions`] reads from replicas.
 pub fn open(
     env: &Env,
     config: Config,
     directory: DirectoryChoice,
     coordinator_binding: &str,
 ) -> Result<CollegeDb<Cloudflare>> {
+    open_with(
+        env,
+        config,
+        directory,
+        coordinator_binding,
+        ReadConsistency::Primary,
+        &Bookmarks::new(),
+    )
+}
+
+/// Like [`open`], with a read consistency: [`ReadConsistency::Sessions`] runs each shard's
+/// statements in one D1 session, starting from the shard's bookmark in `bookmarks` when it has
+/// one (see [`crate::session`]). Read the handle's bookmarks with [`bookmarks`] at the end of the
+/// request and send them to the client ([`set_bookmarks`]), which returns them on its next
+/// request ([`request_bookmarks`]) to read its own writes.
+///
+/// Fails with [`Error::BookmarkInvalid`] when `bookmarks` names a shard the configuration does
+/// not have, or D1 refuses one.
+pub fn open_with(
+    env: &Env,
+    config: Config,
+    directory: DirectoryChoice,
+    coordinator_binding: &str,
+    reads: ReadConsistency,
+    bookmarks: &Bookmarks,
+) -> Result<CollegeDb<Cloudflare>> {
     config.validate()?;
+    if let Some((unknown, _)) = bookmarks
+        .iter()
+        .find(|(shard, _)| config.shards.iter().all(|s| s.name != *shard))
+    {
+        return Err(Error::BookmarkInvalid(format!(
+            "shard `{unknown}` is not configured"
+        )));
+    }
     let shards = config
         .shards
         .iter()
         .map(|s| {
-            env.d1(&s.name)
-                .map(|db| D1Shard::new(&s.name, db))
-                .map_err(|e| binding(e, &s.name))
+            let database = env.d1(&s.name).map_err(|e| binding(e, &s.name))?;
+            match reads {
+                ReadConsistency::Primary => Ok(D1Shard::new(&s.name, database)),
+                ReadConsistency::Sessions(start) => {
+                    D1Shard::with_session(&s.name, database, start, bookmarks.get(&s.name))
+                }
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let (cache_key, directory) = match directory {
