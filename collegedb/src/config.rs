@@ -208,6 +208,11 @@ pub struct ShardConfig {
     /// Relative weight among shards of one region for the `location` strategy (at least 1).
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// On Cloudflare: the Durable Object namespace binding that holds this shard as an object
+    /// with SQLite storage (named after the shard), instead of a D1 binding of the shard's name.
+    /// Ignored by the embedded backend, where every shard is a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_object: Option<String>,
 }
 
 fn default_priority() -> u32 {
@@ -221,7 +226,16 @@ impl ShardConfig {
             name: name.into(),
             region: None,
             priority: 1,
+            durable_object: None,
         }
+    }
+
+    /// Keeps the shard in a Durable Object of the namespace bound as `binding`, instead of a D1
+    /// database (Cloudflare only; see `backend::cloudflare::ObjectShard`).
+    #[must_use]
+    pub fn durable_object(mut self, binding: impl Into<String>) -> Self {
+        self.durable_object = Some(binding.into());
+        self
     }
 
     /// Sets the shard's region.

@@ -232,6 +232,16 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     ConfigInvalid(String),
 
+    /// A shard's storage is at its size limit (a Durable Object shard holds at most 10 GB):
+    /// statements that could grow it are refused; deletes still run.
+    #[error("shard `{shard}` is full: {message}")]
+    ShardFull {
+        /// The shard.
+        shard: String,
+        /// The size and the limit, and what to do.
+        message: String,
+    },
+
     /// A D1 session bookmark a client sent back (the `x-collegedb-bookmarks` header) is
     /// malformed: it names an unknown shard, or holds characters no bookmark has.
     #[error("invalid session bookmark: {0}; send back the header value the last response carried, or none")]
@@ -300,6 +310,7 @@ impl Error {
             Error::RowNotFound { .. } => "ROW_NOT_FOUND",
             Error::ConfigInvalid(_) => "CONFIG_INVALID",
             Error::BookmarkInvalid(_) => "BOOKMARK_INVALID",
+            Error::ShardFull { .. } => "SHARD_FULL",
             Error::Decode { .. } => "DECODE_FAILED",
             Error::Directory(_) => "DIRECTORY_FAILED",
             Error::DirectoryInconsistent(_) => "DIRECTORY_INCONSISTENT",
@@ -328,6 +339,7 @@ impl Error {
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ValueTooLarge { .. } => 413,
+            Error::ShardFull { .. } => 507,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
             Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
             Error::BatchRow { source, .. }

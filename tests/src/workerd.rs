@@ -22,6 +22,7 @@ pub struct Workerd {
     log: PathBuf,
     port: u16,
     config: Option<PathBuf>,
+    vars: Vec<(String, String)>,
     probe: String,
 }
 
@@ -82,7 +83,13 @@ fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
 
 /// Starts `wrangler dev --local` in its own process group, persisting under `persist/state`,
 /// appending its output to `log`.
-fn spawn(config: Option<&Path>, persist: &Path, port: u16, log: &Path) -> Child {
+fn spawn(
+    config: Option<&Path>,
+    vars: &[(String, String)],
+    persist: &Path,
+    port: u16,
+    log: &Path,
+) -> Child {
     let root = repository_root();
     let wrangler = root.join("node_modules/.bin/wrangler");
     assert!(
@@ -112,6 +119,10 @@ fn spawn(config: Option<&Path>, persist: &Path, port: u16, log: &Path) -> Child 
             &port.to_string(),
         ])
         .args(config.map(|c| format!("--config={}", c.display())))
+        .args(
+            vars.iter()
+                .flat_map(|(name, value)| ["--var".to_owned(), format!("{name}:{value}")]),
+        )
         .arg("--persist-to")
         .arg(persist.join("state"))
         .args([
@@ -160,23 +171,33 @@ impl Workerd {
             shim.exists(),
             "the Worker example is not built: run scripts/build-worker.sh (after scripts/install-wasm-toolchain.sh)"
         );
-        Self::start_with(None, "/coordinator/health")
+        Self::start_with(None, &[], "/coordinator/health")
+    }
+
+    /// Like [`Workerd::start`], with vars that replace those of `wrangler.toml` (`--var`), for
+    /// example another `COLLEGEDB_CONFIG`.
+    pub fn start_with_vars(vars: &[(&str, &str)]) -> Workerd {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        Self::start_with(None, &vars, "/coordinator/health")
     }
 
     /// Starts the raw D1 Worker of `tests/workerd-raw` (plain JavaScript, one D1 database), the
     /// load benchmark's baseline, like [`Workerd::start`].
     pub fn start_raw() -> Workerd {
         let config = repository_root().join("tests/workerd-raw/wrangler.toml");
-        Self::start_with(Some(&config), "/health")
+        Self::start_with(Some(&config), &[], "/health")
     }
 
     /// Starts `wrangler dev --local` with `config` (default: the repository's `wrangler.toml`)
     /// and waits until `GET probe` answers 200.
-    fn start_with(config: Option<&Path>, probe: &str) -> Workerd {
+    fn start_with(config: Option<&Path>, vars: &[(String, String)], probe: &str) -> Workerd {
         let persist = tempfile::tempdir().expect("temporary folder");
         let port = free_port();
         let log = persist.path().join("wrangler.log");
-        let child = spawn(config, persist.path(), port, &log);
+        let child = spawn(config, vars, persist.path(), port, &log);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -190,6 +211,7 @@ impl Workerd {
             log,
             port,
             config: config.map(Path::to_owned),
+            vars: vars.to_vec(),
             probe: probe.to_owned(),
         };
         server.wait_until_ready();
@@ -250,6 +272,7 @@ impl Workerd {
         }
         self.child = spawn(
             self.config.as_deref(),
+            &self.vars,
             self.persist.path(),
             self.port,
             &self.log,

@@ -55,6 +55,105 @@ fn directory_entries(server: &Workerd, query: &str) -> u64 {
 #[test]
 fn worker_example_end_to_end() {
     let server = Workerd::start();
+    scenarios(&server);
+}
+
+/// The Worker example's configuration with `DB_EAST` on D1 and the other three shards in
+/// Durable Objects with SQLite storage (`SHARD_DO`): one deployment, both kinds of shard.
+const MIXED_CONFIG: &str = r#"{"shards": [
+    {"name": "DB_EAST", "region": "enam"},
+    {"name": "DB_WEST", "region": "wnam", "durable_object": "SHARD_DO"},
+    {"name": "DB_EU", "region": "weur", "durable_object": "SHARD_DO"},
+    {"name": "DB_APAC", "region": "apac", "durable_object": "SHARD_DO"}],
+  "strategy": {"read": "hash", "write": "hash"}, "target_region": "enam", "allow_flush": true}"#;
+
+/// Every scenario of the D1 run, again on a deployment whose shards are mostly Durable Objects:
+/// same routes, same assertions, same placement invariants.
+#[test]
+fn worker_example_end_to_end_on_durable_object_shards() {
+    let server = Workerd::start_with_vars(&[("COLLEGEDB_CONFIG", MIXED_CONFIG)]);
+    let config = server.get("/admin/config");
+    assert_eq!(
+        config.json["config"]["shards"][1]["durable_object"], "SHARD_DO",
+        "{}",
+        config.text
+    );
+    scenarios(&server);
+    statements_reach_the_kind_of_shard_configured(&server);
+}
+
+/// A shard in a Durable Object at its size limit refuses what could grow it, with `SHARD_FULL`,
+/// and still deletes. The limit is lowered with `COLLEGEDB_SHARD_MAX_BYTES`.
+#[test]
+fn a_full_durable_object_shard_refuses_growth_and_still_deletes() {
+    let server = Workerd::start_with_vars(&[
+        ("COLLEGEDB_CONFIG", MIXED_CONFIG),
+        ("COLLEGEDB_SHARD_MAX_BYTES", "300000"),
+    ]);
+    assert_eq!(server.post("/setup", &json!({})).status, 200);
+    let big = "x".repeat(40_000);
+    let mut refused = None;
+    let mut written = Vec::new();
+    for i in 0..200 {
+        let id = format!("full-{i}");
+        let mut row = user(&id);
+        row["profile"] = json!({ "padding": big });
+        let shard = server.get(&format!("/users/{id}/shard")).json["shard"].clone();
+        if shard == "DB_EAST" {
+            continue; // the D1 shard has no such limit here
+        }
+        let reply = server.post("/users", &row);
+        if reply.status == 201 {
+            written.push((id, shard));
+            continue;
+        }
+        assert_eq!(reply.status, 507, "{}", reply.text);
+        assert_eq!(reply.json["code"], "SHARD_FULL", "{}", reply.text);
+        assert!(reply.text.contains("delete rows"), "{}", reply.text);
+        refused = Some(shard);
+        break;
+    }
+    let full = refused.expect("a shard filled up");
+    // Deleting a row of the full shard works, and nothing written was lost.
+    let (victim, _) = written
+        .iter()
+        .find(|(_, shard)| *shard == full)
+        .expect("rows on the full shard");
+    let deleted = server.request("DELETE", &format!("/users/{victim}"), None);
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    for (id, _) in written.iter().filter(|(id, _)| id != victim) {
+        assert_eq!(server.get(&format!("/users/{id}")).status, 200, "{id}");
+    }
+}
+
+/// Statements reach the kind of shard the configuration names: a D1 shard in a session returns
+/// a bookmark, a Durable Object shard has none to return.
+fn statements_reach_the_kind_of_shard_configured(server: &Workerd) {
+    let mut seen = BTreeMap::new();
+    for i in 0..40 {
+        let id = format!("kind-{i}");
+        let reply = server.request_with(
+            "POST",
+            "/users?reads=first-primary",
+            Some(&user(&id).to_string()),
+            &[],
+        );
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        let shard = server.get(&format!("/users/{id}/shard")).json["shard"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bookmarks =
+            collegedb::session::Bookmarks::parse(reply.bookmarks.as_deref().unwrap_or("")).unwrap();
+        seen.insert(shard.clone(), bookmarks.get(&shard).is_some());
+    }
+    assert_eq!(seen.get("DB_EAST"), Some(&true), "{seen:?}");
+    for shard in ["DB_WEST", "DB_EU"] {
+        assert_eq!(seen.get(shard), Some(&false), "{seen:?}");
+    }
+}
+
+fn scenarios(server: &Workerd) {
     let setup = server.post("/setup", &json!({}));
     assert_eq!(setup.status, 200, "{}", setup.text);
     assert_eq!(
@@ -64,29 +163,29 @@ fn worker_example_end_to_end() {
     assert_eq!(setup.json["coordinator"]["status"], "ok", "{}", setup.text);
     assert_eq!(setup.json["coordinator"]["shards"], 3);
 
-    hash_rows_spread_over_every_shard_with_no_directory_operation(&server);
-    round_robin_is_even_and_recorded_in_the_durable_object_directory(&server);
-    kv_directory_places_and_finds_rows(&server);
-    directory_listings_page_with_cursors(&server);
-    location_places_near_the_requested_region(&server);
-    location_comes_from_request_cf(&server);
-    config_comes_from_the_environment(&server);
-    sessions_carry_bookmarks_across_requests(&server);
-    random_placement_and_chunked_batches(&server);
-    concurrent_first_writes_settle_on_one_shard(&server);
-    reads_of_unknown_keys_create_no_directory_entries(&server);
-    bad_input_is_answered_with_typed_codes(&server);
-    values_map_both_ways_through_d1(&server);
-    updates_upserts_and_deletes_route_to_the_owner(&server);
-    coordinator_stats_match_the_shards(&server);
-    statistics_cost_no_coordinator_call_per_write(&server);
-    recount_sets_the_coordinator_from_the_shards(&server);
-    coordinator_serves_the_seed_http_api(&server);
-    coordinator_failure_falls_back_to_a_local_counter(&server);
-    fence_sql_runs_on_d1(&server);
-    migrations_reach_every_shard_once_and_models_match_the_tables(&server);
-    typed_queries_run_on_d1(&server);
-    flush_empties_everything(&server);
+    hash_rows_spread_over_every_shard_with_no_directory_operation(server);
+    round_robin_is_even_and_recorded_in_the_durable_object_directory(server);
+    kv_directory_places_and_finds_rows(server);
+    directory_listings_page_with_cursors(server);
+    location_places_near_the_requested_region(server);
+    location_comes_from_request_cf(server);
+    config_comes_from_the_environment(server);
+    sessions_carry_bookmarks_across_requests(server);
+    random_placement_and_chunked_batches(server);
+    concurrent_first_writes_settle_on_one_shard(server);
+    reads_of_unknown_keys_create_no_directory_entries(server);
+    bad_input_is_answered_with_typed_codes(server);
+    values_map_both_ways_through_d1(server);
+    updates_upserts_and_deletes_route_to_the_owner(server);
+    coordinator_stats_match_the_shards(server);
+    statistics_cost_no_coordinator_call_per_write(server);
+    recount_sets_the_coordinator_from_the_shards(server);
+    coordinator_serves_the_seed_http_api(server);
+    coordinator_failure_falls_back_to_a_local_counter(server);
+    fence_sql_runs_on_d1(server);
+    migrations_reach_every_shard_once_and_models_match_the_tables(server);
+    typed_queries_run_on_d1(server);
+    flush_empties_everything(server);
 }
 
 /// The typed-query layer on D1: a filtered, ordered keyset walk across the shards, a count, a
@@ -478,18 +577,31 @@ fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
     let plain = server.get("/users/nobody-here");
     assert_eq!(plain.bookmarks, None);
 
-    let user = user("bookmarked");
+    // A user on a D1 shard (a Durable Object shard, in the mixed run, has no sessions).
+    let config = server.get("/admin/config").json;
+    let on_d1 = |shard: &str| {
+        config["config"]["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == shard && s.get("durable_object").is_none())
+    };
+    let id = (0..)
+        .map(|i| format!("bookmarked-{i}"))
+        .find(|id| on_d1(&seed_owner(&collegedb::Key::text(id.as_str()).unwrap())))
+        .unwrap();
     let written = server.request_with(
         "POST",
         "/users?reads=first-primary",
-        Some(&user.to_string()),
+        Some(&user(&id).to_string()),
         &[],
     );
     assert_eq!(written.status, 201, "{}", written.text);
-    let owner = server.get("/users/bookmarked/shard").json["shard"]
+    let owner = server.get(&format!("/users/{id}/shard")).json["shard"]
         .as_str()
         .unwrap()
         .to_owned();
+    assert!(on_d1(&owner), "{owner}");
     let after_write = parse(&written.bookmarks);
     let first = after_write
         .get(&owner)
@@ -508,12 +620,12 @@ fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
     let header = sent.to_header();
     let read = server.request_with(
         "GET",
-        "/users/bookmarked",
+        &format!("/users/{id}"),
         None,
         &[("x-collegedb-bookmarks", &header)],
     );
     assert_eq!(read.status, 200, "{}", read.text);
-    assert_eq!(read.json["id"], "bookmarked");
+    assert_eq!(read.json["id"], id.as_str());
     let after_read = parse(&read.bookmarks);
     assert!(
         after_read.get(&owner).unwrap() >= first.as_str(),
@@ -525,7 +637,7 @@ fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
     );
 
     // `first-unconstrained` sessions work as well (local workerd has no replicas: see README).
-    let loose = server.get("/users/bookmarked?reads=first-unconstrained");
+    let loose = server.get(&format!("/users/{id}?reads=first-unconstrained"));
     assert_eq!(loose.status, 200, "{}", loose.text);
     assert!(parse(&loose.bookmarks).get(&owner).is_some());
 
@@ -557,14 +669,14 @@ fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
     ] {
         let refused = server.request_with(
             "GET",
-            "/users/bookmarked",
+            &format!("/users/{id}"),
             None,
             &[("x-collegedb-bookmarks", hostile)],
         );
         assert_eq!(refused.status, 400, "{hostile}: {}", refused.text);
         assert_eq!(refused.json["code"], "BOOKMARK_INVALID", "{hostile}");
     }
-    let unknown = server.get("/users/bookmarked?reads=eventually");
+    let unknown = server.get(&format!("/users/{id}?reads=eventually"));
     assert_eq!(unknown.json["code"], "CONFIG_INVALID", "{}", unknown.text);
 }
 

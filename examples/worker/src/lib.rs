@@ -1080,6 +1080,31 @@ impl DurableObject for ShardDirectory {
     }
 }
 
+/// Shards kept in Durable Objects with SQLite storage: one object per shard configured with
+/// `durable_object = "SHARD_DO"`, named after the shard. The `COLLEGEDB_SHARD_MAX_BYTES` var
+/// lowers the 10 GB limit (for tests of `SHARD_FULL`).
+#[durable_object]
+pub struct ShardObject {
+    state: State,
+    env: Env,
+}
+
+impl DurableObject for ShardObject {
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let limit = self
+            .env
+            .var("COLLEGEDB_SHARD_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.to_string().parse().ok())
+            .unwrap_or(cloudflare::MAX_OBJECT_BYTES);
+        cloudflare::serve_shard_with_limit(&self.state, &mut req, limit).await
+    }
+}
+
 /// Runs growth operations: its alarm advances the journaled operation in bounded slices
 /// ([`cloudflare::run_growth_alarm`]); its `fetch` serves [`cloudflare::serve_growth_runner`]
 /// (start, kick, status) for the admin routes. It builds the database handle from its own `env`,

@@ -41,7 +41,7 @@ pub struct D1Shard {
 struct Session {
     session: D1DatabaseSession,
     started_from: Option<String>,
-    primary: Box<D1Shard>,
+    primary: Box<super::CloudflareShard>,
 }
 
 impl std::fmt::Debug for D1Shard {
@@ -129,10 +129,10 @@ impl D1Shard {
             })?;
         // The binding object is shared with the session-less twin.
         let twin: &JsValue = database.as_ref();
-        let primary = Box::new(D1Shard::new(
+        let primary = Box::new(super::CloudflareShard::D1(D1Shard::new(
             name.clone(),
             twin.clone().unchecked_into::<D1Database>(),
-        ));
+        )));
         Ok(D1Shard {
             name,
             database,
@@ -157,6 +157,12 @@ impl D1Shard {
     /// The shard's configured name (its binding's name).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same shard without a session (every statement on the primary), when this one has a
+    /// session.
+    pub fn primary_twin(&self) -> Option<&super::CloudflareShard> {
+        self.session.as_ref().map(|s| &*s.primary)
     }
 
     /// Whether statements go through a D1 session.
@@ -265,13 +271,6 @@ impl ShardConn for D1Shard {
                 Ok(meta.and_then(|m| m.changes).unwrap_or(0) as u64)
             })
             .collect()
-    }
-
-    fn primary(&self) -> &Self {
-        match &self.session {
-            Some(session) => &session.primary,
-            None => self,
-        }
     }
 
     async fn size_bytes(&self) -> Result<u64> {

@@ -27,7 +27,9 @@ mod durable;
 mod environment;
 mod growth;
 mod kv;
+mod object_shard;
 mod request;
+mod shard;
 mod stats;
 
 use std::cell::RefCell;
@@ -46,7 +48,9 @@ pub use growth::{
     GrowthRunnerClient, RunnerRecord, RunnerSettings, GROWTH_RUNNER_NAME, SUBREQUEST_LIMIT,
 };
 pub use kv::KvDirectory;
+pub use object_shard::{serve_shard, serve_shard_with_limit, ObjectShard, MAX_OBJECT_BYTES};
 pub use request::{bookmarks, request_bookmarks, request_location, set_bookmarks};
+pub use shard::CloudflareShard;
 pub use stats::{
     discard_pending_stats, pending_stats, recount_stats, set_stats_batching, stats_timer_needed,
     PendingStats, RowCount, StatsBatching,
@@ -68,7 +72,7 @@ use crate::slots::ShardMap;
 pub enum Cloudflare {}
 
 impl Backend for Cloudflare {
-    type Shard = D1Shard;
+    type Shard = CloudflareShard;
     type Directory = CloudflareDirectory;
     type Coordinator = CoordinatorClient;
 }
@@ -213,13 +217,21 @@ pub fn open_with(
         .shards
         .iter()
         .map(|s| {
-            let database = env.d1(&s.name).map_err(|e| binding(e, &s.name))?;
-            match reads {
-                ReadConsistency::Primary => Ok(D1Shard::new(&s.name, database)),
-                ReadConsistency::Sessions(start) => {
-                    D1Shard::with_session(&s.name, database, start, bookmarks.get(&s.name))
-                }
+            if let Some(namespace) = &s.durable_object {
+                let namespace = env
+                    .durable_object(namespace)
+                    .map_err(|e| binding(e, namespace))?;
+                return Ok(CloudflareShard::Object(ObjectShard::new(
+                    &s.name, namespace,
+                )));
             }
+            let database = env.d1(&s.name).map_err(|e| binding(e, &s.name))?;
+            Ok(CloudflareShard::D1(match reads {
+                ReadConsistency::Primary => D1Shard::new(&s.name, database),
+                ReadConsistency::Sessions(start) => {
+                    D1Shard::with_session(&s.name, database, start, bookmarks.get(&s.name))?
+                }
+            }))
         })
         .collect::<Result<Vec<_>>>()?;
     let (cache_key, directory) = match directory {

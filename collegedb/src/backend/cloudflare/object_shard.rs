@@ -1,0 +1,460 @@
+//! Shards on Durable Objects with SQLite storage: [`ObjectShard`] on the Worker's side, and
+//! [`serve_shard`] inside the object.
+//!
+//! Each shard is one object of a namespace the Worker binds once, named `collegedb-shard-<name>`
+//! after the shard, so a shard comes into being by name: adding one needs no binding and no
+//! deploy. The object runs the statements it receives on its own SQLite database
+//! (`ctx.storage.sql`), one request at a time, next to the data.
+//!
+//! The wire format is JSON with every value tagged (`"n"` for NULL, `{"i": 7}`, `{"r": 2.0}`,
+//! `{"t": "text"}`, `{"b": "00ff"}` for a blob in hex), so integers, reals, text, blobs and NULL
+//! arrive exactly as they were sent, both ways. Values are bound in the object as D1 binds them
+//! (numbers as JavaScript numbers, blobs as `ArrayBuffer`), so a column behaves the same on either
+//! kind of shard, and integers beyond ±(2^53 − 1) are refused before sending, as for D1.
+//!
+//! A batch runs inside the storage's synchronous transaction (`transactionSync`, which the
+//! `worker` crate does not wrap, so it is called here through JavaScript): all statements or
+//! none. The database's own error messages come back unchanged and map to the same typed errors
+//! as D1's (`QUERY_FAILED`, `DUPLICATE_KEY`, ...). An object holds at most
+//! [`MAX_OBJECT_BYTES`]; once its database reaches that size, statements that could grow it are
+//! refused with `SHARD_FULL`, while `DELETE` and `DROP` still run to make room.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use worker::js_sys::{Function, Reflect};
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::{
+    Method, ObjectNamespace, Request, RequestInit, Response, SqlStorage, SqlStorageValue, State,
+};
+
+use super::d1::to_js;
+use crate::backend::{Row, ShardConn, Statement};
+use crate::error::{Error, Result};
+use crate::value::Value;
+
+/// The most a Durable Object's SQLite storage holds: 10 GB.
+pub const MAX_OBJECT_BYTES: u64 = 10_000_000_000;
+
+/// A value on the wire, tagged so that nothing changes type on the way.
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire {
+    #[serde(rename = "n")]
+    Null,
+    #[serde(rename = "i")]
+    Integer(i64),
+    #[serde(rename = "r")]
+    Real(f64),
+    #[serde(rename = "t")]
+    Text(String),
+    #[serde(rename = "b")]
+    Blob(String),
+}
+
+impl Wire {
+    fn from_value(value: &Value) -> Wire {
+        match value {
+            Value::Null => Wire::Null,
+            Value::Integer(i) => Wire::Integer(*i),
+            Value::Real(f) => Wire::Real(*f),
+            Value::Text(s) => Wire::Text(s.clone()),
+            Value::Blob(b) => Wire::Blob(hex::encode(b)),
+        }
+    }
+
+    fn into_value(self) -> std::result::Result<Value, String> {
+        Ok(match self {
+            Wire::Null => Value::Null,
+            Wire::Integer(i) => Value::Integer(i),
+            Wire::Real(f) => Value::Real(f),
+            Wire::Text(s) => Value::Text(s),
+            Wire::Blob(hex_text) => {
+                Value::Blob(hex::decode(hex_text).map_err(|e| format!("bad blob: {e}"))?)
+            }
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Op {
+    Execute,
+    Query,
+    Batch,
+    Size,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireStatement {
+    sql: String,
+    params: Vec<Wire>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Call {
+    op: Op,
+    #[serde(default)]
+    statements: Vec<WireStatement>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reply {
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    rows: Vec<Vec<Wire>>,
+    #[serde(default)]
+    changes: Vec<u64>,
+    #[serde(default)]
+    size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Set with `error` when the object is full.
+    #[serde(default)]
+    full: bool,
+}
+
+/// One shard: a Durable Object with SQLite storage, in the namespace the Worker binds.
+pub struct ObjectShard {
+    name: String,
+    namespace: ObjectNamespace,
+}
+
+impl std::fmt::Debug for ObjectShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectShard")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl ObjectShard {
+    /// The shard `name` in `namespace` (a binding whose class calls [`serve_shard`]).
+    pub fn new(name: impl Into<String>, namespace: ObjectNamespace) -> Self {
+        ObjectShard {
+            name: name.into(),
+            namespace,
+        }
+    }
+
+    /// The shard's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The object's name in its namespace.
+    pub fn object_name(shard: &str) -> String {
+        format!("collegedb-shard-{shard}")
+    }
+
+    fn failed(&self, error: impl std::fmt::Display) -> Error {
+        Error::from_database(&self.name, error.to_string())
+    }
+
+    async fn call(&self, op: Op, statements: &[Statement]) -> Result<Reply> {
+        let call = Call {
+            op,
+            statements: statements
+                .iter()
+                .map(|s| WireStatement {
+                    sql: s.sql.clone(),
+                    params: s.params.iter().map(Wire::from_value).collect(),
+                })
+                .collect(),
+        };
+        for statement in statements {
+            for value in &statement.params {
+                value.check_bindable()?;
+            }
+        }
+        let body = serde_json::to_string(&call).map_err(|e| self.failed(e))?;
+        let stub = self
+            .namespace
+            .get_by_name(&Self::object_name(&self.name))
+            .map_err(|e| self.failed(e))?;
+        let mut init = RequestInit::new();
+        init.with_method(Method::Post).with_body(Some(body.into()));
+        let request = Request::new_with_init("https://collegedb-shard/sql", &init)
+            .map_err(|e| self.failed(e))?;
+        super::note_subrequest();
+        let mut response = stub
+            .fetch_with_request(request)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let reply: Reply = response.json().await.map_err(|e| self.failed(e))?;
+        match reply.error {
+            Some(message) if reply.full => Err(Error::ShardFull {
+                shard: self.name.clone(),
+                message,
+            }),
+            Some(message) => Err(self.failed(message)),
+            None => Ok(reply),
+        }
+    }
+}
+
+impl ShardConn for ObjectShard {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        let statement = Statement::new(sql, params.to_vec());
+        let reply = self
+            .call(Op::Execute, std::slice::from_ref(&statement))
+            .await?;
+        Ok(reply.changes.first().copied().unwrap_or(0))
+    }
+
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let statement = Statement::new(sql, params.to_vec());
+        let reply = self
+            .call(Op::Query, std::slice::from_ref(&statement))
+            .await?;
+        let columns: std::sync::Arc<[String]> = reply.columns.into();
+        reply
+            .rows
+            .into_iter()
+            .map(|row| {
+                let values = row
+                    .into_iter()
+                    .map(Wire::into_value)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| self.failed(e))?;
+                Ok(Row::new(columns.clone(), values))
+            })
+            .collect()
+    }
+
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
+        Ok(self.call(Op::Batch, statements).await?.changes)
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        Ok(self.call(Op::Size, &[]).await?.size)
+    }
+}
+
+/// A failure inside the object: the database's message, and whether the object is full.
+struct Failure {
+    message: String,
+    full: bool,
+}
+
+impl From<worker::Error> for Failure {
+    fn from(error: worker::Error) -> Self {
+        Failure {
+            message: error.to_string(),
+            full: false,
+        }
+    }
+}
+
+/// Serves one shard object's requests: call it from the `fetch` of the Worker's own
+/// `#[durable_object]` class, declared with `new_sqlite_classes` in `wrangler.toml`.
+///
+/// ```ignore
+/// #[durable_object]
+/// pub struct Shard { state: State }
+/// impl DurableObject for Shard {
+///     fn new(state: State, _env: Env) -> Self { Self { state } }
+///     async fn fetch(&self, req: Request) -> Result<Response> {
+///         cloudflare::serve_shard(&self.state, req).await
+///     }
+/// }
+/// ```
+pub async fn serve_shard(state: &State, mut request: Request) -> worker::Result<Response> {
+    serve_shard_with_limit(state, &mut request, MAX_OBJECT_BYTES).await
+}
+
+/// [`serve_shard`] with a smaller size limit than [`MAX_OBJECT_BYTES`] (to test `SHARD_FULL`
+/// without filling 10 GB).
+pub async fn serve_shard_with_limit(
+    state: &State,
+    request: &mut Request,
+    max_bytes: u64,
+) -> worker::Result<Response> {
+    let call: Call = match request.json().await {
+        Ok(call) => call,
+        Err(e) => return Response::error(format!("bad shard request: {e}"), 400),
+    };
+    let storage = state.storage();
+    let sql = storage.sql();
+    let outcome = match call.op {
+        Op::Size => Ok(Reply {
+            size: sql.database_size() as u64,
+            ..Reply::default()
+        }),
+        Op::Query => match call.statements.first() {
+            Some(statement) => query(&sql, statement),
+            None => Err(Failure::from(worker::Error::from("no statement"))),
+        },
+        Op::Execute | Op::Batch => {
+            room(&sql, &call.statements, max_bytes).and_then(|()| match call.op {
+                Op::Batch => batch(&storage, &sql, call.statements),
+                _ => call
+                    .statements
+                    .first()
+                    .ok_or_else(|| Failure::from(worker::Error::from("no statement")))
+                    .and_then(|statement| execute(&sql, statement))
+                    .map(|changes| Reply {
+                        changes: vec![changes],
+                        ..Reply::default()
+                    }),
+            })
+        }
+    };
+    Response::from_json(&match outcome {
+        Ok(reply) => reply,
+        Err(failure) => Reply {
+            error: Some(failure.message),
+            full: failure.full,
+            ..Reply::default()
+        },
+    })
+}
+
+/// Refuses statements that could grow a full database; `DELETE` and `DROP` make room.
+fn room(sql: &SqlStorage, statements: &[WireStatement], max_bytes: u64) -> Result<(), Failure> {
+    let size = sql.database_size() as u64;
+    if size < max_bytes {
+        return Ok(());
+    }
+    let shrinks = |text: &str| {
+        let head = text
+            .trim_start()
+            .get(..6)
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        head == "DELETE" || head.starts_with("DROP")
+    };
+    if statements.iter().all(|s| shrinks(&s.sql)) {
+        return Ok(());
+    }
+    Err(Failure {
+        message: format!(
+            "the object's database holds {size} bytes, at its limit of {max_bytes}: delete rows, or move keys to another shard"
+        ),
+        full: true,
+    })
+}
+
+fn bind(statement: &WireStatement) -> Result<Vec<JsValue>, Failure> {
+    statement
+        .params
+        .iter()
+        .map(|wire| {
+            let value = Wire::into_value(clone_wire(wire)).map_err(|message| Failure {
+                message,
+                full: false,
+            })?;
+            Ok(to_js(&value))
+        })
+        .collect()
+}
+
+fn clone_wire(wire: &Wire) -> Wire {
+    match wire {
+        Wire::Null => Wire::Null,
+        Wire::Integer(i) => Wire::Integer(*i),
+        Wire::Real(f) => Wire::Real(*f),
+        Wire::Text(s) => Wire::Text(s.clone()),
+        Wire::Blob(b) => Wire::Blob(b.clone()),
+    }
+}
+
+fn to_wire(value: SqlStorageValue) -> Wire {
+    match value {
+        SqlStorageValue::Null => Wire::Null,
+        SqlStorageValue::Boolean(b) => Wire::Integer(i64::from(b)),
+        SqlStorageValue::Integer(i) => Wire::Integer(i),
+        SqlStorageValue::Float(f) => Wire::Real(f),
+        SqlStorageValue::String(s) => Wire::Text(s),
+        SqlStorageValue::Blob(b) => Wire::Blob(hex::encode(b)),
+    }
+}
+
+fn query(sql: &SqlStorage, statement: &WireStatement) -> Result<Reply, Failure> {
+    let cursor = sql.exec_raw(&statement.sql, bind(statement)?)?;
+    let columns = cursor.column_names();
+    let rows = cursor
+        .raw()
+        .map(|row| Ok(row?.into_iter().map(to_wire).collect()))
+        .collect::<worker::Result<Vec<Vec<Wire>>>>()?;
+    Ok(Reply {
+        columns,
+        rows,
+        ..Reply::default()
+    })
+}
+
+/// Runs one statement to its end and returns the rows it changed (`changes()`, as D1 reports).
+fn execute(sql: &SqlStorage, statement: &WireStatement) -> Result<u64, Failure> {
+    let cursor = sql.exec_raw(&statement.sql, bind(statement)?)?;
+    for row in cursor.raw() {
+        row?;
+    }
+    let changes = sql.exec("SELECT changes()", None)?;
+    let value = changes
+        .raw()
+        .next()
+        .transpose()?
+        .and_then(|row| row.into_iter().next());
+    Ok(match value {
+        Some(SqlStorageValue::Integer(n)) => n.max(0) as u64,
+        Some(SqlStorageValue::Float(n)) => n.max(0.0) as u64,
+        _ => 0,
+    })
+}
+
+/// What the batch inside `transactionSync` did: rows changed per statement, or the failure.
+type BatchOutcome = Result<Vec<u64>, Failure>;
+
+/// Runs every statement inside `transactionSync`: a failure rolls all of them back.
+fn batch(
+    storage: &worker::Storage,
+    sql: &SqlStorage,
+    statements: Vec<WireStatement>,
+) -> Result<Reply, Failure> {
+    let raw: &JsValue = storage.as_raw().as_ref();
+    let transaction: Function = Reflect::get(raw, &"transactionSync".into())
+        .and_then(|f| f.dyn_into::<Function>())
+        .map_err(|_| Failure {
+            message: "this object's storage has no transactionSync: declare the class in new_sqlite_classes".into(),
+            full: false,
+        })?;
+    let outcome: Rc<RefCell<Option<BatchOutcome>>> = Rc::new(RefCell::new(None));
+    let sql = sql.clone();
+    let written = outcome.clone();
+    let body = Closure::once(move || -> std::result::Result<(), JsValue> {
+        let mut changes = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            match execute(&sql, statement) {
+                Ok(n) => changes.push(n),
+                Err(failure) => {
+                    let error = JsValue::from(worker::js_sys::Error::new(&failure.message));
+                    *written.borrow_mut() = Some(Err(failure));
+                    // Throwing rolls the transaction back.
+                    return Err(error);
+                }
+            }
+        }
+        *written.borrow_mut() = Some(Ok(changes));
+        Ok(())
+    });
+    let called = transaction.call1(raw, body.as_ref().unchecked_ref());
+    let recorded = outcome.borrow_mut().take();
+    match (called, recorded) {
+        (Ok(_), Some(Ok(changes))) => Ok(Reply {
+            changes,
+            ..Reply::default()
+        }),
+        (_, Some(Err(failure))) => Err(failure),
+        (Err(error), _) => Err(Failure {
+            message: format!("{error:?}"),
+            full: false,
+        }),
+        (Ok(_), None) => Err(Failure {
+            message: "transactionSync did not run the batch".into(),
+            full: false,
+        }),
+    }
+}
