@@ -32,6 +32,9 @@
 //! | `POST /admin/migrate` | applies the example's `migrations/` (compiled in) to every shard, each migration in one transaction with its record: `{"applied": [[shard, version], ...], "shards": {shard: version}}`; a shard that refuses one answers 500 `MIGRATION_FAILED` saying where every shard stands |
 //! | `GET /admin/schema` | every model against its table on every shard (`schema_drift`): `{"clean": bool, "report": text}` |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
+//! | `GET /admin/health` | probes every shard, the directory and the coordinator, each within 2 s: one entry per component (`ok`, `latency_us`, `error`, `code`); 503 if one fails |
+//! | `GET /admin/metrics` | routed calls per shard since the isolate started: calls, rows, errors by code, a latency histogram (per isolate: see [`dashboard`]) |
+//! | `GET /admin/dashboard` | the HTML dashboard: shards with rows, bytes and fill against D1's 10 GB, health, directory size, moves, migrations, blocks, error rates; refreshes itself from `GET /admin/dashboard.json` every 2 s |
 //! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator); `{"holdLease": ms}` gives the operation's lease to another runner for `ms`, as a slice killed in the middle leaves it |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
@@ -53,6 +56,8 @@
 //! shows the progress, and sets the runner's alarm again if it was lost. The runner consults the
 //! Durable Object directory: rows placed through `?dir=kv` are not known to it, so grow a
 //! deployment that uses one directory.
+
+mod dashboard;
 
 use collegedb::backend::cloudflare::{self, Cloudflare, DirectoryChoice};
 use collegedb::directory::Directory;
@@ -631,6 +636,10 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             start_growth(db, env, &mut req, shard, operation).await
         }
         (Method::Get, ["admin", "growth"]) => growth_status(db, env).await,
+        (Method::Get, ["admin", "health"]) => dashboard::health(db).await,
+        (Method::Get, ["admin", "metrics"]) => dashboard::metrics(db),
+        (Method::Get, ["admin", "dashboard"]) => dashboard::page(db).await,
+        (Method::Get, ["admin", "dashboard.json"]) => dashboard::data(db).await,
         (Method::Post, ["admin", "growth", "fault"]) => {
             let body = req.text().await?;
             let stub = env
