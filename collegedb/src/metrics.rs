@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::backend::{Backend, Row};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::router::CollegeDb;
 
 /// Histogram buckets: bucket `i` counts latencies below `2^i` microseconds (and at least
@@ -177,6 +177,17 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The code a failed call is counted under: the error's own, except that a unique-key violation
+/// counts as `DUPLICATE_KEY`, as the typed layer reports it, not as a failed query.
+fn code_of(error: &Error) -> &'static str {
+    match error {
+        Error::QueryFailed { message, .. } if message.contains("UNIQUE constraint failed") => {
+            "DUPLICATE_KEY"
+        }
+        other => other.code(),
     }
 }
 
@@ -348,7 +359,7 @@ impl<B: Backend> CollegeDb<B> {
         let micros = started.elapsed_us();
         let rows = result.rows();
         let code = match &result {
-            Err(error) if !crate::fence::reroutes(error) => Some(error.code()),
+            Err(error) if !crate::fence::reroutes(error) => Some(code_of(error)),
             _ => None,
         };
         self.metrics_registry().record(index, micros, rows, code);

@@ -284,6 +284,21 @@ fn metrics_count_calls_rows_and_errors_per_shard() {
         assert!(now.latency.quantile_us(0.5).is_some());
     }
 
+    // A duplicate key is counted as such, on the shard that refused it.
+    let first = &users[0];
+    let home = block_on(User::locate(&db, first.id.as_str()))
+        .unwrap()
+        .unwrap();
+    assert!(block_on(User::insert(&db, first)).is_err());
+    let dup = db.metrics();
+    assert_eq!(
+        dup.shard(&home)
+            .unwrap()
+            .errors_by_code
+            .get("DUPLICATE_KEY"),
+        Some(&1)
+    );
+
     // A failing shard: its calls fail, counted by code, on that shard only.
     switches.shards[0].set(FAIL);
     let on_a = users
@@ -299,9 +314,13 @@ fn metrics_count_calls_rows_and_errors_per_shard() {
     let down = db.metrics();
     let a = down.shard("a").unwrap();
     assert!(a.errors >= 1);
-    assert_eq!(a.errors_by_code.get("SHARD_UNAVAILABLE"), Some(&a.errors));
+    let dup_on_a = u64::from(home == "a");
+    assert_eq!(
+        a.errors_by_code.get("SHARD_UNAVAILABLE"),
+        Some(&(a.errors - dup_on_a))
+    );
     assert!(a.error_rate() > 0.0);
-    assert_eq!(down.shard("b").unwrap().errors, 0);
+    assert_eq!(down.shard("b").unwrap().errors, u64::from(home == "b"));
     switches.shards[0].set(OK);
 }
 
