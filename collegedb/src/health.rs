@@ -149,15 +149,9 @@ impl<B: Backend> CollegeDb<B> {
             Mutex::new((0..shards + 2).map(|_| None).collect());
         let answers_ref = &answers;
         let probes = (0..shards + 2).map(|index| async move {
-            let started = crate::growth::now_ms();
-            #[cfg(not(target_arch = "wasm32"))]
-            let clock = std::time::Instant::now();
+            let started = crate::metrics::Stamp::now();
             let outcome = self.probe(index).await;
-            #[cfg(not(target_arch = "wasm32"))]
-            let micros = clock.elapsed().as_micros() as u64;
-            #[cfg(target_arch = "wasm32")]
-            let micros = crate::growth::now_ms().saturating_sub(started) * 1000;
-            let _ = started;
+            let micros = started.elapsed_us();
             answers_ref.lock().unwrap_or_else(|p| p.into_inner())[index] = Some((micros, outcome));
         });
         within(limit, futures_util::future::join_all(probes)).await;

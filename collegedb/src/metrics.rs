@@ -286,7 +286,7 @@ impl Latency {
 
 /// A point in time for measuring a call's latency.
 #[derive(Clone, Copy)]
-struct Stamp {
+pub(crate) struct Stamp {
     #[cfg(not(target_arch = "wasm32"))]
     at: std::time::Instant,
     #[cfg(target_arch = "wasm32")]
@@ -295,7 +295,7 @@ struct Stamp {
 
 impl Stamp {
     #[inline]
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         Stamp {
             #[cfg(not(target_arch = "wasm32"))]
             at: std::time::Instant::now(),
@@ -305,7 +305,7 @@ impl Stamp {
     }
 
     #[inline]
-    fn elapsed_us(self) -> u64 {
+    pub(crate) fn elapsed_us(self) -> u64 {
         #[cfg(not(target_arch = "wasm32"))]
         {
             self.at.elapsed().as_micros() as u64
