@@ -4,7 +4,8 @@
 #   scripts/test.sh    formatting, clippy and docs; all native tests and doc tests; the quickstart;
 #                      then the Cloudflare part: the wasm toolchain (installed once), clippy for
 #                      wasm32, the Worker example's release build and its end-to-end tests in
-#                      local workerd.
+#                      local workerd; and the dashboard in headless Chromium (installed once),
+#                      served natively by `collegedb dashboard` and by the Worker example.
 #
 # Environment: COLLEGEDB_SKIP_LINT=1 skips formatting, clippy and docs; COLLEGEDB_NATIVE_ONLY=1
 # skips the Cloudflare part (both for a quick local loop only). COLLEGEDB_TOOLS_DIR moves the
@@ -68,6 +69,12 @@ if [ "${COLLEGEDB_SKIP_LINT:-0}" != 1 ]; then
   )
 fi
 
+section "browser for the dashboard tests (Debian's chromium, puppeteer-core; installed once)"
+scripts/install-browser.sh
+
+section "the dashboard in headless Chromium, served by collegedb dashboard (screenshot: target/dashboard/native.png)"
+cargo test --quiet -p collegedb-cli --features browser --test dashboard
+
 section "build the Worker example (worker-build --release)"
 mkdir -p target
 if ! scripts/build-worker.sh > target/worker-build.log 2>&1; then
@@ -79,5 +86,5 @@ grep -E "Finished|Done in" target/worker-build.log || true
 wasm=examples/worker/build/index_bg.wasm
 printf 'bundle: %s bytes raw, %s bytes gzip\n' "$(wc -c < "$wasm")" "$(gzip -9 -c "$wasm" | wc -c)"
 
-section "end-to-end tests in local workerd (D1, KV, Durable Objects; growth with a kill mid-job)"
+section "end-to-end tests in local workerd (D1, KV, Durable Objects; growth with a kill mid-job; the dashboard in headless Chromium)"
 cargo test --quiet -p collegedb-tests --features workerd --test workerd --test workerd_growth

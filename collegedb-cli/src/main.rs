@@ -22,6 +22,13 @@
 //!                                         apply a folder of 0001_name.sql migrations to every
 //!                                         shard, each in one transaction; --status: where each
 //!                                         shard stands
+//! collegedb health <folder> [--timeout-ms N]
+//!                                         probe every shard, the directory and the
+//!                                         coordinator, each within a time bound; exits 1 if
+//!                                         one fails
+//! collegedb dashboard <folder> [--port N]  serve the HTML dashboard (shards, rows, fill against
+//!                                         D1's 10 GB, health, moves, migrations, errors) and
+//!                                         its JSON on 127.0.0.1 until stopped (Ctrl-C)
 //! ```
 //!
 //! The tool needs no configuration: the shard map is stored in the folder, and every other
@@ -30,10 +37,11 @@
 //! journaled, so a killed run is finished by `resume` (or by running the same command again), and
 //! no other operation starts until then. See the library's `growth` module and docs/growth.md.
 //!
-//! Exit codes: 0 done (including "nothing to do"); 1 `verify` or `adopt` found a problem, or a
-//! drained shard's file still holds rows (so `drain-shard && rm` cannot lose them); 2 an error
-//! (printed as `error [CODE]: message`) or bad usage.
+//! Exit codes: 0 done (including "nothing to do"); 1 `verify` or `adopt` found a problem, `health`
+//! a failing component, or a drained shard's file still holds rows (so `drain-shard && rm` cannot
+//! lose them); 2 an error (printed as `error [CODE]: message`) or bad usage.
 
+mod dashboard;
 mod deployment;
 mod growth;
 mod migrate;
@@ -133,6 +141,24 @@ enum Command {
     Resume {
         /// The deployment's folder.
         folder: PathBuf,
+    },
+    /// Probe every shard of the map, the directory and the coordinator, each within a time
+    /// bound, and print one line per component; exit 1 if one fails.
+    Health {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The time bound of each probe, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Serve the dashboard page and its JSON (`/dashboard.json`, `/health.json`,
+    /// `/metrics.json`) on 127.0.0.1, reading the shards anew on every request, until stopped.
+    Dashboard {
+        /// The deployment's folder.
+        folder: PathBuf,
+        /// The port (0: any free port; the URL is printed).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
     },
 }
 
@@ -245,6 +271,10 @@ fn main() -> ExitCode {
             int,
         } => growth::reassign(&folder, &table, &key, int, &shard),
         Command::Resume { folder } => growth::resume(&folder),
+        Command::Health { folder, timeout_ms } => {
+            dashboard::health(&folder, std::time::Duration::from_millis(timeout_ms))
+        }
+        Command::Dashboard { folder, port } => dashboard::serve(&folder, port),
         Command::Migrate {
             folder,
             migrations,

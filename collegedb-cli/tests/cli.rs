@@ -568,3 +568,27 @@ fn migrate_applies_a_folder_to_every_shard_and_reports_a_failure() {
         "{out}"
     );
 }
+
+#[test]
+fn health_probes_every_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let db =
+        CollegeDb::open_embedded(Config::with_shard_names(["east", "west"]), dir.path()).unwrap();
+    pollster::block_on(Note::create_table(&db)).unwrap();
+    drop(db);
+    let (code, out) = tool(&["health", folder, "--timeout-ms", "1500"]);
+    assert_eq!(code, 0, "{out}");
+    for component in ["shard east", "shard west", "directory", "coordinator"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.contains(component)),
+            "{component}: {out}"
+        );
+    }
+    assert!(out.trim_end().ends_with("healthy"), "{out}");
+    // Not a deployment: an error, exit 2.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out) = tool(&["health", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+}

@@ -9,6 +9,7 @@ use crate::config::Strategy;
 use crate::error::{Error, Result};
 use crate::fence;
 use crate::key::{Key, ShardKey};
+use crate::metrics::Op;
 use crate::model::Model;
 use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
@@ -163,9 +164,13 @@ pub(crate) async fn query_owner<B: Backend>(
                     }
                 }
                 None => {
+                    let shard = db.shard(lookup.shard);
                     let rows = db
-                        .shard(lookup.shard)
-                        .query(query.sql, query.params)
+                        .metered(
+                            lookup.shard,
+                            Op::Query,
+                            shard.query(query.sql, query.params),
+                        )
                         .await?;
                     if rows.is_empty() {
                         Attempt::Miss
@@ -221,7 +226,10 @@ async fn write_once<B: Backend>(
             let params = with_fence(write.params, fence_value);
             let changed = match write.cost {
                 Cost::Point => fence::execute(db, shard, fenced, &params).await?,
-                Cost::Unknown => db.shard(shard).execute_raw(fenced, &params).await?,
+                Cost::Unknown => {
+                    let call = db.shard(shard).execute_raw(fenced, &params);
+                    db.metered(shard, Op::Execute, call).await?
+                }
             };
             if changed == 0 && !fence::admits(db, shard, fence_value).await? {
                 return Ok(Attempt::NotOwned);

@@ -34,6 +34,7 @@
 
 use crate::backend::{Backend, ShardConn, Statement};
 use crate::error::{Error, Result};
+use crate::metrics::Op;
 use crate::router::CollegeDb;
 use crate::value::Value;
 
@@ -88,6 +89,12 @@ const LIST: &str = "SELECT slot FROM _collegedb_slots WHERE slot >= 0 ORDER BY s
 
 /// Whether `error` says a shard lacks the fence or the marker table (data from before they
 /// existed, or a shard never opened by the router).
+/// Whether `error` is one of the shard's answers that make the router re-route or set up the
+/// fence and try again, rather than a failure (see [`crate::metrics`]).
+pub(crate) fn reroutes(error: &Error) -> bool {
+    missing(error) || refusal(error).is_some()
+}
+
 pub(crate) fn missing(error: &Error) -> bool {
     matches!(error, Error::QueryFailed { message, .. }
         if message.contains("no such table: _collegedb_slots")
@@ -173,10 +180,11 @@ pub(crate) async fn query<B: Backend>(
     sql: &str,
     params: &[Value],
 ) -> Result<Vec<crate::backend::Row>> {
-    match db.shard(index).query(sql, params).await {
+    let call = || db.metered(index, Op::Query, db.shard(index).query(sql, params));
+    match call().await {
         Err(error) if missing(&error) => {
             ensure(db, index).await?;
-            db.shard(index).query(sql, params).await
+            call().await
         }
         result => result,
     }
@@ -189,10 +197,11 @@ pub(crate) async fn execute<B: Backend>(
     sql: &str,
     params: &[Value],
 ) -> Result<u64> {
-    match db.shard(index).execute(sql, params).await {
+    let call = || db.metered(index, Op::Execute, db.shard(index).execute(sql, params));
+    match call().await {
         Err(error) if missing(&error) => {
             ensure(db, index).await?;
-            db.shard(index).execute(sql, params).await
+            call().await
         }
         result => result,
     }
@@ -217,10 +226,11 @@ pub(crate) async fn guarded_batch<B: Backend>(
     }
     let guards = all.len();
     all.extend_from_slice(statements);
-    let mut result = db.shard(index).batch(&all).await;
+    let call = || db.metered(index, Op::Batch, db.shard(index).batch(&all));
+    let mut result = call().await;
     if matches!(&result, Err(error) if missing(error)) {
         ensure(db, index).await?;
-        result = db.shard(index).batch(&all).await;
+        result = call().await;
     }
     match result {
         Ok(changed) => Ok(Ok(changed[guards..].to_vec())),

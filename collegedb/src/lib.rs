@@ -48,6 +48,9 @@
 //! | [`growth`] | adding and draining shards of a live deployment: moves, journal, status |
 //! | [`adopt`] | taking over databases that already hold rows |
 //! | [`verify`] | an fsck of placement: rows not where the router looks, keys on two shards |
+//! | [`health`] | a bounded-time probe of every shard, the directory and the coordinator |
+//! | [`metrics`] | per-shard counters and latency histograms of routed calls, `tracing` spans |
+//! | [`dashboard`] | the data of the HTML dashboard, and the page |
 //! | [`error`] | the error type and its stable codes |
 
 #![warn(missing_docs)]
@@ -57,13 +60,16 @@ pub mod backend;
 pub mod bulk;
 pub mod config;
 pub mod crud;
+pub mod dashboard;
 pub mod directory;
 pub mod error;
 pub mod fence;
 pub mod geo;
 pub mod growth;
+pub mod health;
 pub mod key;
 pub mod marker;
+pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod placement;
@@ -85,7 +91,9 @@ pub use bulk::InsertReport;
 pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, Strategy};
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
 pub use growth::{GrowthOptions, GrowthStatus, Job};
+pub use health::{ComponentHealth, ComponentKind, Health};
 pub use key::{Key, MAX_KEY_BYTES};
+pub use metrics::MetricsSnapshot;
 pub use model::{Model, MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
 pub use query::{Filter, Query};
 pub use raw::{Scatter, ShardStats, TableScope};

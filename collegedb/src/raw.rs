@@ -76,14 +76,16 @@ impl<B: Backend> CollegeDb<B> {
     pub async fn run_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<u64> {
         check_statement(sql, params)?;
         let index = self.shard_by_name(shard)?;
-        self.shard(index).execute_raw(sql, params).await
+        let call = self.shard(index).execute_raw(sql, params);
+        self.metered(index, crate::metrics::Op::Execute, call).await
     }
 
     /// Runs a query on the named shard.
     pub async fn all_shard(&self, shard: &str, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         check_statement(sql, params)?;
         let index = self.shard_by_name(shard)?;
-        self.shard(index).query(sql, params).await
+        let call = self.shard(index).query(sql, params);
+        self.metered(index, crate::metrics::Op::Query, call).await
     }
 
     /// Runs a query on the named shard and returns its first row.

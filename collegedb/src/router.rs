@@ -29,6 +29,7 @@ use crate::config::{Config, CoordinatorFallback, Region, Strategies, Strategy};
 use crate::directory::{Directory, DirectoryCache};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::metrics::Metrics;
 use crate::placement::Placer;
 use crate::slots::{slot_of, ShardMap, SLOTS};
 
@@ -83,6 +84,8 @@ struct Inner<B: Backend> {
     /// Calls to the directory store (cache hits excluded).
     directory_reads: AtomicU64,
     directory_writes: AtomicU64,
+    /// Counters of the calls routed to each shard (see [`crate::metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 /// Calls a handle made to its directory store; cache hits are not counted.
@@ -131,7 +134,7 @@ impl CollegeDb<crate::backend::embedded::Embedded> {
         let (shards, directory, coordinator, map) =
             crate::backend::embedded::open(folder.as_ref(), &names, &options)?;
         let cache = Arc::new(DirectoryCache::new(config.directory_cache_capacity));
-        Self::assemble(config, (shards, directory, coordinator), cache, map)
+        Self::assemble(config, (shards, directory, coordinator), cache, map, None)
     }
 }
 
@@ -156,6 +159,20 @@ impl<B: Backend> CollegeDb<B> {
         coordinator: B::Coordinator,
         cache: Arc<DirectoryCache>,
     ) -> Result<Self> {
+        Self::from_parts_shared(config, shards, directory, coordinator, cache, None)
+    }
+
+    /// Like [`CollegeDb::from_parts_with_cache`], also sharing `metrics` (see
+    /// [`crate::metrics`]) with other handles, such as the per-request handles of one Worker
+    /// isolate; `None` starts new counters. `metrics` must count the configured shards, in order.
+    pub fn from_parts_shared(
+        config: Config,
+        shards: Vec<B::Shard>,
+        directory: B::Directory,
+        coordinator: B::Coordinator,
+        cache: Arc<DirectoryCache>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self> {
         // Route by the newest map another handle of this cache has seen, else by the configured
         // list's seed; a stored map that differs is loaded the first time a shard's fence
         // refuses a statement.
@@ -164,7 +181,13 @@ impl<B: Backend> CollegeDb<B> {
             Some(known) => (*known).clone(),
             None => ShardMap::seed(&names)?,
         };
-        Self::assemble(config, (shards, directory, coordinator), cache, map)
+        Self::assemble(
+            config,
+            (shards, directory, coordinator),
+            cache,
+            map,
+            metrics,
+        )
     }
 
     fn assemble(
@@ -172,6 +195,7 @@ impl<B: Backend> CollegeDb<B> {
         (shards, directory, coordinator): (Vec<B::Shard>, B::Directory, B::Coordinator),
         cache: Arc<DirectoryCache>,
         map: ShardMap,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Self> {
         config.validate()?;
         if shards.len() != config.shards.len() {
@@ -188,6 +212,16 @@ impl<B: Backend> CollegeDb<B> {
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let routing = Routing::new(&config, &shard_index, map)?;
+        let names = config.shards.iter().map(|s| s.name.as_str());
+        let metrics = match metrics {
+            Some(metrics) if metrics.shard_names().eq(names.clone()) => metrics,
+            Some(_) => {
+                return Err(Error::config(
+                    "shared metrics count other shards than the configuration lists",
+                ))
+            }
+            None => Arc::new(Metrics::new(names)),
+        };
         cache.remember_map(&routing.map);
         let region = config.target_region;
         Ok(CollegeDb {
@@ -198,6 +232,7 @@ impl<B: Backend> CollegeDb<B> {
                 directory_reads: AtomicU64::new(0),
                 directory_writes: AtomicU64::new(0),
                 pending_rows: Mutex::new(HashMap::new()),
+                metrics,
                 config,
                 shards,
                 shard_index,
@@ -271,6 +306,12 @@ impl<B: Backend> CollegeDb<B> {
     /// The in-memory directory cache.
     pub fn directory_cache(&self) -> &DirectoryCache {
         &self.inner.cache
+    }
+
+    /// The counters behind [`CollegeDb::metrics`], to share with other handles (see
+    /// [`CollegeDb::from_parts_shared`]).
+    pub fn metrics_registry(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub(crate) fn shards(&self) -> &[B::Shard] {
@@ -783,7 +824,7 @@ impl Backoff {
 
 /// Waits without holding an executor thread: on the blocking pool natively, on a timer in a
 /// Worker. Builds without either only yield.
-async fn pause(duration: std::time::Duration) {
+pub(crate) async fn pause(duration: std::time::Duration) {
     #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
     blocking::unblock(move || std::thread::sleep(duration)).await;
     #[cfg(all(feature = "cloudflare", target_arch = "wasm32"))]

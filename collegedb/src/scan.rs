@@ -230,12 +230,13 @@ async fn fetch<M: Model, B: Backend>(
             }
         })
         .collect();
-    let results = futures_util::future::join_all(
-        requests
-            .iter()
-            .zip(&statements)
-            .map(|(&(stream, _), (sql, params))| db.shard(serving[stream]).query(sql, params)),
-    )
+    let results = futures_util::future::join_all(requests.iter().zip(&statements).map(
+        |(&(stream, _), (sql, params))| {
+            let index = serving[stream];
+            let call = db.shard(index).query(sql, params);
+            db.metered(index, crate::metrics::Op::Query, call)
+        },
+    ))
     .await;
     for (&(shard, asked), result) in requests.iter().zip(results) {
         let rows = result?;

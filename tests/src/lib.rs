@@ -1,5 +1,7 @@
 //! Shared models and helpers for collegedb's integration tests.
 
+#[cfg(feature = "browser")]
+pub mod browser;
 #[cfg(feature = "workerd")]
 pub mod workerd;
 

@@ -185,7 +185,97 @@ fn scenarios(server: &Workerd) {
     fence_sql_runs_on_d1(server);
     migrations_reach_every_shard_once_and_models_match_the_tables(server);
     typed_queries_run_on_d1(server);
+    health_metrics_and_the_dashboard_in_a_browser(server);
     flush_empties_everything(server);
+}
+
+/// Rows per shard over every table, as the shards count them (the standby shard included).
+fn all_rows_per_shard(server: &Workerd) -> BTreeMap<String, u64> {
+    let stats = server.get("/stats");
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    stats
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["shard"].as_str().unwrap().to_owned(),
+                s["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `/admin/health` probes every D1 shard, the directory and the coordinator; `/admin/metrics`
+/// counts this isolate's routed calls; `/admin/dashboard` in headless Chromium lists every shard
+/// and shows rows written after it loaded, by itself.
+fn health_metrics_and_the_dashboard_in_a_browser(server: &Workerd) {
+    let health = server.get("/admin/health");
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert_eq!(health.json["ok"], true, "{}", health.text);
+    let components: Vec<(String, String, bool)> = health.json["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_owned(),
+                c["name"].as_str().unwrap().to_owned(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let mut expected: Vec<(String, String, bool)> = SHARDS
+        .iter()
+        .chain([&STANDBY])
+        .map(|s| ("shard".to_owned(), (*s).to_owned(), true))
+        .collect();
+    expected.push(("directory".into(), "directory".into(), true));
+    expected.push(("coordinator".into(), "coordinator".into(), true));
+    assert_eq!(components, expected, "{}", health.text);
+
+    // Reads and writes of this test went through this isolate's handles.
+    let user_id = "metrics-probe";
+    assert_eq!(server.post("/users", &user(user_id)).status, 201);
+    assert_eq!(server.get(&format!("/users/{user_id}")).status, 200);
+    let metrics = server.get("/admin/metrics");
+    assert_eq!(metrics.status, 200, "{}", metrics.text);
+    let shards = metrics.json["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4, "{}", metrics.text);
+    let calls: u64 = shards.iter().map(|s| s["calls"].as_u64().unwrap()).sum();
+    let rows: u64 = shards.iter().map(|s| s["rows"].as_u64().unwrap()).sum();
+    assert!(calls >= 2 && rows >= 2, "{}", metrics.text);
+
+    let json = server.get("/admin/dashboard.json");
+    assert_eq!(json.status, 200, "{}", json.text);
+    assert_eq!(json.json["shards"].as_array().unwrap().len(), 4);
+    assert_eq!(json.json["blocks"]["count"], 0);
+
+    let screenshot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard/workerd.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let names: Vec<&str> = SHARDS.iter().chain([&STANDBY]).copied().collect();
+    let url = format!("{}/admin/dashboard", server.base());
+    let mut browser = collegedb_tests::browser::Browser::open(&url, &names, &screenshot);
+    let shown = browser.ready();
+    let before = all_rows_per_shard(server);
+    assert_eq!(shown, before, "the page's first rows");
+    for i in 0..24 {
+        let reply = server.post("/users", &user(&format!("dash-{i:02}")));
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+    let after = all_rows_per_shard(server);
+    assert_eq!(
+        after.values().sum::<u64>(),
+        before.values().sum::<u64>() + 24
+    );
+    browser.expect(&after);
+    browser.finish();
+    assert!(
+        screenshot.metadata().unwrap().len() > 10_000,
+        "a screenshot"
+    );
 }
 
 /// The typed-query layer on D1: a filtered, ordered keyset walk across the shards, a count, a

@@ -207,6 +207,12 @@ pub trait Coordinator: MaybeSync + 'static {
         async { Ok(()) }
     }
 
+    /// Checks that the coordinator answers, for [`CollegeDb::health`](crate::CollegeDb::health).
+    /// The default reads the stored shard map (a coordinator that stores none answers at once).
+    fn probe(&self) -> impl Future<Output = Result<()>> + MaybeSend {
+        async { self.load_map().await.map(drop) }
+    }
+
     /// The stored shard map (see [`crate::slots`]), or `None` when this coordinator stores none
     /// and the configured list's seed is the map.
     fn load_map(&self) -> impl Future<Output = Result<Option<ShardMap>>> + MaybeSend {

@@ -127,10 +127,10 @@ pub(crate) async fn fan_out<B: Backend>(
     let serving = db.serving_shards();
     let mut results = Vec::with_capacity(serving.len());
     for wave in serving.chunks(concurrency.max(1)) {
-        let answers = futures_util::future::join_all(
-            wave.iter()
-                .map(|&i| db.shard(i).query(&statement.sql, &statement.params)),
-        )
+        let answers = futures_util::future::join_all(wave.iter().map(|&i| {
+            let call = db.shard(i).query(&statement.sql, &statement.params);
+            db.metered(i, crate::metrics::Op::Query, call)
+        }))
         .await;
         results.extend(wave.iter().copied().zip(answers));
     }

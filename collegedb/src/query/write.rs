@@ -243,7 +243,8 @@ async fn on_shard<M: Model, B: Backend>(
         select.and_where(render(node)?);
     }
     let listed = super::route::build(&select, 0)?;
-    let rows = db.shard(shard).query(&listed.sql, &listed.params).await?;
+    let call = db.shard(shard).query(&listed.sql, &listed.params);
+    let rows = db.metered(shard, crate::metrics::Op::Query, call).await?;
     if rows.is_empty() {
         return Ok(Some(0));
     }

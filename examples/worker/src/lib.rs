@@ -32,11 +32,20 @@
 //! | `POST /admin/migrate` | applies the example's `migrations/` (compiled in) to every shard, each migration in one transaction with its record: `{"applied": [[shard, version], ...], "shards": {shard: version}}`; a shard that refuses one answers 500 `MIGRATION_FAILED` saying where every shard stands |
 //! | `GET /admin/schema` | every model against its table on every shard (`schema_drift`): `{"clean": bool, "report": text}` |
 //! | `GET /admin/growth` | the map's version, every shard's slots, the operation in progress (phase, rows copied, deleted and estimated, rate, ETA), the last one, and the runner's counters |
+//! | `GET /whereami` | what `request.cf` says about where the request arrived (continent, country, coordinates), the region it maps to, and the region this request's handle places `location` keys in |
+//! | `GET /admin/config` | the configuration built from the environment (`COLLEGEDB_CONFIG`), and the shards that serve rows at first; `?var=NAME` reads another var, `?prefix=DB_` discovers the D1 bindings by prefix |
+//! | `GET /admin/health` | probes every shard, the directory and the coordinator, each within 2 s: one entry per component (`ok`, `latency_us`, `error`, `code`); 503 if one fails |
+//! | `GET /admin/metrics` | routed calls per shard since the isolate started: calls, rows, errors by code, a latency histogram (per isolate: see [`dashboard`]) |
+//! | `GET /admin/dashboard` | the HTML dashboard: shards with rows, bytes and fill against D1's 10 GB, health, directory size, moves, migrations, blocks, error rates; refreshes itself from `GET /admin/dashboard.json` every 2 s |
 //! | `POST /admin/growth/fault` | fault injection for tests: `{"loseAlarm": true}` deletes the runner's alarm as a lost alarm would be (the next admin request sets it again), answering `{"alarmAt": null, "alarms": n}`; `{"failAlarms": n}` makes the next `n` alarms fail (their handle reaches a Durable Object that is not the coordinator); `{"holdLease": ms}` gives the operation's lease to another runner for `ms`, as a slice killed in the middle leaves it |
 //!
 //! Every response carries `x-collegedb-directory-ops: <reads>,<writes>`: the directory store calls
 //! the request made. `?dir=kv` selects the KV directory (default: the Durable Object directory);
-//! `?region=weur` sets the target region of `location` placement (default `enam`).
+//! `?region=weur` sets the target region of `location` placement (default: the region
+//! `request.cf` names, else the configured `target_region`; `GET /whereami` shows it).
+//! `?reads=first-primary` or `?reads=first-unconstrained` reads through D1 sessions, as does a
+//! request that sends `x-collegedb-bookmarks`; such responses carry the latest bookmarks back.
+//! The configuration comes from the `COLLEGEDB_CONFIG` var in `wrangler.toml`.
 //!
 //! Statistics cost no coordinator call per write: after each response the handle's row-count
 //! changes join the isolate's batch, which is sent at most 10 s after its first change (by a
@@ -46,13 +55,15 @@
 //! resets them from the shards. The exact numbers are always `GET /stats`.
 //!
 //! Growth: `DB_APAC` is configured but owns no slots (the stored map is seeded from the other
-//! three, once, by the first request of the deployment: see [`INITIAL_SHARDS`]). `POST
+//! three, once, by the first request of the deployment: see [`STANDBY_VAR`]). `POST
 //! /admin/shards/DB_APAC/add` journals the operation in the coordinator and sets the alarm of the
 //! `GrowthRunner` object, which advances it in bounded slices (see
 //! [`cloudflare::RunnerSettings`]) while the routes above keep serving; `GET /admin/growth`
 //! shows the progress, and sets the runner's alarm again if it was lost. The runner consults the
 //! Durable Object directory: rows placed through `?dir=kv` are not known to it, so grow a
 //! deployment that uses one directory.
+
+mod dashboard;
 
 use collegedb::backend::cloudflare::{self, Cloudflare, ConfigSource, DirectoryChoice};
 use collegedb::directory::Directory;
@@ -728,6 +739,10 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             start_growth(db, env, &mut req, shard, operation).await
         }
         (Method::Get, ["admin", "growth"]) => growth_status(db, env).await,
+        (Method::Get, ["admin", "health"]) => dashboard::health(db).await,
+        (Method::Get, ["admin", "metrics"]) => dashboard::metrics(db),
+        (Method::Get, ["admin", "dashboard"]) => dashboard::page(db).await,
+        (Method::Get, ["admin", "dashboard.json"]) => dashboard::data(db).await,
         (Method::Post, ["admin", "growth", "fault"]) => {
             let body = req.text().await?;
             let stub = env

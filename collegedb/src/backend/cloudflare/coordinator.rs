@@ -308,6 +308,10 @@ fn job_path(name: &str) -> String {
 }
 
 impl Coordinator for CoordinatorClient {
+    async fn probe(&self) -> Result<()> {
+        self.health().await.map(drop)
+    }
+
     async fn next_ticket(&self, table: &str) -> Result<u64> {
         let cached = TICKETS.with(|t| {
             let mut tickets = t.borrow_mut();

@@ -1,8 +1,9 @@
 //! The Cloudflare backend: D1 shards, a KV or Durable Object directory, and the ShardCoordinator
 //! Durable Object. Compiled with the `cloudflare` feature for `wasm32-unknown-unknown`.
 //!
-//! Build one handle per request from `env` with [`open`]; the directory cache behind it lives for
-//! the isolate and is shared by every request the isolate serves.
+//! Build one handle per request from `env` with [`open`]; the directory cache behind it, and the
+//! routed-call counters of [`CollegeDb::metrics`], live for the isolate and are shared by every
+//! request the isolate serves (so metrics are per isolate, not per deployment).
 //!
 //! Which directory:
 //!
@@ -63,6 +64,7 @@ use crate::config::Config;
 use crate::directory::{Directory, DirectoryCache, DirectoryPage};
 use crate::error::{Error, Result};
 use crate::key::Key;
+use crate::metrics::Metrics;
 use crate::router::CollegeDb;
 use crate::session::{Bookmarks, ReadConsistency};
 use crate::slots::ShardMap;
@@ -147,6 +149,9 @@ thread_local! {
     static STORED_MAP: RefCell<Option<Arc<ShardMap>>> = const { RefCell::new(None) };
     /// One directory cache per directory binding, for the life of the isolate.
     static CACHES: RefCell<HashMap<String, Arc<DirectoryCache>>> = RefCell::new(HashMap::new());
+    /// The routed-call counters of this isolate (see [`crate::metrics`]), shared by the handles
+    /// of every request it serves.
+    static METRICS: RefCell<Option<Arc<Metrics>>> = const { RefCell::new(None) };
 }
 
 pub(crate) fn note_subrequest() {
@@ -263,7 +268,16 @@ pub fn open_with(
     if let Some(map) = STORED_MAP.with(|m| m.borrow().clone()) {
         cache.remember_stored_map(&map);
     }
-    CollegeDb::from_parts_with_cache(config, shards, directory, coordinator, cache)
+    let names = config.shards.iter().map(|s| s.name.as_str());
+    let metrics = METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        match &*m {
+            Some(shared) if shared.shard_names().eq(names.clone()) => shared.clone(),
+            // The first handle of the isolate, or one configured with other shards.
+            _ => m.insert(Arc::new(Metrics::new(names))).clone(),
+        }
+    });
+    CollegeDb::from_parts_shared(config, shards, directory, coordinator, cache, Some(metrics))
 }
 
 /// Makes `db` route by the coordinator's stored shard map from its first statement, and returns
