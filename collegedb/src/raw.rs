@@ -191,17 +191,20 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The `sqlite_master` condition that leaves out what is not the user's: SQLite's tables,
+/// Cloudflare's (`_cf_...`), collegedb's own (`_collegedb_...`), and the table local workerd
+/// keeps in every Durable Object (`__miniflare_do_name`).
+pub(crate) const NOT_INTERNAL: &str = "name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+     AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
+     AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' \
+     AND name NOT LIKE '\\_\\_miniflare\\_%' ESCAPE '\\'";
+
 /// The user tables of a shard: not SQLite's, Cloudflare's or collegedb's own.
 pub(crate) async fn user_tables<S: ShardConn>(shard: &S) -> Result<Vec<String>> {
-    let rows = shard
-        .query(
-            "SELECT name FROM sqlite_master WHERE type = 'table' \
-             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-             AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' \
-             ORDER BY name",
-            &[],
-        )
-        .await?;
+    let sql = format!(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND {NOT_INTERNAL} ORDER BY name"
+    );
+    let rows = shard.query(&sql, &[]).await?;
     rows.into_iter()
         .map(|row| row.get::<String>("name"))
         .collect()

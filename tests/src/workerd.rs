@@ -194,46 +194,64 @@ impl Workerd {
     /// Starts `wrangler dev --local` with `config` (default: the repository's `wrangler.toml`)
     /// and waits until `GET probe` answers 200.
     fn start_with(config: Option<&Path>, vars: &[(String, String)], probe: &str) -> Workerd {
-        let persist = tempfile::tempdir().expect("temporary folder");
-        let port = free_port();
-        let log = persist.path().join("wrangler.log");
-        let child = spawn(config, vars, persist.path(), port, &log);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
-        let mut server = Workerd {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            agent,
-            persist,
-            log,
-            port,
-            config: config.map(Path::to_owned),
-            vars: vars.to_vec(),
-            probe: probe.to_owned(),
-        };
-        server.wait_until_ready();
-        server
+        // One start at a time in this process: wrangler instances starting together can race for
+        // the ports they pick for themselves. A start that fails that way is tried again on a
+        // new port.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let persist = tempfile::tempdir().expect("temporary folder");
+            let port = free_port();
+            let log = persist.path().join("wrangler.log");
+            let child = spawn(config, vars, persist.path(), port, &log);
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            let mut server = Workerd {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                agent,
+                persist,
+                log,
+                port,
+                config: config.map(Path::to_owned),
+                vars: vars.to_vec(),
+                probe: probe.to_owned(),
+            };
+            match server.wait_until_ready() {
+                Ok(()) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "wrangler dev did not start in 3 tries:\n{}",
+            failures.join("\n---\n")
+        );
     }
 
-    fn wait_until_ready(&mut self) {
+    fn wait_until_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(reply) = self.try_request("GET", &self.probe.clone(), None, &[]) {
                 if reply.status == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("wrangler dev exited with {status}:\n{}", self.log_tail());
+                return Err(format!(
+                    "wrangler dev exited with {status}:\n{}",
+                    self.log_tail()
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "wrangler dev did not answer within 90 s:\n{}",
-                self.log_tail()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "wrangler dev did not answer within 90 s:\n{}",
+                    self.log_tail()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -277,7 +295,9 @@ impl Workerd {
             self.port,
             &self.log,
         );
-        self.wait_until_ready();
+        if let Err(failure) = self.wait_until_ready() {
+            panic!("{failure}");
+        }
     }
 
     /// The last lines of wrangler's output, for failure messages.

@@ -789,3 +789,73 @@ fn reassign_moves_one_key_and_every_route_follows_it(server: &Workerd) {
     assert_eq!(retired.status, 400, "{}", retired.text);
     assert_eq!(retired.json["code"], "CONFIG_INVALID", "{}", retired.text);
 }
+
+/// A shard in a Durable Object joins a running deployment with `add_shard` alone: it has no D1
+/// database and no binding of its own (the object is created by name in the `SHARD_DO`
+/// namespace), so nothing in `wrangler.toml` changes. Rows move onto it and every one of them
+/// stays readable.
+#[test]
+fn a_durable_object_shard_is_added_without_a_binding_of_its_own() {
+    let config = r#"{"shards": [
+        {"name": "DB_EAST", "region": "enam"},
+        {"name": "DB_WEST", "region": "wnam"},
+        {"name": "DB_EU", "region": "weur"},
+        {"name": "T_0", "region": "apac", "durable_object": "SHARD_DO"}],
+      "strategy": {"read": "hash", "write": "hash"}, "target_region": "enam", "allow_flush": true}"#;
+    let server =
+        Workerd::start_with_vars(&[("COLLEGEDB_CONFIG", config), ("COLLEGEDB_STANDBY", "T_0")]);
+    let setup = server.post("/setup", &json!({}));
+    assert_eq!(setup.status, 200, "{}", setup.text);
+    assert_eq!(setup.json["coordinator"]["shards"], 3, "{}", setup.text);
+
+    const ROWS: usize = 300;
+    let rows: Vec<Value> = (0..ROWS)
+        .map(|i| user(&format!("do-{i:04}"), i as i64))
+        .collect();
+    for chunk in rows.chunks(100) {
+        let reply = server.post("/users/batch", &json!(chunk));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert!(users_on(&server, "T_0").is_empty());
+
+    let started = server.post("/admin/shards/T_0/add", &json!({}));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let status = growth(&server);
+        if status["running"].is_null() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish: {status}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(done["last"]["kind"], "add_shard", "{done}");
+    assert_eq!(done["last"]["finished"], true, "{done}");
+
+    // Rows moved onto the object, none was lost or doubled, and every one is found by key.
+    let on_object = users_on(&server, "T_0");
+    assert!(
+        on_object.len() > ROWS / 8,
+        "{} rows on T_0",
+        on_object.len()
+    );
+    let mut everywhere: Vec<String> = ["DB_EAST", "DB_WEST", "DB_EU", "T_0"]
+        .iter()
+        .flat_map(|shard| users_on(&server, shard))
+        .map(|(id, _)| id)
+        .collect();
+    everywhere.sort();
+    let expected: Vec<String> = (0..ROWS).map(|i| format!("do-{i:04}")).collect();
+    assert_eq!(everywhere, expected);
+    for (id, karma) in &on_object {
+        let found = server.get(&format!("/users/{id}"));
+        assert_eq!(found.status, 200, "{id}: {}", found.text);
+        assert_eq!(found.json["karma"].as_i64(), Some(*karma), "{id}");
+        let shard = server.get(&format!("/users/{id}/shard"));
+        assert_eq!(shard.json["shard"], "T_0", "{id}");
+    }
+}

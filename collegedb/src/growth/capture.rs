@@ -114,19 +114,21 @@ pub(crate) async fn read<S: ShardConn>(shard: &S, after: i64, limit: usize) -> R
 /// migrations with it, in the same transaction: its schema is `from`'s now (see
 /// [`crate::migrate`]).
 pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
-    const SCHEMA: &str = "SELECT type, name, sql FROM sqlite_master \
+    let schema = format!(
+        "SELECT type, name, sql FROM sqlite_master \
          WHERE type IN ('table', 'index', 'view', 'trigger') AND sql IS NOT NULL \
-         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\' \
-         AND name NOT LIKE '\\_collegedb\\_%' ESCAPE '\\' \
-         ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, name";
+         AND {} \
+         ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, name",
+        crate::raw::NOT_INTERNAL
+    );
     let present: std::collections::HashSet<String> = to
-        .query(SCHEMA, &[])
+        .query(&schema, &[])
         .await?
         .into_iter()
         .map(|row| row.get::<String>("name"))
         .collect::<Result<_>>()?;
     let mut statements = Vec::new();
-    for row in from.query(SCHEMA, &[]).await? {
+    for row in from.query(&schema, &[]).await? {
         if !present.contains(&row.get::<String>("name")?) {
             statements.push(Statement::new(row.get::<String>("sql")?, Vec::new()));
         }
