@@ -25,7 +25,14 @@
 //!    `x-collegedb-directory-ops` header). One baseline is a point read sent straight to one D1
 //!    shard through the same Worker, HTTP and JSON path, with no routing.
 //!
-//! `WORKERD_LOAD_PART=1` runs part 1 only. Finally it prints the release bundle's size, raw and
+//! 3. **Durable Object shards against D1 shards.** The example runs a third time, with its four
+//!    shards in Durable Objects with SQLite storage (`COLLEGEDB_CONFIG` replaced by
+//!    [`OBJECT_SHARDS`]). Point reads and new-key inserts of hash-placed users go to the example
+//!    on D1 shards, the example on Durable Object shards and the raw D1 Worker, interleaved per
+//!    trial as in part 1, and each side's requests per second and workerd CPU per request are
+//!    printed with the ratios.
+//!
+//! `WORKERD_LOAD_PART=1` runs part 1 only, `WORKERD_LOAD_PART=3` part 3 only. Finally it prints the release bundle's size, raw and
 //! gzip. Both servers are stopped at the end,
 //! whatever the outcome.
 
@@ -52,6 +59,13 @@ const WARM_UP_REQUESTS: usize = 1_000;
 const WARM_UP_TIME: Duration = Duration::from_secs(5);
 /// Part 1: the target, example CPU per request over raw D1 CPU per request.
 const TARGET_RATIO: f64 = 1.2;
+/// Part 3: the example's configuration with every shard in a Durable Object.
+const OBJECT_SHARDS: &str = r#"{"shards": [
+    {"name": "DB_EAST", "region": "enam", "durable_object": "SHARD_DO"},
+    {"name": "DB_WEST", "region": "wnam", "durable_object": "SHARD_DO"},
+    {"name": "DB_EU", "region": "weur", "durable_object": "SHARD_DO"},
+    {"name": "DB_APAC", "region": "apac", "durable_object": "SHARD_DO"}],
+  "strategy": {"read": "hash", "write": "hash"}, "target_region": "enam", "allow_flush": true}"#;
 
 struct Outcome {
     name: String,
@@ -356,6 +370,92 @@ fn print_trial(trial: usize, scenario: &str, worker: &str, o: &Outcome) {
     );
 }
 
+/// Part 3: hash inserts and point reads on D1 shards, on Durable Object shards and on raw D1,
+/// interleaved.
+fn object_shards_against_d1(sides: [(&str, &Workerd); 3]) {
+    println!(
+        "## Durable Object shards against D1 shards and raw D1\n\n\
+         {TRIALS} trials x {} s per side and scenario, {CLIENTS} clients, interleaved\n",
+        CPU_TRIAL_TIME.as_secs()
+    );
+    for (name, server) in sides {
+        run(
+            server,
+            format!("warm-up, {name}"),
+            201,
+            WARM_UP_REQUESTS,
+            WARM_UP_TIME,
+            Arc::new(|i| {
+                let id = format!("warm3-{i:06}");
+                ("POST", "/users".into(), Some(user_body(&id, i)))
+            }),
+        );
+    }
+    let mut inserts: [Side; 3] = Default::default();
+    let mut reads: [Side; 3] = Default::default();
+    println!("| trial | scenario | worker | requests | req/s | CPU ms/req |");
+    println!("| ---: | --- | --- | ---: | ---: | ---: |");
+    for trial in 0..TRIALS {
+        let order: Vec<usize> = (0..3).map(|k| (k + trial) % 3).collect();
+        let mut inserted = [0usize; 3];
+        for &side in &order {
+            let (label, server) = sides[side];
+            let prefix = format!("kinds-t{trial}");
+            let outcome = run(
+                server,
+                format!("insert, {label}"),
+                201,
+                CPU_TRIAL_REQUESTS,
+                CPU_TRIAL_TIME,
+                Arc::new(move |i| {
+                    let id = format!("{prefix}-{i:06}");
+                    ("POST", "/users".into(), Some(user_body(&id, i)))
+                }),
+            );
+            inserted[side] = outcome.requests;
+            print_trial(trial, "insert, new key", label, &outcome);
+            inserts[side].add(&outcome);
+        }
+        for &side in &order {
+            let (label, server) = sides[side];
+            let (prefix, rows) = (format!("kinds-t{trial}"), inserted[side].max(1));
+            let outcome = run(
+                server,
+                format!("read, {label}"),
+                200,
+                CPU_TRIAL_REQUESTS,
+                CPU_TRIAL_TIME,
+                Arc::new(move |i| {
+                    let id = format!("{prefix}-{:06}", (i * 7919) % rows);
+                    ("GET", format!("/users/{id}"), None)
+                }),
+            );
+            print_trial(trial, "point read", label, &outcome);
+            reads[side].add(&outcome);
+        }
+    }
+    let names: Vec<&str> = sides.iter().map(|(name, _)| *name).collect();
+    println!(
+        "\n| scenario | {0} req/s | {1} req/s | {2} req/s | {0} CPU ms/req | {1} CPU ms/req | {2} CPU ms/req | {1} / {0} CPU | {1} / {2} CPU |",
+        names[0], names[1], names[2]
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (scenario, all) in [("insert, new key", &inserts), ("point read", &reads)] {
+        println!(
+            "| {scenario} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2}x |",
+            all[0].per_second(),
+            all[1].per_second(),
+            all[2].per_second(),
+            all[0].cpu_ms(),
+            all[1].cpu_ms(),
+            all[2].cpu_ms(),
+            all[1].cpu_ms() / all[0].cpu_ms(),
+            all[1].cpu_ms() / all[2].cpu_ms(),
+        );
+    }
+    println!();
+}
+
 /// Part 2: every scenario of the example.
 fn example_scenarios(server: &Workerd) {
     let mut outcomes = Vec::new();
@@ -512,10 +612,24 @@ fn main() {
         "404 answers differ"
     );
 
-    cpu_against_raw_d1(&example, &raw);
-    println!("load average after part 1: {}\n", load_average());
+    let part = std::env::var("WORKERD_LOAD_PART").unwrap_or_default();
+    if part != "3" {
+        cpu_against_raw_d1(&example, &raw);
+        println!("load average after part 1: {}\n", load_average());
+    }
+    if part.is_empty() || part == "3" {
+        let objects = Workerd::start_with_vars(&[("COLLEGEDB_CONFIG", OBJECT_SHARDS)]);
+        let setup = objects.post("/setup", &json!({}));
+        assert_eq!(setup.status, 200, "{}", setup.text);
+        object_shards_against_d1([
+            ("D1 shards", &example),
+            ("Durable Object shards", &objects),
+            ("raw D1", &raw),
+        ]);
+        println!("load average after part 3: {}\n", load_average());
+    }
     drop(raw);
-    if std::env::var("WORKERD_LOAD_PART").as_deref() == Ok("1") {
+    if !part.is_empty() {
         return;
     }
     example_scenarios(&example);
