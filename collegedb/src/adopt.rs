@@ -81,7 +81,7 @@ impl<B: Backend> CollegeDb<B> {
         let mut pages = KeyPages::new(table, key_column);
         // Shards whose fence (and tombstone table) exists, checked once per call.
         let mut fenced = std::collections::HashSet::new();
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             pages.restart();
             loop {
                 let keys = pages.next(shard).await?;

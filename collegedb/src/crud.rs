@@ -368,7 +368,7 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
 /// fence and marker tables (see [`crate::fence`] and [`crate::marker`]). If the directory already holds entries of the table (data
 /// placed before markers existed), the table's marker is set on every shard.
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
-    for (index, shard) in db.shards().iter().enumerate() {
+    for (index, shard) in db.shards().into_iter().enumerate() {
         shard.execute(&M::sql().create_table, &[]).await?;
         fence::ensure(db, index).await?;
     }
@@ -449,6 +449,8 @@ pub async fn locate<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     key: M::Key,
 ) -> Result<Option<String>> {
+    let reads = db.reads_for::<M>();
+    let db = &*reads;
     let key = key.into_key()?;
     Ok(find_shard::<M, B>(db, &key)
         .await?

@@ -243,7 +243,7 @@ pub enum Error {
     },
 
     /// A D1 session bookmark a client sent back (the `x-collegedb-bookmarks` header) is
-    /// malformed: it names an unknown shard, or holds characters no bookmark has.
+    /// malformed: it is not `SHARD=bookmark` pairs, or holds characters no bookmark has.
     #[error("invalid session bookmark: {0}; send back the header value the last response carried, or none")]
     BookmarkInvalid(String),
 

@@ -48,7 +48,7 @@ fn missing_table(error: &Error) -> bool {
 /// such key's miss going to the directory.
 pub(crate) async fn ensure_table<B: Backend>(db: &CollegeDb<B>, index: usize) -> Result<()> {
     let mut scopes = BTreeSet::new();
-    for (other, shard) in db.shards().iter().enumerate() {
+    for (other, shard) in db.shards().into_iter().enumerate() {
         match shard.query(ALL, &[]).await {
             Ok(_) if other == index => return Ok(()),
             Ok(rows) => {

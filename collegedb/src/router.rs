@@ -257,7 +257,9 @@ impl<B: Backend> CollegeDb<B> {
     /// A handle whose statements all go to each shard's primary database, on a handle that reads
     /// through D1 sessions (shares everything else). Without sessions, and on the embedded
     /// backend, every handle already reads the primary. A model can ask for this on every read
-    /// with `#[sharded(consistency = "primary")]`.
+    /// with `#[sharded(consistency = "primary")]`. Writes made through this view reach the
+    /// primary outside the session, so they do not advance the session's bookmark: write
+    /// through the session handle when the next request must read them from a replica.
     #[must_use]
     pub fn on_primary(&self) -> Self {
         CollegeDb {
@@ -314,8 +316,21 @@ impl<B: Backend> CollegeDb<B> {
         &self.inner.metrics
     }
 
-    pub(crate) fn shards(&self) -> &[B::Shard] {
+    /// Every configured shard as opened: D1 shards keep their sessions (for their bookmarks).
+    #[cfg_attr(not(feature = "cloudflare"), allow(dead_code))]
+    pub(crate) fn shards_as_opened(&self) -> &[B::Shard] {
         &self.inner.shards
+    }
+
+    /// Every configured shard, each on its primary database: the paths that see every shard
+    /// (markers, fences, statistics, verify, migrations, adoption) must read the latest state,
+    /// never a D1 read replica behind it.
+    pub(crate) fn shards(&self) -> Vec<&B::Shard> {
+        self.inner
+            .shards
+            .iter()
+            .map(crate::backend::ShardConn::primary)
+            .collect()
     }
 
     /// The configuration indices of the shards that own slots in this handle's map: the ones
@@ -353,7 +368,7 @@ impl<B: Backend> CollegeDb<B> {
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        futures_util::future::join_all(self.shards().iter().map(work)).await
+        futures_util::future::join_all(self.shards().into_iter().map(work)).await
     }
 
     pub(crate) fn shard(&self, index: usize) -> &B::Shard {
@@ -662,7 +677,9 @@ impl<B: Backend> CollegeDb<B> {
         if self.inner.cache.is_marked(table, hash_shard) {
             return Ok(true);
         }
-        let marked = crate::marker::get(self.shard(hash_shard), table).await?;
+        // A marker read from a replica could be older than the placement it records.
+        let shard = crate::backend::ShardConn::primary(&self.inner.shards[hash_shard]);
+        let marked = crate::marker::get(shard, table).await?;
         if marked {
             self.inner.cache.set_marked(table, hash_shard);
         }

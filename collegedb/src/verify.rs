@@ -151,7 +151,7 @@ impl<B: Backend> CollegeDb<B> {
     async fn fence_problems(&self) -> Result<Vec<String>> {
         let map = self.shard_map();
         let mut problems = Vec::new();
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             let name = self.shard_name(index);
             let listed = match crate::fence::list(shard).await {
                 Err(error) if crate::fence::missing(&error) => continue,
@@ -356,7 +356,7 @@ impl<B: Backend> CollegeDb<B> {
         // Every shard's keys, in key order, a page at a time.
         let mut holders: HashMap<Key, Vec<usize>> = HashMap::new();
         let mut pages = KeyPages::new(table, key_column);
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             pages.restart();
             loop {
                 let keys = match pages.next(shard).await {
@@ -412,7 +412,7 @@ impl<B: Backend> CollegeDb<B> {
         }
         // Tombstones where the key is placed (none is, mid-reassignment of that key).
         let reassigning: Vec<&Key> = moving.iter().filter_map(|m| m.key.as_ref()).collect();
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             let tombstones = match crate::fence::tombstones(shard).await {
                 Err(error) if crate::fence::missing(&error) => continue,
                 result => result?,

@@ -223,7 +223,8 @@ impl Workerd {
             };
             match server.wait_until_ready() {
                 Ok(()) => return server,
-                Err(failure) => failures.push(failure),
+                Err(failure) if failure.contains("already in use") => failures.push(failure),
+                Err(failure) => panic!("{failure}"),
             }
         }
         panic!(

@@ -124,6 +124,20 @@ fn a_full_durable_object_shard_refuses_growth_and_still_deletes() {
     for (id, _) in written.iter().filter(|(id, _)| id != victim) {
         assert_eq!(server.get(&format!("/users/{id}")).status, 200, "{id}");
     }
+    // Deleting the full shard's rows makes room: inserts on it are accepted again.
+    for (id, _) in written
+        .iter()
+        .filter(|(id, shard)| *shard == full && id != victim)
+    {
+        let deleted = server.request("DELETE", &format!("/users/{id}"), None);
+        assert_eq!(deleted.status, 200, "{}", deleted.text);
+    }
+    let again = (200..400)
+        .map(|i| format!("full-{i}"))
+        .find(|id| server.get(&format!("/users/{id}/shard")).json["shard"] == full)
+        .expect("a key on the full shard");
+    let reply = server.post("/users", &user(&again));
+    assert_eq!(reply.status, 201, "{}", reply.text);
 }
 
 /// Statements reach the kind of shard the configuration names: a D1 shard in a session returns
@@ -751,12 +765,16 @@ fn sessions_carry_bookmarks_across_requests(server: &Workerd) {
         found.bookmarks
     );
 
-    for hostile in [
-        "DB_EAST",
-        "DB_EAST=<script>",
-        "NOT_A_SHARD=00000001",
-        "DB_EAST=1,../x=2",
-    ] {
+    // A shard the configuration does not have (removed, renamed) is dropped, not an error.
+    let stale = server.request_with(
+        "GET",
+        &format!("/users/{id}"),
+        None,
+        &[("x-collegedb-bookmarks", "NOT_A_SHARD=00000001")],
+    );
+    assert_eq!(stale.status, 200, "{}", stale.text);
+    assert!(parse(&stale.bookmarks).get("NOT_A_SHARD").is_none());
+    for hostile in ["DB_EAST", "DB_EAST=<script>", "DB_EAST=1,../x=2"] {
         let refused = server.request_with(
             "GET",
             &format!("/users/{id}"),

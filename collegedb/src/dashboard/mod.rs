@@ -183,7 +183,7 @@ pub async fn collect<B: Backend>(
     let map = db.shard_map();
     let counts = futures_util::future::join_all(
         db.shards()
-            .iter()
+            .into_iter()
             .map(|shard| crate::health::within(PART_TIMEOUT, shard_counts(shard))),
     )
     .await;

@@ -247,7 +247,7 @@ impl<B: Backend> CollegeDb<B> {
             table: M::TABLE.to_owned(),
             shards: Vec::new(),
         };
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             let columns = columns_of(shard, M::TABLE).await?;
             report
                 .shards

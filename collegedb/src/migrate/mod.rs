@@ -246,7 +246,7 @@ impl<B: Backend> CollegeDb<B> {
     /// The migrations applied on every shard.
     pub async fn migration_status(&self) -> Result<MigrationStatus> {
         let mut status = MigrationStatus::default();
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             let applied = applied(shard).await?;
             status.shards.push((
                 self.shard_name(index).to_owned(),
@@ -289,7 +289,7 @@ impl<B: Backend> CollegeDb<B> {
     ) -> Result<MigrationStatus> {
         // Where each shard stands, and whether any applied migration has changed since.
         let mut missing: Vec<Vec<&Migration>> = Vec::new();
-        for (index, shard) in self.shards().iter().enumerate() {
+        for (index, shard) in self.shards().into_iter().enumerate() {
             shard.execute_raw(CREATE, &[]).await?;
             let applied = applied(shard).await?;
             for (version, name, checksum) in &applied {
@@ -315,7 +315,7 @@ impl<B: Backend> CollegeDb<B> {
         // Version-major: every shard gets a version before any gets the next, so shards stay
         // within one version of each other while a run is under way.
         for migration in migrations.list() {
-            for (index, shard) in self.shards().iter().enumerate() {
+            for (index, shard) in self.shards().into_iter().enumerate() {
                 if !missing[index].contains(&migration) {
                     continue;
                 }

@@ -121,6 +121,8 @@ impl<M: Model> Query<M> {
         db: &CollegeDb<B>,
         cursor: Option<&Cursor>,
     ) -> Result<QueryPage<M>> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         if self.offset_value() != 0 {
             return Err(Error::QueryInvalid {
                 reason: "`page` continues from its cursor: remove `offset`".into(),

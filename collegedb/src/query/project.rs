@@ -87,6 +87,8 @@ impl<M: Model, P: Projection<M>> Projected<M, P> {
 
     /// The projected rows, in the query's order, after `offset`, at most `limit`.
     pub async fn all<B: Backend>(&self, db: &CollegeDb<B>) -> Result<Vec<P::Output>> {
+        let reads = db.reads_for::<M>();
+        let db = &*reads;
         let columns = self.projection.columns();
         let filter = self.query.filter_node()?;
         let (offset, limit) = (self.query.offset_value(), self.query.limit_value());

@@ -216,7 +216,7 @@ fn opening(req: &Request) -> collegedb::Result<Opening> {
             ("reads", "first-unconstrained") => {
                 opening.reads = ReadConsistency::Sessions(SessionStart::FirstUnconstrained)
             }
-            ("reads", "primary") => {}
+            ("reads", "primary") => opening.reads = ReadConsistency::Primary,
             ("reads", other) => {
                 return Err(collegedb::Error::ConfigInvalid(format!(
                     "unknown `reads={other}`: use primary, first-primary or first-unconstrained"

@@ -210,14 +210,6 @@ pub fn open_with(
     bookmarks: &Bookmarks,
 ) -> Result<CollegeDb<Cloudflare>> {
     config.validate()?;
-    if let Some((unknown, _)) = bookmarks
-        .iter()
-        .find(|(shard, _)| config.shards.iter().all(|s| s.name != *shard))
-    {
-        return Err(Error::BookmarkInvalid(format!(
-            "shard `{unknown}` is not configured"
-        )));
-    }
     let shards = config
         .shards
         .iter()
@@ -226,9 +218,9 @@ pub fn open_with(
                 let namespace = env
                     .durable_object(namespace)
                     .map_err(|e| binding(e, namespace))?;
-                return Ok(CloudflareShard::Object(ObjectShard::new(
-                    &s.name, namespace,
-                )));
+                return Ok(CloudflareShard::Object(
+                    ObjectShard::new(&s.name, namespace).in_region(s.region),
+                ));
             }
             let database = env.d1(&s.name).map_err(|e| binding(e, &s.name))?;
             Ok(CloudflareShard::D1(match reads {

@@ -47,6 +47,9 @@ enum Wire {
     Integer(i64),
     #[serde(rename = "r")]
     Real(f64),
+    /// A real JSON cannot carry: `"inf"` or `"-inf"`.
+    #[serde(rename = "f")]
+    NonFinite(String),
     #[serde(rename = "t")]
     Text(String),
     #[serde(rename = "b")]
@@ -58,9 +61,17 @@ impl Wire {
         match value {
             Value::Null => Wire::Null,
             Value::Integer(i) => Wire::Integer(*i),
-            Value::Real(f) => Wire::Real(*f),
+            Value::Real(f) => Wire::real(*f),
             Value::Text(s) => Wire::Text(s.clone()),
             Value::Blob(b) => Wire::Blob(hex::encode(b)),
+        }
+    }
+
+    fn real(f: f64) -> Wire {
+        if f.is_finite() {
+            Wire::Real(f)
+        } else {
+            Wire::NonFinite(if f > 0.0 { "inf" } else { "-inf" }.into())
         }
     }
 
@@ -69,6 +80,11 @@ impl Wire {
             Wire::Null => Value::Null,
             Wire::Integer(i) => Value::Integer(i),
             Wire::Real(f) => Value::Real(f),
+            Wire::NonFinite(text) => Value::Real(match text.as_str() {
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                other => return Err(format!("bad real `{other}`")),
+            }),
             Wire::Text(s) => Value::Text(s),
             Wire::Blob(hex_text) => {
                 Value::Blob(hex::decode(hex_text).map_err(|e| format!("bad blob: {e}"))?)
@@ -120,6 +136,8 @@ struct Reply {
 pub struct ObjectShard {
     name: String,
     namespace: ObjectNamespace,
+    /// The Durable Object location hint of the shard's region: where the object is created.
+    location: Option<&'static str>,
 }
 
 impl std::fmt::Debug for ObjectShard {
@@ -136,7 +154,20 @@ impl ObjectShard {
         ObjectShard {
             name: name.into(),
             namespace,
+            location: None,
         }
+    }
+
+    /// Creates the object in `region` (a Durable Object location hint) when it does not exist
+    /// yet, rather than wherever its first request comes from. An existing object stays where
+    /// it is.
+    #[must_use]
+    pub fn in_region(mut self, region: Option<crate::Region>) -> Self {
+        self.location = region.map(|region| match region {
+            crate::Region::Af => "afr",
+            other => other.as_str(),
+        });
+        self
     }
 
     /// The shard's configured name.
@@ -170,10 +201,12 @@ impl ObjectShard {
             }
         }
         let body = serde_json::to_string(&call).map_err(|e| self.failed(e))?;
-        let stub = self
-            .namespace
-            .get_by_name(&Self::object_name(&self.name))
-            .map_err(|e| self.failed(e))?;
+        let name = Self::object_name(&self.name);
+        let stub = match self.location {
+            Some(hint) => self.namespace.get_by_name_with_location_hint(&name, hint),
+            None => self.namespace.get_by_name(&name),
+        }
+        .map_err(|e| self.failed(e))?;
         let mut init = RequestInit::new();
         init.with_method(Method::Post).with_body(Some(body.into()));
         let request = Request::new_with_init("https://collegedb-shard/sql", &init)
@@ -183,7 +216,12 @@ impl ObjectShard {
             .fetch_with_request(request)
             .await
             .map_err(|e| self.failed(e))?;
-        let reply: Reply = response.json().await.map_err(|e| self.failed(e))?;
+        let status = response.status_code();
+        let text = response.text().await.map_err(|e| self.failed(e))?;
+        let reply: Reply = serde_json::from_str(&text).map_err(|_| {
+            let shown: String = text.chars().take(300).collect();
+            self.failed(format!("the shard object answered {status}: {shown}"))
+        })?;
         match reply.error {
             Some(message) if reply.full => Err(Error::ShardFull {
                 shard: self.name.clone(),
@@ -241,10 +279,10 @@ struct Failure {
 
 impl From<worker::Error> for Failure {
     fn from(error: worker::Error) -> Self {
-        Failure {
-            message: error.to_string(),
-            full: false,
-        }
+        let message = error.to_string();
+        // SQLite's own limit, should the storage fill before `room` saw it.
+        let full = message.contains("SQLITE_FULL") || message.contains("database or disk is full");
+        Failure { message, full }
     }
 }
 
@@ -284,7 +322,9 @@ pub async fn serve_shard_with_limit(
             ..Reply::default()
         }),
         Op::Query => match call.statements.first() {
-            Some(statement) => query(&sql, statement),
+            // `INSERT ... RETURNING` arrives as a query.
+            Some(statement) => room(&sql, std::slice::from_ref(statement), max_bytes)
+                .and_then(|()| query(&sql, statement)),
             None => Err(Failure::from(worker::Error::from("no statement"))),
         },
         Op::Execute | Op::Batch => {
@@ -312,29 +352,52 @@ pub async fn serve_shard_with_limit(
     })
 }
 
-/// Refuses statements that could grow a full database; `DELETE` and `DROP` make room.
+/// Refuses statements that add or change user rows once the database is full. Deletes run (they
+/// make room), and so do collegedb's own bookkeeping (`_collegedb_...` tables, fences, change
+/// capture) and schema statements, so that keys can still be moved off a full shard.
 fn room(sql: &SqlStorage, statements: &[WireStatement], max_bytes: u64) -> Result<(), Failure> {
-    let size = sql.database_size() as u64;
-    if size < max_bytes {
+    let grows = |text: &str| {
+        let upper = text.trim_start().to_ascii_uppercase();
+        let writes = ["INSERT", "REPLACE", "UPDATE", "WITH"]
+            .iter()
+            .any(|verb| upper.starts_with(verb));
+        let head: String = upper.chars().take(80).collect();
+        writes && !head.contains("_COLLEGEDB_")
+    };
+    if !statements.iter().any(|s| grows(&s.sql)) {
         return Ok(());
     }
-    let shrinks = |text: &str| {
-        let head = text
-            .trim_start()
-            .get(..6)
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        head == "DELETE" || head.starts_with("DROP")
-    };
-    if statements.iter().all(|s| shrinks(&s.sql)) {
+    let size = used_bytes(sql);
+    if size < max_bytes {
         return Ok(());
     }
     Err(Failure {
         message: format!(
-            "the object's database holds {size} bytes, at its limit of {max_bytes}: delete rows, or move keys to another shard"
+            "the object's database uses {size} bytes, at its limit of {max_bytes}: delete rows, or move keys to another shard"
         ),
         full: true,
     })
+}
+
+/// The bytes the database's pages hold (free pages left by deletes do not count), or the file's
+/// size where the pragmas are not available.
+fn used_bytes(sql: &SqlStorage) -> u64 {
+    let pragma = |name: &str| -> Option<u64> {
+        let cursor = sql.exec(&format!("PRAGMA {name}"), None).ok()?;
+        match cursor.raw().next()?.ok()?.into_iter().next()? {
+            SqlStorageValue::Integer(n) => u64::try_from(n).ok(),
+            SqlStorageValue::Float(n) => Some(n as u64),
+            _ => None,
+        }
+    };
+    match (
+        pragma("page_count"),
+        pragma("freelist_count"),
+        pragma("page_size"),
+    ) {
+        (Some(pages), Some(free), Some(size)) => pages.saturating_sub(free) * size,
+        _ => sql.database_size() as u64,
+    }
 }
 
 fn bind(statement: &WireStatement) -> Result<Vec<JsValue>, Failure> {
@@ -356,6 +419,7 @@ fn clone_wire(wire: &Wire) -> Wire {
         Wire::Null => Wire::Null,
         Wire::Integer(i) => Wire::Integer(*i),
         Wire::Real(f) => Wire::Real(*f),
+        Wire::NonFinite(s) => Wire::NonFinite(s.clone()),
         Wire::Text(s) => Wire::Text(s.clone()),
         Wire::Blob(b) => Wire::Blob(b.clone()),
     }
@@ -366,7 +430,7 @@ fn to_wire(value: SqlStorageValue) -> Wire {
         SqlStorageValue::Null => Wire::Null,
         SqlStorageValue::Boolean(b) => Wire::Integer(i64::from(b)),
         SqlStorageValue::Integer(i) => Wire::Integer(i),
-        SqlStorageValue::Float(f) => Wire::Real(f),
+        SqlStorageValue::Float(f) => Wire::real(f),
         SqlStorageValue::String(s) => Wire::Text(s),
         SqlStorageValue::Blob(b) => Wire::Blob(hex::encode(b)),
     }
@@ -386,23 +450,32 @@ fn query(sql: &SqlStorage, statement: &WireStatement) -> Result<Reply, Failure> 
     })
 }
 
-/// Runs one statement to its end and returns the rows it changed (`changes()`, as D1 reports).
+/// Runs one statement to its end and returns the rows it changed, as D1 reports them: SQLite's
+/// `changes()` when the statement changed rows (`total_changes()` moved), else 0, since
+/// `changes()` keeps the count of the connection's last `INSERT`, `UPDATE` or `DELETE`.
 fn execute(sql: &SqlStorage, statement: &WireStatement) -> Result<u64, Failure> {
+    let counter = |query: &str| -> Result<u64, Failure> {
+        let cursor = sql.exec(query, None)?;
+        let value = cursor
+            .raw()
+            .next()
+            .transpose()?
+            .and_then(|row| row.into_iter().next());
+        Ok(match value {
+            Some(SqlStorageValue::Integer(n)) => n.max(0) as u64,
+            Some(SqlStorageValue::Float(n)) => n.max(0.0) as u64,
+            _ => 0,
+        })
+    };
+    let before = counter("SELECT total_changes()")?;
     let cursor = sql.exec_raw(&statement.sql, bind(statement)?)?;
     for row in cursor.raw() {
         row?;
     }
-    let changes = sql.exec("SELECT changes()", None)?;
-    let value = changes
-        .raw()
-        .next()
-        .transpose()?
-        .and_then(|row| row.into_iter().next());
-    Ok(match value {
-        Some(SqlStorageValue::Integer(n)) => n.max(0) as u64,
-        Some(SqlStorageValue::Float(n)) => n.max(0.0) as u64,
-        _ => 0,
-    })
+    if counter("SELECT total_changes()")? == before {
+        return Ok(0);
+    }
+    counter("SELECT changes()")
 }
 
 /// What the batch inside `transactionSync` did: rows changed per statement, or the failure.

@@ -63,12 +63,31 @@ pub fn request_bookmarks(req: &Request) -> Result<Bookmarks> {
 
 /// The latest bookmark of every shard `db` holds a session on, merged over `carried` (the
 /// bookmarks the request brought, so that a shard this request did not touch keeps the position
-/// the client had seen). Without sessions, `carried` unchanged.
+/// the client had seen). Shards the configuration does not have are dropped, and a bookmark D1
+/// returns in an unexpected form is left out (and logged): never an error once the request's
+/// writes are done.
 pub fn bookmarks(db: &CollegeDb<Cloudflare>, carried: &Bookmarks) -> Result<Bookmarks> {
-    let mut merged = carried.clone();
-    for shard in db.shards() {
-        if let Some(bookmark) = shard.bookmark()? {
-            merged.set(shard.name(), &bookmark)?;
+    let known = db.list_known_shards();
+    let mut merged = Bookmarks::new();
+    for (shard, bookmark) in carried.iter() {
+        if known.contains(&shard) {
+            merged.set(shard, bookmark)?;
+        }
+    }
+    for shard in db.shards_as_opened() {
+        match shard.bookmark() {
+            Ok(Some(bookmark)) => {
+                if merged.set(shard.name(), &bookmark).is_err() {
+                    worker::console_warn!(
+                        "collegedb: shard {} returned a bookmark of an unexpected form",
+                        shard.name()
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                worker::console_warn!("collegedb: no bookmark from {}: {error}", shard.name())
+            }
         }
     }
     Ok(merged)
