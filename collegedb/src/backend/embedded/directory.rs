@@ -80,7 +80,7 @@ pub(super) fn check_map(
     let mut same_set: Vec<&String> = configured.iter().collect();
     same_set.sort();
     same_set.dedup();
-    if same_set.iter().copied().eq(stored.shards().into_iter()) {
+    if same_set.iter().copied().eq(stored.shards().iter()) {
         return Ok(stored);
     }
     let change = compare(&stored, configured);
@@ -88,13 +88,7 @@ pub(super) fn check_map(
         .pool
         .run_blocking_sync(|conn| conn.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0)))
         .map_err(|e| Error::Io(format!("cannot read the journal: {e}")))?;
-    if jobs > 0
-        || holds_rows(
-            directory,
-            folder,
-            stored.shards().into_iter().chain(configured),
-        )?
-    {
+    if jobs > 0 || holds_rows(directory, folder, stored.shards().iter().chain(configured))? {
         return match change {
             // Extra configured shards wait, standby, for `add_shard`.
             ListChange::Covered => Ok(stored),
