@@ -1,6 +1,7 @@
 //! collegedb in a Cloudflare Worker: three D1 shards serving rows and a fourth on standby, a KV
-//! and a Durable Object directory, the ShardCoordinator, the growth runner, and four models with
-//! their own strategies, behind a small JSON API.
+//! and a Durable Object directory, the ShardCoordinator, the growth runner, a namespace for shards
+//! kept in Durable Objects ([`ShardObject`]), and four models with their own strategies, behind a
+//! small JSON API. The shard list is `COLLEGEDB_CONFIG` in `wrangler.toml`.
 //!
 //! | request | does |
 //! | --- | --- |
