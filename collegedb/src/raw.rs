@@ -191,6 +191,33 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Whether a statement adds or changes user rows: an `INSERT`, `REPLACE`, `UPDATE` or `WITH`
+/// whose target is not one of collegedb's own `_collegedb_...` tables.
+#[cfg_attr(not(feature = "cloudflare"), allow(dead_code))]
+pub(crate) fn adds_user_rows(text: &str) -> bool {
+    let mut words = text
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']'));
+    let Some(verb) = words.next().map(str::to_ascii_uppercase) else {
+        return false;
+    };
+    if !matches!(verb.as_str(), "INSERT" | "REPLACE" | "UPDATE" | "WITH") {
+        return false;
+    }
+    if verb == "WITH" {
+        return true;
+    }
+    // Skip `OR <conflict>` and `INTO` to reach the table.
+    let target = words.find(|w| {
+        !matches!(
+            w.to_ascii_uppercase().as_str(),
+            "OR" | "INTO" | "ROLLBACK" | "ABORT" | "REPLACE" | "FAIL" | "IGNORE"
+        )
+    });
+    !target.is_some_and(|table| table.starts_with("_collegedb_"))
+}
+
 /// The `sqlite_master` condition that leaves out what is not the user's: SQLite's tables,
 /// Cloudflare's (`_cf_...`), collegedb's own (`_collegedb_...`), and the table local workerd
 /// keeps in every Durable Object (`__miniflare_do_name`).
@@ -438,6 +465,31 @@ fn keywords(sql: &str) -> impl Iterator<Item = Token<'_>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statements_that_add_user_rows_are_told_apart() {
+        for sql in [
+            "INSERT INTO users (id) VALUES (?)",
+            "insert or replace into \"users\"(id) values (?)",
+            "REPLACE INTO t VALUES (1)",
+            "UPDATE OR IGNORE sessions SET x = 1",
+            "WITH n AS (SELECT 1) INSERT INTO t SELECT * FROM n",
+            "INSERT INTO s (a, b) SELECT ?, ? WHERE ? IN (SELECT slot FROM _collegedb_slots)",
+        ] {
+            assert!(super::adds_user_rows(sql), "{sql}");
+        }
+        for sql in [
+            "DELETE FROM users WHERE id = ?",
+            "INSERT INTO _collegedb_guard (k) VALUES (?)",
+            "INSERT OR IGNORE INTO \"_collegedb_moved\" VALUES (?, ?)",
+            "UPDATE _collegedb_slots SET live = 0",
+            "CREATE TABLE IF NOT EXISTS t (id)",
+            "SELECT * FROM users",
+            "",
+        ] {
+            assert!(!super::adds_user_rows(sql), "{sql}");
+        }
+    }
+
     use super::creates_rows;
 
     #[test]

@@ -356,15 +356,10 @@ pub async fn serve_shard_with_limit(
 /// make room), and so do collegedb's own bookkeeping (`_collegedb_...` tables, fences, change
 /// capture) and schema statements, so that keys can still be moved off a full shard.
 fn room(sql: &SqlStorage, statements: &[WireStatement], max_bytes: u64) -> Result<(), Failure> {
-    let grows = |text: &str| {
-        let upper = text.trim_start().to_ascii_uppercase();
-        let writes = ["INSERT", "REPLACE", "UPDATE", "WITH"]
-            .iter()
-            .any(|verb| upper.starts_with(verb));
-        let head: String = upper.chars().take(80).collect();
-        writes && !head.contains("_COLLEGEDB_")
-    };
-    if !statements.iter().any(|s| grows(&s.sql)) {
+    if !statements
+        .iter()
+        .any(|s| crate::raw::adds_user_rows(&s.sql))
+    {
         return Ok(());
     }
     let size = used_bytes(sql);
