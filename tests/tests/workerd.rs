@@ -114,6 +114,13 @@ fn a_full_durable_object_shard_refuses_growth_and_still_deletes() {
         break;
     }
     let full = refused.expect("a shard filled up");
+    // A write sent as a query (`RETURNING`) is refused too, however short.
+    let raw = server.post(
+        &format!("/raw/{}", full.as_str().unwrap()),
+        &json!({ "sql": "INSERT INTO events (id, kind) VALUES (999999, 'x') RETURNING id" }),
+    );
+    assert_eq!(raw.status, 507, "{}", raw.text);
+    assert_eq!(raw.json["code"], "SHARD_FULL", "{}", raw.text);
     // Deleting a row of the full shard works, and nothing written was lost.
     let (victim, _) = written
         .iter()
