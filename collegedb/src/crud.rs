@@ -30,6 +30,19 @@ struct Lookup {
     /// `Some(fresh)` when the current guess came from a directory entry: `fresh` if the entry
     /// was read from the store (not the cache) before the statement ran.
     entry: Option<bool>,
+    /// Whether the shard the store names was tried a second time after a miss.
+    retried: bool,
+    /// Pauses before trying a shard again while the key is reassigned (see [`Lookup::next`]).
+    backoff: Backoff,
+}
+
+/// Whether the operation in progress reassigns `key` of `table`.
+async fn reassigning<B: Backend>(db: &CollegeDb<B>, table: &str, key: &Key) -> Result<bool> {
+    Ok(matches!(
+        db.growth_in_progress().await?,
+        Some(crate::growth::Operation::Reassign { table: moving, key: moved, .. })
+            if moving == table && moved == *key
+    ))
 }
 
 impl Lookup {
@@ -46,6 +59,8 @@ impl Lookup {
                 fence,
                 directory_checked,
                 entry: None,
+                retried: false,
+                backoff: Backoff::new(),
             }
         };
         if hash_first(read) {
@@ -57,12 +72,19 @@ impl Lookup {
                 fence: fence::LIVE,
                 directory_checked: true,
                 entry: Some(fresh),
+                retried: false,
+                backoff: Backoff::new(),
             },
             (None, _) => by_map(true),
         })
     }
 
     /// After a miss: moves to the next candidate, or returns `false` when none is left.
+    ///
+    /// A miss on the shard where the key lives, by the directory store read after the
+    /// statement, is final only when it happens twice in a row and the key is not being
+    /// reassigned: a statement that ran while the key was briefly away (its copy hidden by the
+    /// receiver's tombstone until the switch) must not be taken for an absent row.
     async fn next<B: Backend>(
         &mut self,
         db: &CollegeDb<B>,
@@ -71,18 +93,25 @@ impl Lookup {
     ) -> Result<bool> {
         if self.directory_checked {
             let Some(fresh) = self.entry else {
-                return Ok(false);
+                // The directory had no entry: the key lives on the shard its slot maps to.
+                return self.again_on_home(db, table, key).await;
             };
             // The entry's shard lacks the row: ask the store where it is now.
-            return Ok(match db.directory_lookup_fresh(table, key).await? {
+            return match db.directory_lookup_fresh(table, key).await? {
                 Some(shard) if shard != self.shard || !fresh => {
                     self.shard = shard;
                     self.fence = fence::LIVE;
                     self.entry = Some(true);
-                    true
+                    Ok(true)
                 }
-                _ => false,
-            });
+                Some(_) => self.again_on_home(db, table, key).await,
+                None => {
+                    // The entry is gone: the key went back to its slot's shard.
+                    (self.shard, self.fence) = db.hash_target(key);
+                    self.entry = None;
+                    Ok(true)
+                }
+            };
         }
         self.directory_checked = true;
         // Hash-first: the first guess was the hash shard. Without its off-hash marker the miss
@@ -99,8 +128,27 @@ impl Lookup {
                 self.entry = Some(fresh);
                 Ok(true)
             }
-            (None, _) => Ok(false),
+            (None, _) => self.again_on_home(db, table, key).await,
         }
+    }
+
+    /// The store says the key lives on the shard that just missed: try it once more, and then
+    /// again after pauses while the key is being reassigned; else the miss is final.
+    async fn again_on_home<B: Backend>(
+        &mut self,
+        db: &CollegeDb<B>,
+        table: &str,
+        key: &Key,
+    ) -> Result<bool> {
+        if !self.retried {
+            self.retried = true;
+            return Ok(true);
+        }
+        if reassigning(db, table, key).await? {
+            self.backoff.wait(crate::slots::slot_of(key) as i64).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
