@@ -39,7 +39,7 @@ use crate::value::Value;
 pub const MAX_OBJECT_BYTES: u64 = 10_000_000_000;
 
 /// A value on the wire, tagged so that nothing changes type on the way.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum Wire {
     #[serde(rename = "n")]
     Null,
@@ -404,24 +404,13 @@ fn bind(statement: &WireStatement) -> Result<Vec<JsValue>, Failure> {
         .params
         .iter()
         .map(|wire| {
-            let value = Wire::into_value(clone_wire(wire)).map_err(|message| Failure {
+            let value = wire.clone().into_value().map_err(|message| Failure {
                 message,
                 full: false,
             })?;
             Ok(to_js(&value))
         })
         .collect()
-}
-
-fn clone_wire(wire: &Wire) -> Wire {
-    match wire {
-        Wire::Null => Wire::Null,
-        Wire::Integer(i) => Wire::Integer(*i),
-        Wire::Real(f) => Wire::Real(*f),
-        Wire::NonFinite(s) => Wire::NonFinite(s.clone()),
-        Wire::Text(s) => Wire::Text(s.clone()),
-        Wire::Blob(b) => Wire::Blob(b.clone()),
-    }
 }
 
 fn to_wire(value: SqlStorageValue) -> Wire {
