@@ -69,6 +69,27 @@ fn assertions(model: &Model) -> TokenStream {
     quote!(#key_check #(#column_checks)*)
 }
 
+/// `find_by_<field>`: the row whose unique field holds a value.
+fn find_by(model: &Model, index: usize, field: &Field) -> TokenStream {
+    let (ident, ty) = (&field.ident, &field.ty);
+    let name = format_ident!("find_by_{}", ident.to_string().trim_start_matches("r#"));
+    let doc = format!(
+        "Finds the `{}` row whose `{}` is this value, or `None`: one directory read and one shard query, never a scan.",
+        model.table, field.column
+    );
+    // Spanned at the field's type, so an unsupported type is reported there, once.
+    let find = quote_spanned!(ty.span()=> __cdb::unique::find_by::<Self, B, #ty>);
+    quote! {
+        #[doc = #doc]
+        pub async fn #name<B: __cdb::Backend>(
+            db: &__cdb::CollegeDb<B>,
+            value: impl ::core::convert::Into<#ty>,
+        ) -> __cdb::Result<::core::option::Option<Self>> {
+            #find(db, #index, value.into()).await
+        }
+    }
+}
+
 pub fn model(model: &Model) -> TokenStream {
     let ident = &model.ident;
     let table = &model.table;
@@ -82,6 +103,15 @@ pub fn model(model: &Model) -> TokenStream {
     let to_values = model.fields.iter().map(to_value);
     let from_values = model.fields.iter().map(from_value);
     let assertions = assertions(model);
+    let unique: Vec<usize> = (0..model.fields.len())
+        .filter(|&i| model.fields[i].unique)
+        .collect();
+    let finders = model
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.unique)
+        .map(|(index, field)| find_by(model, index, field));
     let count = model.fields.len();
     // Spanned at the key type, so a bad key type is reported at the field, not at the derive.
     let key_arg = quote_spanned!(key_ty.span()=> impl __cdb::KeyArg<#key_ty>);
@@ -122,6 +152,7 @@ pub fn model(model: &Model) -> TokenStream {
                     write: #write,
                 };
                 const PRIMARY_READS: bool = #primary_reads;
+                const UNIQUE: &'static [usize] = &[#(#unique),*];
 
                 fn key(&self) -> &Self::Key {
                     &self.#key_ident
@@ -230,6 +261,8 @@ pub fn model(model: &Model) -> TokenStream {
                 ) -> __cdb::Result<::core::option::Option<::std::string::String>> {
                     __cdb::crud::locate::<Self, B>(db, #into_key).await
                 }
+
+                #(#finders)*
             }
         };
     }

@@ -27,6 +27,8 @@ pub struct Field {
     pub ty: Type,
     pub column: String,
     pub json: bool,
+    /// `#[sharded(unique)]`: the value is unique over every shard, with a `find_by_` lookup.
+    pub unique: bool,
 }
 
 impl Model {
@@ -197,19 +199,20 @@ impl Model {
         for field in named.into_iter().flatten() {
             let ident = field.ident.clone().expect("named field");
             let mut column = ident.to_string().trim_start_matches("r#").to_owned();
-            let (mut is_key, mut json) = (false, false);
+            let (mut is_key, mut json, mut unique) = (false, false, false);
             for attr in field.attrs.iter().filter(|a| a.path().is_ident("sharded")) {
                 let result = attr.parse_nested_meta(|meta| {
                     let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
                     match name.as_str() {
                         "key" => is_key = true,
                         "json" => json = true,
+                        "unique" => unique = true,
                         "column" => {
                             let lit: LitStr = meta.value()?.parse()?;
                             column = sql_identifier(&lit, "column name", &mut errors);
                         }
                         _ => errors.push(meta.error(format!(
-                            "unknown field attribute `{name}`; expected `key`, `json` or `column = \"...\"`"
+                            "unknown field attribute `{name}`; expected `key`, `unique`, `json` or `column = \"...\"`"
                         ))),
                     }
                     Ok(())
@@ -235,6 +238,20 @@ impl Model {
                     key_index = Some(fields.len());
                 }
             }
+            if unique && is_key {
+                errors.push(syn::Error::new(
+                    ident.span(),
+                    format!("`{ident}` is the key, which is unique already: remove `unique`"),
+                ));
+                unique = false;
+            }
+            if unique && json {
+                errors.push(syn::Error::new(
+                    ident.span(),
+                    format!("`{ident}` cannot be both `json` and `unique`: a unique column must be a `String` or an integer"),
+                ));
+                unique = false;
+            }
             if let Some(other) = fields.iter().find(|f: &&Field| f.column == column) {
                 errors.push(syn::Error::new(
                     ident.span(),
@@ -249,6 +266,7 @@ impl Model {
                 ty: field.ty.clone(),
                 column,
                 json,
+                unique,
             });
         }
         if named.is_some() && key_index.is_none() {

@@ -23,6 +23,12 @@
 //! failure keep their rows. Run the same input through [`insert_many_idempotent`] to finish: it
 //! skips rows that are already present with equal content, inserts the rest, and refuses
 //! (without overwriting) rows whose key exists with different content.
+//!
+//! A model with `#[sharded(unique)]` columns claims every row's unique values between steps 3
+//! and 4, and confirms them after step 4, in the order [`crate::unique`] describes. Two rows of
+//! the input with one value fail the call with [`Error::DuplicateValue`] before anything is
+//! claimed. Each value costs two directory writes, one request each: on Workers, with their
+//! limit of 1,000 subrequests per invocation, keep such calls to a few hundred rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -245,6 +251,11 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             });
         }
     }
+    let claimed = if M::UNIQUE.is_empty() {
+        Vec::new()
+    } else {
+        crate::unique::claim_rows(db, rows).await?
+    };
     let mut written = 0;
     for (shard, rows) in by_shard {
         let rows: Vec<&Prepared> = rows.iter().collect();
@@ -255,7 +266,13 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
                     db.note_rows(shard, M::TABLE, changed as i64);
                 }
             }
-            Err(error) if written == 0 => return Err(error),
+            Err(error) if written == 0 => {
+                if matches!(error, Error::DuplicateKey { .. }) {
+                    // A key inserted meanwhile: nothing of this call was written.
+                    crate::unique::abandon_rows::<M, B>(db, &claimed).await?;
+                }
+                return Err(error);
+            }
             Err(error) => {
                 return Err(Error::PartiallyWritten {
                     written,
@@ -264,6 +281,7 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             }
         }
     }
+    crate::unique::confirm_rows::<M, B>(db, &claimed).await?;
     Ok(written)
 }
 
@@ -279,6 +297,11 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
     rows: &[M],
 ) -> Result<InsertReport> {
     let (by_shard, by_map) = place_all(db, rows).await?;
+    let claimed = if M::UNIQUE.is_empty() {
+        Vec::new()
+    } else {
+        crate::unique::claim_rows(db, rows).await?
+    };
     let mut report = InsertReport::default();
     let mut conflict = None;
     for (shard, rows) in by_shard {
@@ -322,6 +345,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             }
         }
     }
+    crate::unique::confirm_rows::<M, B>(db, &claimed).await?;
     match conflict {
         Some((_, shard)) => Err(Error::DuplicateKey {
             table: M::TABLE.to_owned(),

@@ -293,10 +293,19 @@ pub struct Config {
     /// What round-robin placement does when the coordinator fails.
     #[serde(default)]
     pub coordinator_fallback: CoordinatorFallback,
+    /// How long, in milliseconds, a unique value claimed by a write that has not written its
+    /// row yet is held for it (see [`crate::unique`]). A write of the same value by another
+    /// key waits that long at most before taking the claim over.
+    #[serde(default = "default_unique_lease_ms")]
+    pub unique_lease_ms: u64,
 }
 
 fn default_cache_capacity() -> usize {
     100_000
+}
+
+fn default_unique_lease_ms() -> u64 {
+    10_000
 }
 
 impl Default for Config {
@@ -315,6 +324,7 @@ impl Config {
             directory_cache_capacity: default_cache_capacity(),
             allow_flush: false,
             coordinator_fallback: CoordinatorFallback::default(),
+            unique_lease_ms: default_unique_lease_ms(),
         }
     }
 

@@ -429,8 +429,18 @@ pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()>
     Ok(())
 }
 
-/// Inserts a new row. Fails with [`Error::DuplicateKey`] if its key exists on its owner shard.
+/// Inserts a new row. Fails with [`Error::DuplicateKey`] if its key exists on its owner shard,
+/// and with [`Error::DuplicateValue`] if a unique column's value is taken.
 pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    if M::UNIQUE.is_empty() {
+        insert_row(db, row).await
+    } else {
+        crate::unique::insert(db, row).await
+    }
+}
+
+/// [`insert`] without unique lookups.
+pub(crate) async fn insert_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
     let key = row.key().clone().into_key()?;
@@ -442,8 +452,14 @@ pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 /// Finds a row by key. Reads never create directory entries.
 pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<Option<M>> {
     let reads = db.reads_for::<M>();
-    let db = &*reads;
-    let key = key.into_key()?;
+    find_key(&reads, key.into_key()?).await
+}
+
+/// [`find`] of a checked key, reading as `db` reads.
+pub(crate) async fn find_key<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: Key,
+) -> Result<Option<M>> {
     let read = db.strategies(M::STRATEGY).read;
     if !hash_first(read) {
         let params = [key.to_value()];
@@ -526,8 +542,18 @@ async fn find_shard<M: Model, B: Backend>(
 }
 
 /// Updates every non-key column of an existing row. Fails with [`Error::RowNotFound`] if no
-/// shard has the key.
+/// shard has the key, and with [`Error::DuplicateValue`] if a unique column's new value is
+/// taken.
 pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    if M::UNIQUE.is_empty() {
+        update_row(db, row).await
+    } else {
+        crate::unique::update(db, row).await
+    }
+}
+
+/// [`update`] without unique lookups.
+pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let Some(sql) = &M::sql().update_by_key else {
         // Nothing but the key: an update changes nothing, but the row must exist.
         return match find_shard::<M, B>(db, &row.key().clone().into_key()?).await? {
@@ -563,6 +589,15 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 /// shard. This is what keeps a delete racing an insert of the same key from stranding the row.
 pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<bool> {
     let key = key.into_key()?;
+    if M::UNIQUE.is_empty() {
+        delete_key::<M, B>(db, &key).await
+    } else {
+        crate::unique::delete::<M, B>(db, key).await
+    }
+}
+
+/// [`delete`] of a checked key, without unique lookups.
+pub(crate) async fn delete_key<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<bool> {
     let read = db.strategies(M::STRATEGY).read;
     let params = [key.to_value()];
     let write = RoutedWrite {
@@ -571,7 +606,7 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
         params: &params,
         cost: Cost::Point,
     };
-    match execute_owner(db, M::TABLE, &key, read, write).await? {
+    match execute_owner(db, M::TABLE, key, read, write).await? {
         Some((shard, _)) => {
             db.note_rows(shard, M::TABLE, -1);
             Ok(true)
@@ -582,6 +617,15 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Res
 
 /// Inserts the row, or updates it where it already lives.
 pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
+    if M::UNIQUE.is_empty() {
+        upsert_row(db, row).await
+    } else {
+        crate::unique::upsert(db, row).await
+    }
+}
+
+/// [`upsert`] without unique lookups.
+pub(crate) async fn upsert_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
     let key = row.key().clone().into_key()?;

@@ -77,6 +77,46 @@ pub trait Directory: MaybeSync + 'static {
     /// Removes the entry for `key`, if any.
     fn remove(&self, table: &str, key: &Key) -> impl Future<Output = Result<()>> + MaybeSend;
 
+    /// Sets the entry for `key` to `value` only if it is `expected` now; returns the entry that
+    /// holds afterwards (`None`: there is none). Unique lookups (see [`crate::unique`]) take an
+    /// orphan entry over with it, and confirm their own.
+    ///
+    /// Stores must make it atomic, as [`Directory::claim`]. The default reads, then writes: it
+    /// is not atomic, and suits only a store that cannot do better (KV).
+    fn replace(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + MaybeSend {
+        async move {
+            match self.lookup(table, key).await? {
+                Some(current) if current == expected => {
+                    self.assign(table, key, value).await?;
+                    Ok(Some(value.to_owned()))
+                }
+                other => Ok(other),
+            }
+        }
+    }
+
+    /// Removes the entry for `key` only if it is `expected` now. Atomic in the stores that make
+    /// [`Directory::replace`] atomic; the default reads, then removes.
+    fn remove_if(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+    ) -> impl Future<Output = Result<()>> + MaybeSend {
+        async move {
+            if self.lookup(table, key).await?.as_deref() == Some(expected) {
+                self.remove(table, key).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Lists a table's entries, `limit` at a time, continuing after `cursor`.
     fn list(
         &self,
@@ -103,6 +143,10 @@ pub struct DirectoryCache {
     /// The newest shard map seen by a handle sharing this cache, so that handles built per
     /// request start from it rather than from the configured seed.
     map: Mutex<Option<std::sync::Arc<crate::slots::ShardMap>>>,
+    /// Unique lookups: `(scope, hash of the value) -> the key of the row that had it`. Safe to
+    /// be stale, or to collide: every use checks the row (see [`crate::unique`]). Keyed by the
+    /// value's 64-bit hash, so a lookup compares no string.
+    owners: Mutex<HashMap<String, LruCache<u64, Key>>>,
 }
 
 impl DirectoryCache {
@@ -113,6 +157,41 @@ impl DirectoryCache {
             tables: Mutex::new(HashMap::new()),
             marked: Mutex::new(HashMap::new()),
             map: Mutex::new(None),
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, LruCache<u64, Key>>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key of the row last seen holding `value` in the unique lookup `scope`.
+    pub(crate) fn owner(&self, scope: &str, value: &Key) -> Option<Key> {
+        self.capacity?;
+        self.owners()
+            .get_mut(scope)
+            .and_then(|lru| lru.get(&value.placement_hash()).cloned())
+    }
+
+    /// Remembers that the row of `owner` holds `value` in the unique lookup `scope`.
+    pub(crate) fn remember_owner(&self, scope: &str, value: &Key, owner: &Key) {
+        let Some(capacity) = self.capacity else {
+            return;
+        };
+        let mut owners = self.owners();
+        let lru = match owners.get_mut(scope) {
+            Some(lru) => lru,
+            None => owners
+                .entry(scope.to_owned())
+                .or_insert_with(|| LruCache::new(capacity)),
+        };
+        lru.put(value.placement_hash(), owner.clone());
+    }
+
+    /// Forgets the owner of `value` in the unique lookup `scope`.
+    pub(crate) fn forget_owner(&self, scope: &str, value: &Key) {
+        if let Some(lru) = self.owners().get_mut(scope) {
+            lru.pop(&value.placement_hash());
         }
     }
 
@@ -192,6 +271,7 @@ impl DirectoryCache {
     /// Forgets everything.
     pub fn clear(&self) {
         self.tables().clear();
+        self.owners().clear();
         self.marked
             .lock()
             .unwrap_or_else(|p| p.into_inner())

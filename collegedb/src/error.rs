@@ -46,6 +46,18 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A value of a `#[sharded(unique)]` column that cannot be kept in the directory (too long,
+    /// or empty).
+    #[error("invalid value for the unique column `{table}.{column}`: {reason}")]
+    UniqueValueInvalid {
+        /// The model's table.
+        table: String,
+        /// The unique column.
+        column: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// An integer D1 cannot carry exactly (beyond ±(2^53 - 1)), or one that does not fit the
     /// Rust type it is read into.
     #[error(
@@ -147,6 +159,26 @@ pub enum Error {
         table: String,
         /// Where the existing row lives.
         shard: String,
+    },
+
+    /// A write would give a `#[sharded(unique)]` column a value another row of the table already
+    /// has, on any shard (see [`crate::unique`]). Nothing of the write remains.
+    #[error("another `{table}` row already has this `{column}`: `{column}` is unique across every shard; update that row instead, or choose another value")]
+    DuplicateValue {
+        /// The model's table.
+        table: String,
+        /// The unique column.
+        column: String,
+    },
+
+    /// A statement added to a [`Batch`](crate::batch::Batch) whose row routes apart from the
+    /// batch's key, so it may live on another shard. Nothing was sent.
+    #[error("a batch runs on one shard: {statement} routes apart from the batch's {anchor}; write it outside the batch, or keep both rows under one key")]
+    CrossShard {
+        /// The batch's model and key.
+        anchor: String,
+        /// The refused statement's model and key.
+        statement: String,
     },
 
     /// The same key appears twice among the rows of one `insert_many` call. Nothing was written.
@@ -291,17 +323,20 @@ impl Error {
         match self {
             Error::ShardNotFound { .. } => "SHARD_NOT_FOUND",
             Error::KeyTooLarge { .. } => "KEY_TOO_LARGE",
-            Error::KeyInvalid { .. } => "KEY_INVALID",
+            Error::KeyInvalid { .. } | Error::UniqueValueInvalid { .. } => "KEY_INVALID",
             Error::IntegerOutOfRange { .. } => "INTEGER_OUT_OF_RANGE",
             Error::ValueUnsupported { .. } => "VALUE_UNSUPPORTED",
             Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
             Error::StatementTooLarge { .. } => "STATEMENT_TOO_LARGE",
             Error::TooManyParameters { .. } => "TOO_MANY_PARAMETERS",
             Error::QueryInvalid { .. } => "QUERY_INVALID",
+            Error::CrossShard { .. } => "CROSS_SHARD",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::Busy { .. } => "SHARD_BUSY",
             Error::Unavailable { .. } => "SHARD_UNAVAILABLE",
-            Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
+            Error::DuplicateKey { .. }
+            | Error::DuplicateValue { .. }
+            | Error::DuplicateInBatch { .. } => "DUPLICATE_KEY",
             Error::BatchRow { source, .. } => source.code(),
             Error::PartiallyWritten { .. } => "PARTIALLY_WRITTEN",
             Error::MigrationFailed { .. } => "MIGRATION_FAILED",
@@ -330,18 +365,22 @@ impl Error {
         match self {
             Error::KeyTooLarge { .. }
             | Error::KeyInvalid { .. }
+            | Error::UniqueValueInvalid { .. }
             | Error::IntegerOutOfRange { .. }
             | Error::ValueUnsupported { .. }
             | Error::TooManyParameters { .. }
             | Error::StatementTooLarge { .. }
             | Error::QueryInvalid { .. }
+            | Error::CrossShard { .. }
             | Error::BookmarkInvalid(_)
             | Error::Decode { .. } => 400,
             Error::FlushDisabled => 403,
             Error::ValueTooLarge { .. } => 413,
             Error::ShardFull { .. } => 507,
             Error::ShardNotFound { .. } | Error::RowNotFound { .. } => 404,
-            Error::DuplicateKey { .. } | Error::DuplicateInBatch { .. } => 409,
+            Error::DuplicateKey { .. }
+            | Error::DuplicateValue { .. }
+            | Error::DuplicateInBatch { .. } => 409,
             Error::BatchRow { source, .. }
             | Error::PartiallyWritten { source, .. }
             | Error::MigrationFailed { source, .. } => source.http_status(),

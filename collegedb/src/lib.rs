@@ -42,6 +42,8 @@
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
+//! | [`batch`] | atomic batches of writes on the shard that owns one key (`db.batch_for`) |
+//! | [`unique`] | unique secondary lookups (`find_by_email`), kept in the consistent-lookup order |
 //! | [`scan`] | cross-shard scans in key order |
 //! | [`query`] | typed queries across shards: filters, ordering, limits, counts, aggregates, bulk writes |
 //! | [`raw`] | raw routed SQL, per-shard SQL, scatter-gather, stats, flush |
@@ -57,6 +59,7 @@
 
 pub mod adopt;
 pub mod backend;
+pub mod batch;
 pub mod bulk;
 pub mod config;
 pub mod crud;
@@ -80,6 +83,7 @@ pub mod scan;
 pub mod session;
 pub mod shard_map;
 pub mod slots;
+pub mod unique;
 pub mod value;
 pub mod verify;
 
@@ -87,6 +91,7 @@ pub use adopt::{AdoptReport, AdoptedTable};
 #[cfg(all(feature = "embedded", not(target_arch = "wasm32")))]
 pub use backend::embedded::Embedded;
 pub use backend::{Backend, Row, Statement};
+pub use batch::Batch;
 pub use bulk::InsertReport;
 pub use config::{Config, CoordinatorFallback, Region, ShardConfig, Strategies, Strategy};
 pub use error::{Error, Result, MAX_SAFE_INTEGER};
@@ -125,7 +130,7 @@ pub mod __private {
     pub use crate::query::{Column, Json, Query};
     pub use crate::router::CollegeDb;
     pub use crate::value::{json, ColumnType, ColumnValue, Value};
-    pub use crate::{bulk, crud, scan};
+    pub use crate::{bulk, crud, scan, unique};
     pub use std::sync::OnceLock;
     pub use std::vec::Vec;
 

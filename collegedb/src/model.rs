@@ -77,6 +77,9 @@ pub trait Model: Sized + MaybeSync + 'static {
     /// Whether the model's reads always go to each shard's primary, even on a handle that reads
     /// through D1 sessions (`#[sharded(consistency = "primary")]`; see [`crate::session`]).
     const PRIMARY_READS: bool = false;
+    /// The positions in [`Model::COLUMNS`] of the `#[sharded(unique)]` columns: each value is
+    /// held by at most one row over every shard (see [`crate::unique`]).
+    const UNIQUE: &'static [usize] = &[];
 
     /// The row's key.
     fn key(&self) -> &Self::Key;

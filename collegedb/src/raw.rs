@@ -374,7 +374,7 @@ impl<'a, B: Backend> TableScope<'a, B> {
 
 /// Whether a statement can create rows: its first keyword, after comments and any `WITH` clause,
 /// is `INSERT` or `REPLACE`. Only such statements may place a new key.
-fn creates_rows(sql: &str) -> bool {
+pub(crate) fn creates_rows(sql: &str) -> bool {
     let words = keywords(sql);
     let mut depth = 0usize;
     let mut in_with = false;

@@ -125,6 +125,35 @@ pub struct Tag {
     pub name: String,
 }
 
+/// A model with two unique columns besides its key (see `collegedb::unique`).
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "accounts")]
+pub struct Account {
+    /// The shard key.
+    #[sharded(key)]
+    pub id: i64,
+    /// Unique over every shard.
+    #[sharded(unique)]
+    pub email: String,
+    /// Unique too, under another column name.
+    #[sharded(unique, column = "login")]
+    pub handle: String,
+    /// Not unique.
+    pub name: String,
+}
+
+impl Account {
+    /// Account `id` with the given email, and a handle and name derived from `id`.
+    pub fn new(id: i64, email: impl Into<String>) -> Self {
+        Account {
+            id,
+            email: email.into(),
+            handle: format!("handle-{id}"),
+            name: format!("account {id}"),
+        }
+    }
+}
+
 /// Opens an embedded database over `shards` shards named `s0`, `s1`, ... in `dir`.
 pub fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
     open_with(dir, shards, |config| config)

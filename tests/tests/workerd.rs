@@ -195,6 +195,7 @@ fn scenarios(server: &Workerd) {
     sessions_carry_bookmarks_across_requests(server);
     random_placement_and_chunked_batches(server);
     concurrent_first_writes_settle_on_one_shard(server);
+    unique_emails_hold_across_shards(server);
     reads_of_unknown_keys_create_no_directory_entries(server);
     bad_input_is_answered_with_typed_codes(server);
     values_map_both_ways_through_d1(server);
@@ -870,6 +871,137 @@ fn concurrent_first_writes_settle_on_one_shard(server: &Workerd) {
     }
 }
 
+/// `#[sharded(unique)]` in the Worker: lookups by email over every shard through the Durable
+/// Object directory, `DUPLICATE_KEY` naming the column (also for inserts racing from many
+/// connections), and updates and deletes that keep the lookup exact.
+fn unique_emails_hold_across_shards(server: &Workerd) {
+    let account = |id: &str, email: &str| json!({ "id": id, "email": email, "name": id });
+    let mut holders = BTreeMap::new();
+    for i in 0..12 {
+        let id = format!("acct-{i}");
+        let reply = server.post("/accounts", &account(&id, &format!("{id}@example.com")));
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        let shard = server.get(&format!("/accounts/{id}/shard"));
+        holders.insert(shard.json["shard"].as_str().unwrap().to_owned(), id);
+    }
+    assert_eq!(
+        holders.len(),
+        SHARDS.len(),
+        "accounts on every shard: {holders:?}"
+    );
+    for i in 0..12 {
+        let found = server.get(&format!("/accounts/by-email?email=acct-{i}%40example.com"));
+        assert_eq!(found.status, 200, "{}", found.text);
+        assert_eq!(found.json["id"], format!("acct-{i}"));
+    }
+    let missing = server.get("/accounts/by-email?email=nobody%40example.com");
+    assert_eq!(missing.status, 404, "{}", missing.text);
+    let entries = server.get("/directory/list/accounts.email?limit=100");
+    assert_eq!(
+        entries.json["entries"].as_array().unwrap().len(),
+        12,
+        "{}",
+        entries.text
+    );
+
+    // A taken email, from another key: 409 naming the column, and no row written.
+    let clash = server.post("/accounts", &account("acct-x", "acct-3@example.com"));
+    assert_eq!(clash.status, 409, "{}", clash.text);
+    assert_eq!(clash.json["code"], "DUPLICATE_KEY");
+    assert!(clash.text.contains("`email`"), "{}", clash.text);
+    assert_eq!(server.get("/accounts/acct-x").status, 404);
+
+    // An update that changes the email frees the old one; a delete frees the new one.
+    let moved = server.request(
+        "PUT",
+        "/accounts/acct-1",
+        Some(&account("acct-1", "moved@example.com").to_string()),
+    );
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(
+        server
+            .get("/accounts/by-email?email=moved%40example.com")
+            .json["id"],
+        "acct-1"
+    );
+    assert_eq!(
+        server
+            .get("/accounts/by-email?email=acct-1%40example.com")
+            .status,
+        404
+    );
+    let taken = server.request(
+        "PUT",
+        "/accounts/acct-2",
+        Some(&account("acct-2", "moved@example.com").to_string()),
+    );
+    assert_eq!(taken.status, 409, "{}", taken.text);
+    assert_eq!(
+        server.get("/accounts/acct-2").json["email"],
+        "acct-2@example.com"
+    );
+    let deleted = server.request("DELETE", "/accounts/acct-1", None);
+    assert_eq!(deleted.json["deleted"], true, "{}", deleted.text);
+    assert_eq!(
+        server
+            .get("/accounts/by-email?email=moved%40example.com")
+            .status,
+        404
+    );
+    let reused = server.post("/accounts", &account("acct-1b", "moved@example.com"));
+    assert_eq!(reused.status, 201, "{}", reused.text);
+
+    // Inserts of one email under different keys, racing from separate connections: one wins.
+    const PARALLEL: usize = 8;
+    let base = server.base().to_owned();
+    for round in 0..3 {
+        let barrier = Arc::new(Barrier::new(PARALLEL));
+        let statuses: Vec<u16> = (0..PARALLEL)
+            .map(|t| {
+                let (barrier, base) = (barrier.clone(), base.clone());
+                std::thread::spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    let body = json!({
+                        "id": format!("race-{round}-{t}"),
+                        "email": format!("race{round}@example.com"),
+                        "name": "racer",
+                    });
+                    barrier.wait();
+                    agent
+                        .post(&format!("{base}/accounts"))
+                        .send(body.to_string())
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 201).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|&s| s == 201 || s == 409),
+            "{statuses:?}"
+        );
+        let mut rows = 0;
+        for shard in SHARDS {
+            let found = server.post(
+                &format!("/raw/{shard}"),
+                &json!({ "sql": "SELECT id FROM accounts WHERE email = ?", "params": [format!("race{round}@example.com")] }),
+            );
+            rows += found.json.as_array().unwrap().len();
+        }
+        assert_eq!(rows, 1, "round {round}: one row holds the email");
+    }
+}
+
 fn reads_of_unknown_keys_create_no_directory_entries(server: &Workerd) {
     let (before_do, before_kv) = (
         directory_entries(server, ""),
@@ -1108,7 +1240,7 @@ fn coordinator_matches_shards(server: &Workerd) -> Result<(), String> {
         })
         .collect();
     let matches = SHARDS.iter().all(|shard| {
-        ["users", "posts", "sessions", "events"]
+        ["users", "posts", "sessions", "events", "accounts"]
             .iter()
             .all(|table| {
                 real[*shard][table].as_u64().unwrap_or(0)
@@ -1410,7 +1542,7 @@ fn flush_empties_everything(server: &Workerd) {
         let reply = server.post(path, &json!({}));
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
-    for table in ["users", "posts", "sessions", "events"] {
+    for table in ["users", "posts", "sessions", "events", "accounts"] {
         assert_eq!(
             rows_per_shard(server, table).values().sum::<u64>(),
             0,

@@ -35,6 +35,7 @@ const _: () = {
             write: ::core::option::Option::Some(__cdb::Strategy::Location),
         };
         const PRIMARY_READS: bool = false;
+        const UNIQUE: &'static [usize] = &[];
         fn key(&self) -> &Self::Key {
             &self.id
         }

@@ -11,7 +11,9 @@
 //!   fence. A shard that refuses (a move switched a slot) wrote nothing; the router reloads the
 //!   map and runs the call again on every shard.
 //!
-//! Deleted keys keep their directory entries, as with `delete`.
+//! Deleted keys keep their directory entries, as with `delete`. `update_many` refuses to set a
+//! `#[sharded(unique)]` column; `delete_many` leaves the deleted rows' unique lookup entries as
+//! orphans, which reads ignore and later writes take over (see [`crate::unique`]).
 
 use sea_query::{Expr, ExprTrait, Query as SqlQuery, SqliteQueryBuilder};
 
@@ -120,6 +122,14 @@ fn statement<M: Model>(
                     return Err(Error::QueryInvalid {
                         reason: format!(
                             "`update_many` cannot set the key column `{}`: a row's key decides its shard; insert a row with the new key and delete the old one",
+                            a.column
+                        ),
+                    });
+                }
+                if M::UNIQUE.contains(&a.index) {
+                    return Err(Error::QueryInvalid {
+                        reason: format!(
+                            "`update_many` cannot set the unique column `{}`: its lookup is kept by the typed calls, one row at a time; use `update` on each row",
                             a.column
                         ),
                     });

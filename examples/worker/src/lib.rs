@@ -1,12 +1,13 @@
 //! collegedb in a Cloudflare Worker: three D1 shards serving rows and a fourth on standby, a KV
 //! and a Durable Object directory, the ShardCoordinator, the growth runner, a namespace for shards
-//! kept in Durable Objects ([`ShardObject`]), and four models with their own strategies, behind a
+//! kept in Durable Objects ([`ShardObject`]), and five models with their own strategies, behind a
 //! small JSON API. The shard list is `COLLEGEDB_CONFIG` in `wrangler.toml`.
 //!
 //! | request | does |
 //! | --- | --- |
 //! | `POST /setup` | creates every model's table on every shard, registers the shards with the coordinator |
-//! | `POST /{model}` | inserts (`users`, `posts`, `sessions`, `events`); `PUT /{model}/{id}` updates; `DELETE` deletes |
+//! | `POST /{model}` | inserts (`users`, `posts`, `sessions`, `events`, `accounts`); `PUT /{model}/{id}` updates; `DELETE` deletes |
+//! | `GET /accounts/by-email?email=` | finds an account by its unique email (`find_by_email`): one directory read, one shard query; a taken email answers 409 `DUPLICATE_KEY` naming the column on insert and update |
 //! | `GET /{model}/{id}` | finds by key; `GET /{model}/{id}/shard` names the shard holding it |
 //! | `GET /{model}?after=&limit=` | a page of rows in key order across every shard (`scan`) |
 //! | `POST /{model}/batch` | `insert_many` |
@@ -125,7 +126,19 @@ pub struct Event {
     pub kind: String,
 }
 
-const MODELS: [&str; 4] = ["users", "posts", "sessions", "events"];
+/// Hash placement, with a unique email over every shard: `GET /accounts/by-email?email=` finds
+/// an account with one directory read and one shard query.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "accounts")]
+pub struct Account {
+    #[sharded(key)]
+    pub id: String,
+    #[sharded(unique)]
+    pub email: String,
+    pub name: String,
+}
+
+const MODELS: [&str; 5] = ["users", "posts", "sessions", "events", "accounts"];
 
 /// The var holding the configuration (shards, regions, strategies) in `wrangler.toml`.
 pub const CONFIG_VAR: &str = "COLLEGEDB_CONFIG";
@@ -519,6 +532,7 @@ async fn create_tables(db: &Db) -> collegedb::Result<()> {
     Post::create_table(db).await?;
     Session::create_table(db).await?;
     Event::create_table(db).await?;
+    Account::create_table(db).await?;
     // The coordinator's registry lists the shards that serve rows; the growth runner adds a
     // shard there when its `add_shard` finishes.
     let map = db.shard_map();
@@ -614,6 +628,7 @@ async fn schema(db: &Db) -> collegedb::Result<Response> {
         db.schema_drift::<Post>().await?,
         db.schema_drift::<Session>().await?,
         db.schema_drift::<Event>().await?,
+        db.schema_drift::<Account>().await?,
     ];
     let clean = reports.iter().all(|r| r.is_clean());
     let report: Vec<String> = reports.iter().map(ToString::to_string).collect();
@@ -775,6 +790,23 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
         (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
         (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
         (_, ["events", rest @ ..]) => return model_route::<Event>(db, req, rest).await,
+        (Method::Get, ["accounts", "by-email"]) => {
+            let url = req.url()?;
+            let Some((_, email)) = url.query_pairs().find(|(name, _)| name == "email") else {
+                return bad_request("BAD_QUERY", "`?email=` is missing");
+            };
+            Account::find_by_email(db, email.into_owned())
+                .await
+                .map(|found| match found {
+                    Some(account) => Response::from_json(&account).expect("JSON of an account"),
+                    None => Response::from_json(
+                        &serde_json::json!({ "error": "not found", "code": "ROW_NOT_FOUND" }),
+                    )
+                    .expect("JSON")
+                    .with_status(404),
+                })
+        }
+        (_, ["accounts", rest @ ..]) => return model_route::<Account>(db, req, rest).await,
         (Method::Get, ["shards", shard, table]) => {
             if !MODELS.contains(table) {
                 return bad_request("UNKNOWN_TABLE", format!("unknown table `{table}`"));

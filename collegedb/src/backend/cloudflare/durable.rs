@@ -44,6 +44,19 @@ enum Op {
         table: String,
         key: String,
     },
+    /// Compare-and-set: `value` if the entry is `expected` now.
+    Replace {
+        table: String,
+        key: String,
+        expected: String,
+        value: String,
+    },
+    /// Removes the entry if it is `expected` now.
+    RemoveIf {
+        table: String,
+        key: String,
+        expected: String,
+    },
     List {
         table: String,
         after: String,
@@ -195,6 +208,37 @@ impl Directory for DurableDirectory {
         self.keyed(table, key, |key| Op::Remove {
             table: table_name,
             key,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn replace(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        let (table_name, expected, value) =
+            (table.to_owned(), expected.to_owned(), value.to_owned());
+        Ok(self
+            .keyed(table, key, |key| Op::Replace {
+                table: table_name,
+                key,
+                expected,
+                value,
+            })
+            .await?
+            .shard)
+    }
+
+    async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
+        let (table_name, expected) = (table.to_owned(), expected.to_owned());
+        self.keyed(table, key, |key| Op::RemoveIf {
+            table: table_name,
+            key,
+            expected,
         })
         .await
         .map(drop)
@@ -358,6 +402,33 @@ pub async fn serve_directory(state: &State, mut request: Request) -> worker::Res
             sql.exec(
                 "DELETE FROM directory WHERE scope = ? AND key = ?",
                 vec![text(&table), text(&key)],
+            )?;
+            Reply::default()
+        }
+        Op::Replace {
+            table,
+            key,
+            expected,
+            value,
+        } => {
+            // One request at a time per object, and no await in between: atomic.
+            sql.exec(
+                "UPDATE directory SET shard = ? WHERE scope = ? AND key = ? AND shard = ?",
+                vec![text(&value), text(&table), text(&key), text(&expected)],
+            )?;
+            Reply {
+                shard: shard_of(&table, &key)?,
+                ..Reply::default()
+            }
+        }
+        Op::RemoveIf {
+            table,
+            key,
+            expected,
+        } => {
+            sql.exec(
+                "DELETE FROM directory WHERE scope = ? AND key = ? AND shard = ?",
+                vec![text(&table), text(&key), text(&expected)],
             )?;
             Reply::default()
         }

@@ -109,6 +109,12 @@ impl Directory for CloudflareDirectory {
             Self::DurableObject(d) => d.claim(table, key, shard).await,
         }
     }
+    async fn claim_many(&self, table: &str, claims: &[(Key, String)]) -> Result<Vec<String>> {
+        match self {
+            Self::Kv(d) => d.claim_many(table, claims).await,
+            Self::DurableObject(d) => d.claim_many(table, claims).await,
+        }
+    }
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
         match self {
             Self::Kv(d) => d.assign(table, key, shard).await,
@@ -119,6 +125,24 @@ impl Directory for CloudflareDirectory {
         match self {
             Self::Kv(d) => d.remove(table, key).await,
             Self::DurableObject(d) => d.remove(table, key).await,
+        }
+    }
+    async fn replace(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        match self {
+            Self::Kv(d) => d.replace(table, key, expected, value).await,
+            Self::DurableObject(d) => d.replace(table, key, expected, value).await,
+        }
+    }
+    async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
+        match self {
+            Self::Kv(d) => d.remove_if(table, key, expected).await,
+            Self::DurableObject(d) => d.remove_if(table, key, expected).await,
         }
     }
     async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {

@@ -296,6 +296,44 @@ impl Directory for SqliteDirectory {
         .await
     }
 
+    async fn replace(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        let args = (
+            table.to_owned(),
+            key.directory_bytes(),
+            expected.to_owned(),
+            value.to_owned(),
+        );
+        // One statement under SQLite's write lock: atomic.
+        self.run(false, args, |conn, (table, key, expected, value)| {
+            conn.prepare_cached(
+                "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
+            )?
+            .execute((table, key, expected, value))?;
+            conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
+                .query_row((table, key), |row| row.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
+        let args = (table.to_owned(), key.directory_bytes(), expected.to_owned());
+        self.run(false, args, |conn, (table, key, expected)| {
+            conn.prepare_cached(
+                "DELETE FROM directory WHERE scope = ?1 AND key = ?2 AND shard = ?3",
+            )?
+            .execute((table, key, expected))
+            .map(drop)
+        })
+        .await
+    }
+
     async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
         let after = match cursor {
             Some(cursor) => hex::decode(cursor).map_err(|_| {

@@ -123,6 +123,21 @@ pub fn stored_map(folder: &Path) -> Result<Option<crate::slots::ShardMap>> {
         .transpose()
 }
 
+/// Opens the directory and coordinator file of an embedded database in `folder` (creating it if
+/// missing), for assembling a handle from wrapped parts with [`CollegeDb::from_parts`]: fault
+/// injection or instrumentation around the real stores. Shards open with [`SqliteShard::open`]
+/// as `<folder>/<name>.sqlite`.
+///
+/// [`CollegeDb::from_parts`]: crate::CollegeDb::from_parts
+pub fn open_directory(
+    folder: &Path,
+    options: &EmbeddedOptions,
+) -> Result<(SqliteDirectory, LocalCoordinator)> {
+    std::fs::create_dir_all(folder)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", folder.display())))?;
+    directory::open(&folder.join("_directory.db"), options)
+}
+
 /// Opens every file of an embedded database in `folder`, creating what is missing.
 pub(crate) fn open(
     folder: &Path,

@@ -1,0 +1,619 @@
+//! Unique secondary lookups on real SQLite files: `find_by_email` and `find_by_handle` across
+//! shards; `DUPLICATE_KEY` naming the column for inserts, updates, upserts and `insert_many`,
+//! with nothing of the refused write left behind; updates and deletes that keep the lookups
+//! exact; racing inserts of one value from several threads, each with its own handle; and a
+//! crash injected at every step of each write (a wrapper around the real files that fails every
+//! call from the N-th on, as a process that died there would), after which no row is without
+//! its entry and the next write of the value completes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use collegedb::backend::embedded::{self, LocalCoordinator, SqliteDirectory, SqliteShard};
+use collegedb::backend::{Backend, Coordinator, Row, ShardConn, Statement};
+use collegedb::directory::{Directory, DirectoryPage};
+use collegedb::slots::ShardMap;
+use collegedb::{CollegeDb, Config, Embedded, Error, Key, Result, Value};
+use collegedb_tests::{open_with, Account};
+use pollster::block_on;
+
+const SHARDS: usize = 3;
+/// A short lease, so that orphans left by a crash are taken over within the test.
+const LEASE_MS: u64 = 100;
+
+fn open(dir: &std::path::Path) -> CollegeDb<Embedded> {
+    open_with(dir, SHARDS, |mut config| {
+        config.unique_lease_ms = LEASE_MS;
+        config
+    })
+}
+
+fn duplicate_column(error: Error) -> String {
+    assert_eq!(error.code(), "DUPLICATE_KEY", "{error}");
+    assert_eq!(error.http_status(), 409);
+    match error {
+        Error::DuplicateValue { table, column } => {
+            assert_eq!(table, "accounts");
+            column
+        }
+        other => panic!("expected DuplicateValue, got {other:?}"),
+    }
+}
+
+/// The directory entry of `value` in the lookup of `column`, read from the store.
+fn entry(db: &CollegeDb<Embedded>, column: &str, value: &str) -> Option<String> {
+    block_on(db.directory().lookup(
+        &collegedb::unique::scope("accounts", column),
+        &Key::Text(value.into()),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn finds_by_unique_columns_across_shards_and_refuses_taken_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    block_on(Account::create_table(&db)).unwrap();
+    let accounts: Vec<Account> = (0..30)
+        .map(|i| Account::new(i, format!("user{i}@example.com")))
+        .collect();
+    for account in &accounts {
+        block_on(Account::insert(&db, account)).unwrap();
+    }
+    let shards: std::collections::BTreeSet<String> = accounts
+        .iter()
+        .map(|a| block_on(Account::locate(&db, a.id)).unwrap().unwrap())
+        .collect();
+    assert_eq!(shards.len(), SHARDS, "the rows spread over every shard");
+    for account in &accounts {
+        let by_email = block_on(Account::find_by_email(&db, account.email.as_str())).unwrap();
+        assert_eq!(by_email.as_ref(), Some(account));
+        let by_handle = block_on(Account::find_by_handle(&db, account.handle.clone())).unwrap();
+        assert_eq!(by_handle.as_ref(), Some(account));
+        assert!(entry(&db, "email", &account.email)
+            .unwrap()
+            .starts_with("live "));
+        assert!(entry(&db, "login", &account.handle).is_some());
+    }
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "nobody@example.com")).unwrap(),
+        None
+    );
+
+    // A second row with a taken email, even on another shard: refused, naming the column.
+    let thief = Account::new(1000, "user3@example.com");
+    let column = duplicate_column(block_on(Account::insert(&db, &thief)).unwrap_err());
+    assert_eq!(column, "email");
+    assert_eq!(block_on(Account::find(&db, 1000)).unwrap(), None);
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "user3@example.com")).unwrap(),
+        Some(accounts[3].clone())
+    );
+    // The second unique column is checked too, under its own column name.
+    let mut thief = Account::new(1001, "fresh@example.com");
+    thief.handle = accounts[4].handle.clone();
+    assert_eq!(
+        duplicate_column(block_on(Account::insert(&db, &thief)).unwrap_err()),
+        "login"
+    );
+    assert_eq!(block_on(Account::find(&db, 1001)).unwrap(), None);
+    // The refused insert removed the claim it had made for its fresh email, so the value is
+    // free at once, not held until the lease runs out.
+    assert_eq!(entry(&db, "email", "fresh@example.com"), None);
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "fresh@example.com")).unwrap(),
+        None
+    );
+    let taker = Account::new(1002, "fresh@example.com");
+    block_on(Account::insert(&db, &taker)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "fresh@example.com")).unwrap(),
+        Some(taker)
+    );
+
+    // Inserting an existing key again fails on the key, and leaves its lookups as they were.
+    let again = block_on(Account::insert(&db, &accounts[5])).unwrap_err();
+    assert!(matches!(again, Error::DuplicateKey { .. }), "{again:?}");
+    assert_eq!(
+        block_on(Account::find_by_email(&db, accounts[5].email.as_str())).unwrap(),
+        Some(accounts[5].clone())
+    );
+
+    // Hostile and oversized values are typed errors before anything is written.
+    let long = "x".repeat(3000);
+    let error = block_on(Account::insert(&db, &Account::new(2000, long.clone()))).unwrap_err();
+    assert_eq!(error.code(), "KEY_INVALID", "{error}");
+    assert_eq!(block_on(Account::find(&db, 2000)).unwrap(), None);
+    assert_eq!(
+        block_on(Account::find_by_email(&db, long))
+            .unwrap_err()
+            .code(),
+        "KEY_INVALID"
+    );
+    let hostile = Account::new(2001, "'; DROP TABLE accounts; --");
+    block_on(Account::insert(&db, &hostile)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "'; DROP TABLE accounts; --")).unwrap(),
+        Some(hostile)
+    );
+}
+
+#[test]
+fn updates_upserts_and_deletes_keep_the_lookups_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    block_on(Account::create_table(&db)).unwrap();
+    let alice = Account::new(1, "alice@example.com");
+    let bob = Account::new(2, "bob@example.com");
+    block_on(Account::insert(&db, &alice)).unwrap();
+    block_on(Account::insert(&db, &bob)).unwrap();
+
+    // A changed email moves the lookup: the old value is free, its entry gone.
+    let mut moved = alice.clone();
+    moved.email = "alice@new.example".into();
+    moved.name = "Alice".into();
+    block_on(Account::update(&db, &moved)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "alice@new.example")).unwrap(),
+        Some(moved.clone())
+    );
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "alice@example.com")).unwrap(),
+        None
+    );
+    assert_eq!(entry(&db, "email", "alice@example.com"), None);
+    // The unchanged handle keeps its entry.
+    assert_eq!(
+        block_on(Account::find_by_handle(&db, "handle-1")).unwrap(),
+        Some(moved.clone())
+    );
+
+    // An update to a taken value is refused, and the row stays as it was.
+    let mut clash = moved.clone();
+    clash.email = bob.email.clone();
+    clash.name = "changed".into();
+    assert_eq!(
+        duplicate_column(block_on(Account::update(&db, &clash)).unwrap_err()),
+        "email"
+    );
+    assert_eq!(
+        block_on(Account::find(&db, 1)).unwrap(),
+        Some(moved.clone())
+    );
+    assert_eq!(
+        block_on(Account::find_by_email(&db, bob.email.as_str())).unwrap(),
+        Some(bob.clone())
+    );
+    // An update of a missing row claims nothing.
+    let ghost = Account::new(99, "ghost@example.com");
+    let error = block_on(Account::update(&db, &ghost)).unwrap_err();
+    assert_eq!(error.code(), "ROW_NOT_FOUND");
+    assert_eq!(entry(&db, "email", "ghost@example.com"), None);
+
+    // The freed value can be taken by another key.
+    let carol = Account::new(3, "alice@example.com");
+    block_on(Account::insert(&db, &carol)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "alice@example.com")).unwrap(),
+        Some(carol.clone())
+    );
+
+    // Upsert: as an insert for a new key, as an update for an existing one.
+    let dave = Account::new(4, "dave@example.com");
+    block_on(Account::upsert(&db, &dave)).unwrap();
+    let mut dave2 = dave.clone();
+    dave2.email = "dave@new.example".into();
+    block_on(Account::upsert(&db, &dave2)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "dave@new.example")).unwrap(),
+        Some(dave2.clone())
+    );
+    assert_eq!(entry(&db, "email", "dave@example.com"), None);
+    let mut dave3 = dave2.clone();
+    dave3.email = carol.email.clone();
+    assert_eq!(
+        duplicate_column(block_on(Account::upsert(&db, &dave3)).unwrap_err()),
+        "email"
+    );
+    assert_eq!(
+        block_on(Account::find(&db, 4)).unwrap(),
+        Some(dave2.clone())
+    );
+
+    // Delete: the row, then its entries.
+    assert!(block_on(Account::delete(&db, 3)).unwrap());
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "alice@example.com")).unwrap(),
+        None
+    );
+    assert_eq!(entry(&db, "email", "alice@example.com"), None);
+    assert_eq!(entry(&db, "login", "handle-3"), None);
+    assert!(!block_on(Account::delete(&db, 3)).unwrap());
+
+    // A handle that cached a lookup sees the change made through another handle.
+    let other = open(dir.path());
+    assert_eq!(
+        block_on(Account::find_by_email(&other, "bob@example.com")).unwrap(),
+        Some(bob.clone())
+    );
+    block_on(Account::delete(&db, 2)).unwrap();
+    let bob2 = Account::new(5, "bob@example.com");
+    block_on(Account::insert(&db, &bob2)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&other, "bob@example.com")).unwrap(),
+        Some(bob2)
+    );
+
+    // `update_many` cannot set a unique column; `delete_many` leaves harmless orphans.
+    let fields = Account::fields();
+    let error = block_on(
+        Account::query()
+            .filter(fields.id().eq(1))
+            .update_many(&db, &[fields.email().set("x@example.com")]),
+    )
+    .unwrap_err();
+    assert_eq!(error.code(), "QUERY_INVALID", "{error}");
+    assert!(
+        error.to_string().contains("unique column `email`"),
+        "{error}"
+    );
+    block_on(Account::query().filter(fields.id().eq(4)).delete_many(&db)).unwrap();
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "dave@new.example")).unwrap(),
+        None
+    );
+    block_on(Account::insert(&db, &Account::new(6, "dave@new.example"))).unwrap();
+}
+
+#[test]
+fn insert_many_claims_every_value_and_refuses_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    block_on(Account::create_table(&db)).unwrap();
+    let rows: Vec<Account> = (0..50)
+        .map(|i| Account::new(i, format!("bulk{i}@example.com")))
+        .collect();
+    assert_eq!(block_on(Account::insert_many(&db, &rows)).unwrap(), 50);
+    for row in &rows {
+        assert_eq!(
+            block_on(Account::find_by_email(&db, row.email.as_str())).unwrap(),
+            Some(row.clone())
+        );
+    }
+    // Two rows of one call with one value: refused before anything is claimed or written.
+    let twins = vec![
+        Account::new(100, "twin@example.com"),
+        Account::new(101, "twin@example.com"),
+    ];
+    assert_eq!(
+        duplicate_column(block_on(Account::insert_many(&db, &twins)).unwrap_err()),
+        "email"
+    );
+    assert_eq!(block_on(Account::find(&db, 100)).unwrap(), None);
+    assert_eq!(entry(&db, "email", "twin@example.com"), None);
+    // A value already taken by a stored row: refused, nothing of the call written.
+    let late = vec![
+        Account::new(200, "new200@example.com"),
+        Account::new(201, "bulk7@example.com"),
+    ];
+    assert_eq!(
+        duplicate_column(block_on(Account::insert_many(&db, &late)).unwrap_err()),
+        "email"
+    );
+    assert_eq!(block_on(Account::find(&db, 200)).unwrap(), None);
+    assert_eq!(block_on(Account::find(&db, 201)).unwrap(), None);
+    // The idempotent form can run twice over the same input.
+    let more: Vec<Account> = (300..320)
+        .map(|i| Account::new(i, format!("more{i}@example.com")))
+        .collect();
+    let first = block_on(Account::insert_many_idempotent(&db, &more)).unwrap();
+    let second = block_on(Account::insert_many_idempotent(&db, &more)).unwrap();
+    assert_eq!((first.inserted, second.already_present), (20, 20));
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "more311@example.com")).unwrap(),
+        Some(more[11].clone())
+    );
+}
+
+#[test]
+fn racing_inserts_of_one_value_from_many_handles_admit_exactly_one() {
+    const THREADS: i64 = 6;
+    const ROUNDS: usize = 15;
+    let dir = tempfile::tempdir().unwrap();
+    block_on(Account::create_table(&open(dir.path()))).unwrap();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS as usize));
+        let email = format!("race{round}@example.com");
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (path, barrier, email) =
+                    (dir.path().to_owned(), barrier.clone(), email.clone());
+                std::thread::spawn(move || {
+                    // Each thread has its own handle, with its own cache, as separate processes.
+                    let db = open(&path);
+                    let id = round as i64 * 100 + t;
+                    barrier.wait();
+                    block_on(Account::insert(&db, &Account::new(id, email)))
+                })
+            })
+            .collect();
+        let results: Vec<Result<()>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        for result in results.into_iter().filter_map(Result::err) {
+            assert_eq!(duplicate_column(result), "email");
+        }
+        let db = open(dir.path());
+        let holders = block_on(
+            Account::query()
+                .filter(Account::fields().email().eq(email.clone()))
+                .all(&db),
+        )
+        .unwrap();
+        assert_eq!(holders.len(), 1, "round {round}: {holders:?}");
+        assert_eq!(
+            block_on(Account::find_by_email(&db, email)).unwrap(),
+            Some(holders[0].clone())
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crashes at every step: the real files behind a wrapper that fails every call from the N-th.
+
+/// Calls left before the "process" dies; shared by every part of one handle.
+#[derive(Clone)]
+struct Fuse(Arc<AtomicUsize>);
+
+impl Fuse {
+    fn strike(&self) -> Result<()> {
+        let left = self.0.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(Error::Unavailable {
+                shard: "any".into(),
+                message: "injected crash: the process died here".into(),
+            });
+        }
+        self.0.store(left - 1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+struct FusedShard(SqliteShard, Fuse);
+struct FusedDirectory(SqliteDirectory, Fuse);
+struct FusedCoordinator(LocalCoordinator);
+
+impl ShardConn for FusedShard {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.1.strike()?;
+        self.0.execute(sql, params).await
+    }
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.1.strike()?;
+        self.0.query(sql, params).await
+    }
+    async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.1.strike()?;
+        self.0.query_raw(sql, params).await
+    }
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
+        self.1.strike()?;
+        self.0.batch(statements).await
+    }
+    fn computes_slots(&self) -> bool {
+        true
+    }
+    async fn size_bytes(&self) -> Result<u64> {
+        self.0.size_bytes().await
+    }
+}
+
+impl Directory for FusedDirectory {
+    async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
+        self.1.strike()?;
+        self.0.lookup(table, key).await
+    }
+    async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
+        self.1.strike()?;
+        self.0.claim(table, key, shard).await
+    }
+    async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
+        self.1.strike()?;
+        self.0.assign(table, key, shard).await
+    }
+    async fn remove(&self, table: &str, key: &Key) -> Result<()> {
+        self.1.strike()?;
+        self.0.remove(table, key).await
+    }
+    async fn replace(
+        &self,
+        table: &str,
+        key: &Key,
+        expected: &str,
+        value: &str,
+    ) -> Result<Option<String>> {
+        self.1.strike()?;
+        self.0.replace(table, key, expected, value).await
+    }
+    async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
+        self.1.strike()?;
+        self.0.remove_if(table, key, expected).await
+    }
+    async fn list(&self, table: &str, cursor: Option<&str>, limit: usize) -> Result<DirectoryPage> {
+        self.1.strike()?;
+        self.0.list(table, cursor, limit).await
+    }
+    async fn count(&self) -> Result<u64> {
+        self.0.count().await
+    }
+    async fn clear(&self) -> Result<()> {
+        self.0.clear().await
+    }
+}
+
+impl Coordinator for FusedCoordinator {
+    async fn next_ticket(&self, table: &str) -> Result<u64> {
+        self.0.next_ticket(table).await
+    }
+    async fn load_map(&self) -> Result<Option<ShardMap>> {
+        self.0.load_map().await
+    }
+    async fn store_map(&self, map: &ShardMap) -> Result<bool> {
+        self.0.store_map(map).await
+    }
+    async fn load_job(&self, name: &str) -> Result<Option<String>> {
+        self.0.load_job(name).await
+    }
+}
+
+enum Fused {}
+
+impl Backend for Fused {
+    type Shard = FusedShard;
+    type Directory = FusedDirectory;
+    type Coordinator = FusedCoordinator;
+}
+
+/// A handle on the files of `dir` that dies after `calls` calls to the shards and directory,
+/// and its fuse.
+fn fused(dir: &std::path::Path, calls: usize) -> (CollegeDb<Fused>, Fuse) {
+    let fuse = Fuse(Arc::new(AtomicUsize::new(calls)));
+    let options = Default::default();
+    let (directory, coordinator) = embedded::open_directory(dir, &options).unwrap();
+    let mut config = Config::with_shard_names((0..SHARDS).map(|i| format!("s{i}")));
+    config.unique_lease_ms = LEASE_MS;
+    let shards = (0..SHARDS)
+        .map(|i| {
+            let name = format!("s{i}");
+            let shard = SqliteShard::open(dir.join(format!("{name}.sqlite")), &name, &options);
+            FusedShard(shard.unwrap(), fuse.clone())
+        })
+        .collect();
+    let db = CollegeDb::from_parts(
+        config,
+        shards,
+        FusedDirectory(directory, fuse.clone()),
+        FusedCoordinator(coordinator),
+    )
+    .unwrap();
+    (db, fuse)
+}
+
+/// A database where the scenario's first `done` writes have run.
+fn prepared(done: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    block_on(Account::create_table(&db)).unwrap();
+    for earlier in 0..done {
+        block_on(step(&db, earlier)).unwrap();
+    }
+    dir
+}
+
+/// What the files must show after any crash: every row reachable through each of its unique
+/// values (its entry names it), and no value held by two rows.
+fn check_consistent(db: &CollegeDb<Embedded>, context: &str) {
+    let rows = block_on(Account::query().all(db)).unwrap();
+    let mut emails = std::collections::HashSet::new();
+    for row in &rows {
+        assert!(
+            emails.insert(row.email.clone()),
+            "{context}: two rows hold {}",
+            row.email
+        );
+        assert_eq!(
+            block_on(Account::find_by_email(db, row.email.as_str())).unwrap(),
+            Some(row.clone()),
+            "{context}: a row without its email entry"
+        );
+        assert_eq!(
+            block_on(Account::find_by_handle(db, row.handle.as_str())).unwrap(),
+            Some(row.clone()),
+            "{context}: a row without its handle entry"
+        );
+    }
+}
+
+/// One write of the scenario, run on any handle.
+async fn step<B: Backend>(db: &CollegeDb<B>, op: usize) -> Result<()> {
+    match op {
+        0 => Account::insert(db, &Account::new(1, "one@example.com")).await,
+        1 => {
+            let mut changed = Account::new(1, "uno@example.com");
+            changed.handle = "uno".into();
+            Account::update(db, &changed).await
+        }
+        2 => Account::upsert(db, &Account::new(2, "one@example.com")).await,
+        3 => Account::delete(db, 1).await.map(drop),
+        _ => Account::insert(db, &Account::new(3, "uno@example.com")).await,
+    }
+}
+
+/// The state after the scenario's first `done` writes ran to completion.
+fn expected_after(done: usize) -> Vec<Account> {
+    let mut uno = Account::new(1, "uno@example.com");
+    uno.handle = "uno".into();
+    match done {
+        0 => vec![],
+        1 => vec![Account::new(1, "one@example.com")],
+        2 => vec![uno],
+        3 => vec![uno, Account::new(2, "one@example.com")],
+        4 => vec![Account::new(2, "one@example.com")],
+        _ => vec![
+            Account::new(2, "one@example.com"),
+            Account::new(3, "uno@example.com"),
+        ],
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_any_write_leaves_no_row_without_its_entry() {
+    const STEPS: usize = 5;
+    let mut crash_points = 0;
+    for op in 0..STEPS {
+        // How many calls the write makes when nothing fails, on a copy of the same state.
+        let calls = {
+            let probe = prepared(op);
+            let (counting, fuse) = fused(probe.path(), usize::MAX);
+            block_on(step(&counting, op)).unwrap();
+            usize::MAX - fuse.0.load(Ordering::SeqCst)
+        };
+        assert!(calls >= 3, "op {op} makes {calls} calls");
+        for crash_at in 0..calls {
+            let dir = prepared(op);
+            let (dying, _) = fused(dir.path(), crash_at);
+            let error = block_on(step(&dying, op)).unwrap_err();
+            assert!(
+                error.to_string().contains("injected crash"),
+                "op {op} at {crash_at}: {error}"
+            );
+            drop(dying);
+            // A new process: the files must be consistent, and the write completes when run
+            // again (after the lease, for a claim the crash left pending).
+            let db = open(dir.path());
+            let context = format!("op {op}, crash before call {crash_at} of {calls}");
+            check_consistent(&db, &context);
+            std::thread::sleep(std::time::Duration::from_millis(LEASE_MS + 20));
+            // An insert whose row was written before the crash reports its key as taken.
+            match block_on(step(&db, op)) {
+                Ok(()) | Err(Error::DuplicateKey { .. }) => {}
+                Err(e) => panic!("{context}: rerun failed: {e}"),
+            }
+            check_consistent(&db, &context);
+            let mut rows = block_on(Account::query().all(&db)).unwrap();
+            rows.sort_by_key(|a| a.id);
+            assert_eq!(rows, expected_after(op + 1), "{context}");
+            // The rest of the scenario runs on, and ends where an uninterrupted run ends.
+            for later in op + 1..STEPS {
+                block_on(step(&db, later)).unwrap_or_else(|e| panic!("{context}: op {later}: {e}"));
+            }
+            let mut rows = block_on(Account::query().all(&db)).unwrap();
+            rows.sort_by_key(|a| a.id);
+            assert_eq!(rows, expected_after(STEPS), "{context}");
+            check_consistent(&db, &context);
+            crash_points += 1;
+        }
+    }
+    eprintln!("{crash_points} crash points over {STEPS} writes");
+    assert!(crash_points >= 20, "only {crash_points} crash points");
+}
