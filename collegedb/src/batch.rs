@@ -38,12 +38,17 @@
 //! # What belongs in a batch
 //!
 //! A batch is anchored at one key of one model. A typed statement joins it when its row routes
-//! with that key for good, through any move: a row of the anchor's own model and key, or, when
-//! the anchor is placed by hash for reads and writes, a row with the same key value of any model
-//! that is too (a hash-placed key's shard follows from its value alone, whatever the table).
-//! Anything else is refused with [`Error::CrossShard`] when it is added. Raw statements are
-//! taken as they are: they must touch only rows of the anchor's key.
+//! with that key: a row of the anchor's own model and key, or, when the anchor is placed by hash
+//! for reads and writes, a row with the same key value of any model that is too (a hash-placed
+//! key's shard follows from its value, whatever the table). Anything else is refused with
+//! [`Error::CrossShard`] when it is added. Raw statements are taken as they are: they must touch
+//! only rows of the anchor's key.
 //!
+//! A key can still be reassigned on its own, in one table ([`CollegeDb::reassign`]): then it no
+//! longer shares a shard with the same key of the other tables. Every table a batch writes is
+//! guarded for that key, so such a batch is refused by the shard, writes nothing, and fails with
+//! [`Error::CrossShard`] at commit.
+
 //! # What a batch cannot do
 //!
 //! * Read its own writes midway: D1 has no interactive transactions, so every statement is sent
@@ -85,6 +90,9 @@ pub struct Batch<'a, B: Backend> {
     key: std::result::Result<Key, String>,
     strategies: crate::config::Strategies,
     entries: Vec<Entry>,
+    /// The other (hash-placed) tables the typed statements write: each is guarded too, since a
+    /// key of one table can be reassigned on its own.
+    others: std::collections::BTreeSet<&'static str>,
 }
 
 impl<B: Backend> CollegeDb<B> {
@@ -97,6 +105,7 @@ impl<B: Backend> CollegeDb<B> {
             key: key.into_arg().into_key().map_err(|e| e.to_string()),
             strategies: self.strategies(M::STRATEGY),
             entries: Vec::new(),
+            others: Default::default(),
         }
     }
 }
@@ -112,8 +121,8 @@ impl<'a, B: Backend> Batch<'a, B> {
         })
     }
 
-    /// Checks that a row of `M` with `key` routes with the anchor.
-    fn check_route<M: Model>(&self, key: &M::Key) -> Result<Key> {
+    /// Checks that a row of `M` with `key` routes with the anchor, and notes its table.
+    fn check_route<M: Model>(&mut self, key: &M::Key) -> Result<Key> {
         let anchor = self.anchor()?;
         if !M::UNIQUE.is_empty() {
             return Err(Error::QueryInvalid {
@@ -127,6 +136,9 @@ impl<'a, B: Backend> Batch<'a, B> {
         let same_scope = M::TABLE == self.table;
         let both_hash = by_hash(self.strategies) && by_hash(self.db.strategies(M::STRATEGY));
         if key == *anchor && (same_scope || both_hash) {
+            if !same_scope {
+                self.others.insert(M::TABLE);
+            }
             return Ok(key);
         }
         Err(Error::CrossShard {
@@ -175,11 +187,17 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let mut params = row.to_values()?;
         crate::model::check_row(&params)?;
-        let Some(sql) = &M::sql().update_by_key else {
-            // Nothing but the key: the update changes nothing.
-            return Ok(self);
-        };
         let key = params.remove(M::KEY_INDEX);
+        let Some(sql) = &M::sql().update_by_key else {
+            // Nothing but the key: the statement changes nothing but counts the row, as `update`
+            // requires it to exist.
+            let column = crate::raw::quote_ident(M::COLUMNS[M::KEY_INDEX].name);
+            let sql = format!(
+                "UPDATE {} SET {column} = {column} WHERE {column} = ?",
+                crate::raw::quote_ident(M::TABLE)
+            );
+            return self.push(&sql, vec![key], None, false);
+        };
         params.push(key);
         self.push(sql, params, None, false)
     }
@@ -226,9 +244,16 @@ impl<'a, B: Backend> Batch<'a, B> {
             return Ok(Vec::new());
         }
         let db = self.db;
-        let statements: Vec<Statement> = self.entries.iter().map(|e| e.statement.clone()).collect();
-        let creates = self.entries.iter().any(|e| e.creates);
         let keys = [key.to_value()];
+        // Guards of the other tables' key first: their counts are dropped from the answer.
+        let mut statements: Vec<Statement> = self
+            .others
+            .iter()
+            .flat_map(|table| fence::key_guard_statements(table, &keys))
+            .collect();
+        let guards = statements.len();
+        statements.extend(self.entries.iter().map(|e| e.statement.clone()));
+        let creates = self.entries.iter().any(|e| e.creates);
         let mut backoff = Backoff::new();
         let mut directed = None;
         loop {
@@ -242,6 +267,7 @@ impl<'a, B: Backend> Batch<'a, B> {
                 .map_err(|e| self.duplicate_or(shard, e))?;
             match result {
                 Ok(changed) => {
+                    let changed = changed[guards..].to_vec();
                     for (entry, n) in self.entries.iter().zip(&changed) {
                         if let Some((table, sign)) = entry.counts {
                             db.note_rows(shard, table, sign * *n as i64);
@@ -255,6 +281,16 @@ impl<'a, B: Backend> Batch<'a, B> {
                         .await?;
                 }
                 Err(fence::Refusal::Moved) => {
+                    // The key of the anchor's table, or of another, was reassigned away from
+                    // its hash shard: the tables no longer share a shard for it.
+                    if let Some(table) = self.others.iter().next() {
+                        return Err(Error::CrossShard {
+                            anchor: format!("`{}` key {key}", self.table),
+                            statement: format!(
+                                "`{table}` key {key} (one of the two was reassigned on its own)"
+                            ),
+                        });
+                    }
                     directed = db
                         .after_moved(self.table, &key, shard, &mut backoff)
                         .await?;

@@ -251,10 +251,11 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             });
         }
     }
+    let all: Vec<&M> = rows.iter().collect();
     let claimed = if M::UNIQUE.is_empty() {
         Vec::new()
     } else {
-        crate::unique::claim_rows(db, rows).await?
+        crate::unique::claim_rows(db, &all).await?
     };
     let mut written = 0;
     for (shard, rows) in by_shard {
@@ -269,7 +270,7 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             Err(error) if written == 0 => {
                 if matches!(error, Error::DuplicateKey { .. }) {
                     // A key inserted meanwhile: nothing of this call was written.
-                    crate::unique::abandon_rows::<M, B>(db, &claimed).await?;
+                    crate::unique::abandon_rows::<M, B>(db, &claimed).await;
                 }
                 return Err(error);
             }
@@ -281,8 +282,27 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             }
         }
     }
-    crate::unique::confirm_rows::<M, B>(db, &claimed).await?;
+    let lost = crate::unique::confirm_rows::<M, B>(db, &claimed, &all).await?;
+    if let Some((_, column)) = lost.first() {
+        // Claims another key took over meanwhile: those rows were deleted again.
+        return Err(partially(
+            written.saturating_sub(lost.len()),
+            crate::unique::duplicate_of::<M>(*column),
+        ));
+    }
     Ok(written)
+}
+
+/// `source`, or [`Error::PartiallyWritten`] if rows were written.
+fn partially(written: usize, source: Error) -> Error {
+    if written == 0 {
+        source
+    } else {
+        Error::PartiallyWritten {
+            written,
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Inserts the rows that are not present yet, and can be run again with the same input until it
@@ -297,10 +317,32 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
     rows: &[M],
 ) -> Result<InsertReport> {
     let (by_shard, by_map) = place_all(db, rows).await?;
+    // Rows whose key holds other content are refused, not written: none of their values is
+    // claimed.
+    let mut claimable: Vec<&M> = Vec::new();
+    if !M::UNIQUE.is_empty() {
+        let mut refused = std::collections::HashSet::new();
+        for (&shard, prepared) in &by_shard {
+            let keys = prepared.iter().map(|r| r.key.to_value());
+            let present = existing::<M, _>(db.shard(shard), keys).await?;
+            for row in prepared {
+                if present
+                    .get(&row.key)
+                    .is_some_and(|stored| !same_row(stored, &row.values))
+                {
+                    refused.insert(row.index);
+                }
+            }
+        }
+        claimable = (0..rows.len())
+            .filter(|i| !refused.contains(i))
+            .map(|i| &rows[i])
+            .collect();
+    }
     let claimed = if M::UNIQUE.is_empty() {
         Vec::new()
     } else {
-        crate::unique::claim_rows(db, rows).await?
+        crate::unique::claim_rows(db, &claimable).await?
     };
     let mut report = InsertReport::default();
     let mut conflict = None;
@@ -345,7 +387,12 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             }
         }
     }
-    crate::unique::confirm_rows::<M, B>(db, &claimed).await?;
+    if let Some((_, column)) = crate::unique::confirm_rows::<M, B>(db, &claimed, &claimable)
+        .await?
+        .first()
+    {
+        return Err(crate::unique::duplicate_of::<M>(*column));
+    }
     match conflict {
         Some((_, shard)) => Err(Error::DuplicateKey {
             table: M::TABLE.to_owned(),

@@ -77,6 +77,12 @@ pub trait Directory: MaybeSync + 'static {
     /// Removes the entry for `key`, if any.
     fn remove(&self, table: &str, key: &Key) -> impl Future<Output = Result<()>> + MaybeSend;
 
+    /// Whether [`Directory::replace`] and [`Directory::remove_if`] are atomic. Unique lookups
+    /// (see [`crate::unique`]) refuse to write through a store that answers `false`.
+    fn compares_and_sets(&self) -> bool {
+        true
+    }
+
     /// Sets the entry for `key` to `value` only if it is `expected` now; returns the entry that
     /// holds afterwards (`None`: there is none). Unique lookups (see [`crate::unique`]) take an
     /// orphan entry over with it, and confirm their own.

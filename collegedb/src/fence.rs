@@ -259,7 +259,7 @@ fn guard_statements(fences: &[i64]) -> Vec<Statement> {
 }
 
 /// Statements that abort their transaction if a key of `table` has a tombstone on the shard.
-fn key_guard_statements(table: &str, keys: &[Value]) -> Vec<Statement> {
+pub(crate) fn key_guard_statements(table: &str, keys: &[Value]) -> Vec<Statement> {
     let scope = sql_text(table);
     keys.chunks(crate::model::MAX_BOUND_PARAMETERS)
         .map(|chunk| {

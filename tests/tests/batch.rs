@@ -189,3 +189,63 @@ fn a_directory_placed_key_is_placed_by_its_batch_and_followed_when_reassigned() 
     let per_shard = rows_per_shard(dir.path(), SHARDS, "notes");
     assert_eq!(per_shard.iter().sum::<i64>(), 1, "{per_shard:?}");
 }
+
+#[test]
+fn a_key_reassigned_in_one_table_no_longer_batches_with_the_other_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path());
+    for id in ["ann", "ben"] {
+        block_on(User::insert(&db, &User::new(id))).unwrap();
+        block_on(Tag::insert(&db, &Tag { name: id.into() })).unwrap();
+    }
+    let elsewhere = |home: &str| ["s0", "s1", "s2"].into_iter().find(|s| *s != home).unwrap();
+    // `tags` of ann moves on its own: a batch anchored at the user is refused, nothing written.
+    let home = block_on(Tag::locate(&db, "ann")).unwrap().unwrap();
+    block_on(db.reassign("tags", "ann", elsewhere(&home))).unwrap();
+    let mut batch = db.batch_for::<User>("ann");
+    batch
+        .execute(
+            "UPDATE users SET name = 'changed' WHERE id = ?",
+            [Value::from("ann")],
+        )
+        .unwrap()
+        .delete::<Tag>("ann")
+        .unwrap();
+    let error = block_on(batch.commit()).unwrap_err();
+    assert_eq!(error.code(), "CROSS_SHARD", "{error}");
+    assert_eq!(
+        block_on(User::find(&db, "ann")).unwrap(),
+        Some(User::new("ann"))
+    );
+    assert!(block_on(Tag::find(&db, "ann")).unwrap().is_some());
+    // `users` of ben moves on its own: the anchor follows its key, but the tag stays behind, so
+    // the batch is refused rather than writing a second tag where the user went.
+    let home = block_on(User::locate(&db, "ben")).unwrap().unwrap();
+    block_on(db.reassign("users", "ben", elsewhere(&home))).unwrap();
+    let mut batch = db.batch_for::<User>("ben");
+    batch
+        .upsert(&Tag { name: "ben".into() })
+        .unwrap()
+        .update(&User::new("ben"))
+        .unwrap();
+    let error = block_on(batch.commit()).unwrap_err();
+    assert_eq!(error.code(), "CROSS_SHARD", "{error}");
+    assert_eq!(
+        rows_per_shard(dir.path(), SHARDS, "tags")
+            .iter()
+            .sum::<i64>(),
+        2
+    );
+    // Without the other table, the batch follows the reassigned user.
+    let mut batch = db.batch_for::<User>("ben");
+    let mut renamed = User::new("ben");
+    renamed.name = "Ben".into();
+    batch.update(&renamed).unwrap();
+    assert_eq!(block_on(batch.commit()).unwrap(), vec![1]);
+    assert_eq!(block_on(User::find(&db, "ben")).unwrap(), Some(renamed));
+    // A key-only model's update counts the row, as `update` requires it.
+    let mut batch = db.batch_for::<Tag>("ben");
+    batch.update(&Tag { name: "ben".into() }).unwrap();
+    batch.update(&Tag { name: "ben".into() }).unwrap();
+    assert_eq!(block_on(batch.commit()).unwrap(), vec![1, 1]);
+}

@@ -72,7 +72,7 @@ fn finds_by_unique_columns_across_shards_and_refuses_taken_values() {
         assert_eq!(by_handle.as_ref(), Some(account));
         assert!(entry(&db, "email", &account.email)
             .unwrap()
-            .starts_with("live "));
+            .starts_with("live#"));
         assert!(entry(&db, "login", &account.handle).is_some());
     }
     assert_eq!(
@@ -302,6 +302,9 @@ fn insert_many_claims_every_value_and_refuses_duplicates() {
     );
     assert_eq!(block_on(Account::find(&db, 200)).unwrap(), None);
     assert_eq!(block_on(Account::find(&db, 201)).unwrap(), None);
+    // The refused call removed what it had claimed: the fresh value is free at once.
+    assert_eq!(entry(&db, "email", "new200@example.com"), None);
+    assert_eq!(entry(&db, "login", "handle-200"), None);
     // The idempotent form can run twice over the same input.
     let more: Vec<Account> = (300..320)
         .map(|i| Account::new(i, format!("more{i}@example.com")))
@@ -356,6 +359,137 @@ fn racing_inserts_of_one_value_from_many_handles_admit_exactly_one() {
             Some(holders[0].clone())
         );
     }
+}
+
+#[test]
+fn concurrent_writes_of_the_same_keys_keep_every_row_reachable_by_its_values() {
+    const THREADS: u64 = 4;
+    const OPS: u64 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    block_on(Account::create_table(&open(dir.path()))).unwrap();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let path = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let db = open(&path);
+                let mut state = t * 7919 + 17;
+                let mut next = |n: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % n
+                };
+                let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+                for _ in 0..OPS {
+                    // Few ids and few values: the threads write the same rows and values.
+                    let id = next(4) as i64;
+                    let mut row = Account::new(id, format!("v{}@example.com", next(6)));
+                    row.handle = format!("h{}", next(6));
+                    let result = match next(4) {
+                        0 => block_on(Account::insert(&db, &row)),
+                        1 => block_on(Account::update(&db, &row)),
+                        2 => block_on(Account::upsert(&db, &row)),
+                        _ => block_on(Account::delete(&db, id)).map(drop),
+                    };
+                    let code = match result {
+                        Ok(()) => "ok",
+                        Err(e) => e.code(),
+                    };
+                    assert!(
+                        ["ok", "DUPLICATE_KEY", "ROW_NOT_FOUND"].contains(&code),
+                        "{code}"
+                    );
+                    *outcomes.entry(code.to_owned()).or_default() += 1;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for thread in threads {
+        for (code, n) in thread.join().unwrap() {
+            *outcomes.entry(code).or_default() += n;
+        }
+    }
+    assert!(
+        outcomes.get("ok").copied().unwrap_or(0) > 50,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.contains_key("DUPLICATE_KEY"), "{outcomes:?}");
+    let db = open(dir.path());
+    check_consistent(&db, "after concurrent writes");
+    // No claim is left that holds a value off: every value not on a row can be taken now.
+    std::thread::sleep(std::time::Duration::from_millis(LEASE_MS + 20));
+    let rows = block_on(Account::query().all(&db)).unwrap();
+    for v in 0..6 {
+        let email = format!("v{v}@example.com");
+        if rows.iter().all(|r| r.email != email) {
+            let mut row = Account::new(100 + v, email);
+            row.handle = format!("free-{v}");
+            block_on(Account::insert(&db, &row)).unwrap();
+        }
+    }
+    check_consistent(&db, "after taking the free values");
+}
+
+#[test]
+fn backfill_creates_the_entries_of_rows_written_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    block_on(Account::create_table(&db)).unwrap();
+    // Rows written with raw SQL keep no lookups, as with a column made unique later.
+    for id in 0..20i64 {
+        let email = if id == 19 {
+            "dup@example.com".to_owned()
+        } else {
+            format!("raw{id}@example.com")
+        };
+        let email = if id == 18 {
+            "dup@example.com".to_owned()
+        } else {
+            email
+        };
+        block_on(db.table("accounts").run(
+            id,
+            "INSERT INTO accounts (id, email, login, name) VALUES (?, ?, ?, ?)",
+            &[
+                Value::Integer(id),
+                Value::Text(email),
+                Value::Text(format!("raw-{id}")),
+                Value::Text("raw".into()),
+            ],
+        ))
+        .unwrap();
+    }
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "raw3@example.com")).unwrap(),
+        None
+    );
+    let report = block_on(collegedb::unique::backfill::<Account, _>(&db, 7)).unwrap();
+    assert_eq!(report.rows, 20);
+    assert_eq!(report.entries, 39, "{report:?}");
+    assert_eq!(
+        report.duplicates,
+        vec![("email".to_owned(), "\"dup@example.com\"".to_owned())]
+    );
+    assert_eq!(
+        block_on(Account::find_by_email(&db, "raw3@example.com"))
+            .unwrap()
+            .map(|a| a.id),
+        Some(3)
+    );
+    assert_eq!(
+        block_on(Account::find_by_handle(&db, "raw-19"))
+            .unwrap()
+            .map(|a| a.id),
+        Some(19)
+    );
+    // The values are now held: another key cannot take one.
+    let error = block_on(Account::insert(&db, &Account::new(50, "raw4@example.com"))).unwrap_err();
+    assert_eq!(duplicate_column(error), "email");
+    // Running it again changes nothing.
+    let again = block_on(collegedb::unique::backfill::<Account, _>(&db, 100)).unwrap();
+    assert_eq!((again.rows, again.entries), (20, 39));
 }
 
 // ---------------------------------------------------------------------------------------------

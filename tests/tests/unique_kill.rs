@@ -200,10 +200,12 @@ struct Entry {
     pending_since: Option<u64>,
 }
 
-/// `live i:<id>` or `pending@<ms> i:<id>`.
+/// `live#<tag> i:<id>` or `pending@<ms>#<tag> i:<id>`, the tag in hex.
 fn parse_entry(text: &str) -> Option<Entry> {
     let (state, owner) = text.split_once(' ')?;
     let owner = owner.strip_prefix("i:")?.parse().ok()?;
+    let (state, tag) = state.split_once('#')?;
+    u64::from_str_radix(tag, 16).ok()?;
     let pending_since = match state {
         "live" => None,
         _ => Some(state.strip_prefix("pending@")?.parse().ok()?),
@@ -1006,14 +1008,14 @@ fn the_checks_catch_broken_files_and_wrong_acks() {
             )
             .unwrap()
     };
-    assert_eq!(set(&format!("live i:{}", id + 1000)), 1);
+    assert_eq!(set(&format!("live#1 i:{}", id + 1000)), 1);
     caught("an entry naming another id", || {
         check_invariants(&read_files(dir, "broken"), "broken");
     });
     caught("a lookup through an entry naming another id", || {
         check_lookups(dir, &files.rows, &probes, "broken")
     });
-    assert_eq!(set("live x:1"), 1);
+    assert_eq!(set("live#1 x:1"), 1);
     caught("a malformed entry", || {
         read_files(dir, "broken");
     });
@@ -1029,7 +1031,7 @@ fn the_checks_catch_broken_files_and_wrong_acks() {
     directory
         .execute(
             "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?3)",
-            (EMAIL_SCOPE, &key, format!("pending@1 i:{id}")),
+            (EMAIL_SCOPE, &key, format!("pending@1#2 i:{id}")),
         )
         .unwrap();
     check_invariants(&read_files(dir, "repaired"), "repaired");

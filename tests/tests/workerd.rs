@@ -950,6 +950,12 @@ fn unique_emails_hold_across_shards(server: &Workerd) {
     );
     let reused = server.post("/accounts", &account("acct-1b", "moved@example.com"));
     assert_eq!(reused.status, 201, "{}", reused.text);
+    // KV has no compare-and-set: unique writes through it are refused, reads still work.
+    let kv = server.post("/accounts?dir=kv", &account("acct-kv", "kv@example.com"));
+    assert_eq!(kv.status, 400, "{}", kv.text);
+    assert_eq!(kv.json["code"], "CONFIG_INVALID");
+    assert!(kv.text.contains("Durable Object directory"), "{}", kv.text);
+    assert_eq!(server.get("/accounts/acct-kv").status, 404);
 
     // Inserts of one email under different keys, racing from separate connections: one wins.
     const PARALLEL: usize = 8;

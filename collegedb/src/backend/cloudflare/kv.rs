@@ -96,6 +96,11 @@ impl KvDirectory {
 }
 
 impl Directory for KvDirectory {
+    /// KV has no compare-and-set: [`Directory::replace`] reads, then writes.
+    fn compares_and_sets(&self) -> bool {
+        false
+    }
+
     async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
         let (name, _) = Self::entry_name(table, key);
         {

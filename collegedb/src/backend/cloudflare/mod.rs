@@ -127,6 +127,12 @@ impl Directory for CloudflareDirectory {
             Self::DurableObject(d) => d.remove(table, key).await,
         }
     }
+    fn compares_and_sets(&self) -> bool {
+        match self {
+            Self::Kv(d) => d.compares_and_sets(),
+            Self::DurableObject(d) => d.compares_and_sets(),
+        }
+    }
     async fn replace(
         &self,
         table: &str,

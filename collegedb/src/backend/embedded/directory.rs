@@ -309,12 +309,17 @@ impl Directory for SqliteDirectory {
             expected.to_owned(),
             value.to_owned(),
         );
-        // One statement under SQLite's write lock: atomic.
+        // One statement under SQLite's write lock: atomic. The entry read afterwards is only
+        // reported when the update did not apply.
         self.run(false, args, |conn, (table, key, expected, value)| {
-            conn.prepare_cached(
-                "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
-            )?
-            .execute((table, key, expected, value))?;
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
+                )?
+                .execute((table, key, expected, value))?;
+            if updated == 1 {
+                return Ok(Some(value.clone()));
+            }
             conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
                 .query_row((table, key), |row| row.get(0))
                 .optional()
