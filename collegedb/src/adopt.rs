@@ -16,7 +16,7 @@
 
 use crate::backend::{Backend, ShardConn};
 use crate::directory::Directory;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::raw::quote_ident;
 use crate::router::CollegeDb;
@@ -68,6 +68,12 @@ impl<B: Backend> CollegeDb<B> {
 
     /// Adopts one table keyed by `key_column`.
     pub async fn adopt_table(&self, table: &str, key_column: &str) -> Result<AdoptedTable> {
+        if let Some(colocation) = self.colocation(table).await? {
+            return Err(Error::config(format!(
+                "`{table}` is colocated with `{}`: its rows follow their `{}` keys, so adopt `{}` and leave `{table}` where its rows are",
+                colocation.scope, colocation.route, colocation.scope
+            )));
+        }
         let mut adopted = AdoptedTable {
             table: table.to_owned(),
             key_column: key_column.to_owned(),
@@ -78,7 +84,7 @@ impl<B: Backend> CollegeDb<B> {
             quote_ident(table),
             quote_ident(key_column)
         );
-        let mut pages = KeyPages::new(table, key_column);
+        let mut pages = KeyPages::new(table, key_column, false);
         // Shards whose fence (and tombstone table) exists, checked once per call.
         let mut fenced = std::collections::HashSet::new();
         for (index, shard) in self.shards().into_iter().enumerate() {

@@ -42,6 +42,7 @@
 //! | [`backend`] | the traits a platform implements, and the embedded implementation |
 //! | [`model`], [`crud`] | the typed layer behind `#[derive(Sharded)]`: one row by key |
 //! | [`bulk`] | writes of many rows (`insert_many`) |
+//! | [`colocate`] | tables whose rows are placed by another table's key, and move with it |
 //! | [`batch`] | atomic batches of writes on the shard that owns one key (`db.batch_for`) |
 //! | [`unique`] | unique secondary lookups (`find_by_email`), kept in the consistent-lookup order |
 //! | [`scan`] | cross-shard scans in key order |
@@ -61,6 +62,7 @@ pub mod adopt;
 pub mod backend;
 pub mod batch;
 pub mod bulk;
+pub mod colocate;
 pub mod config;
 pub mod crud;
 pub mod dashboard;

@@ -225,12 +225,20 @@ pub(crate) struct KeyPages {
 }
 
 impl KeyPages {
-    /// Pages over `key_column` of `table`.
-    pub(crate) fn new(table: &str, key_column: &str) -> Self {
+    /// Pages over `key_column` of `table`; over its distinct values if `distinct` (a colocated
+    /// table, where many rows share a key).
+    pub(crate) fn new(table: &str, key_column: &str, distinct: bool) -> Self {
         let (table, key) = (quote_ident(table), quote_ident(key_column));
+        let column = if distinct {
+            format!("DISTINCT {key}")
+        } else {
+            key.clone()
+        };
         KeyPages {
-            first: format!("SELECT {key} FROM {table} ORDER BY {key} LIMIT ? + 0"),
-            after: format!("SELECT {key} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ? + 0"),
+            first: format!("SELECT {column} FROM {table} ORDER BY {key} LIMIT ? + 0"),
+            after: format!(
+                "SELECT {column} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ? + 0"
+            ),
             last: None,
             done: false,
         }
@@ -330,13 +338,20 @@ impl<B: Backend> CollegeDb<B> {
         };
         self.refresh_map().await?;
         let moving = self.moves_in_flight().await?;
+        // A colocated table is checked by its route column against its scope's entries (see
+        // `crate::colocate`): each of its keys is a group of rows.
+        let colocation = self.colocation(table).await?;
+        let (scope, key_column, grouped) = match &colocation {
+            Some(c) => (c.scope.as_str(), c.route.as_str(), true),
+            None => (table, key_column, false),
+        };
         // The table's directory entries, page by page.
         let mut entries: HashMap<Key, usize> = HashMap::new();
         let mut cursor = None;
         loop {
             let page = self
                 .directory()
-                .list(table, cursor.as_deref(), PAGE)
+                .list(scope, cursor.as_deref(), PAGE)
                 .await?;
             for (key, shard) in page.entries {
                 let index = self.shard_by_name(&shard).map_err(|_| {
@@ -355,7 +370,7 @@ impl<B: Backend> CollegeDb<B> {
 
         // Every shard's keys, in key order, a page at a time.
         let mut holders: HashMap<Key, Vec<usize>> = HashMap::new();
-        let mut pages = KeyPages::new(table, key_column);
+        let mut pages = KeyPages::new(table, key_column, grouped);
         for (index, shard) in self.shards().into_iter().enumerate() {
             pages.restart();
             loop {
@@ -405,7 +420,7 @@ impl<B: Backend> CollegeDb<B> {
                     .misplaced
                     .push((key.clone(), on.to_owned(), owner.to_owned()));
             }
-            if owner != hash && !self.may_be_elsewhere(table, hash).await? {
+            if owner != hash && !self.may_be_elsewhere(scope, hash).await? {
                 let name = self.shard_name(hash).to_owned();
                 report.unmarked.push((key.clone(), name));
             }
@@ -417,7 +432,7 @@ impl<B: Backend> CollegeDb<B> {
                 Err(error) if crate::fence::missing(&error) => continue,
                 result => result?,
             };
-            for (scope, value) in tombstones {
+            for (tombstoned, value) in tombstones {
                 let Ok(key) = Key::from_value(value) else {
                     continue;
                 };
@@ -425,7 +440,7 @@ impl<B: Backend> CollegeDb<B> {
                     .get(&key)
                     .copied()
                     .unwrap_or_else(|| self.hash_shard(&key));
-                if scope == table && owner == index && !reassigning.contains(&&key) {
+                if tombstoned == scope && owner == index && !reassigning.contains(&&key) {
                     report
                         .blocked
                         .push((key, self.shard_name(index).to_owned()));

@@ -152,9 +152,10 @@ pub(crate) struct Pages {
 }
 
 impl Pages {
-    /// Every row (or key) of `table`.
-    pub(crate) fn new(table: &str, key: &str, keys_only: bool) -> Self {
-        Self::build(table, key, keys_only, None)
+    /// Every row (or key) of `table`; `grouped`: many rows share a key (a colocated table), and
+    /// each page holds whole groups, `limit` keys of them.
+    pub(crate) fn new(table: &str, key: &str, keys_only: bool, grouped: bool) -> Self {
+        Self::build(table, key, keys_only, None, grouped)
     }
 
     /// The rows (or keys) of `slots` when `shard` can select them in SQL, else every row.
@@ -164,16 +165,21 @@ impl Pages {
         key: &str,
         keys_only: bool,
         slots: &[u16],
+        grouped: bool,
     ) -> Self {
         let filter = shard
             .computes_slots()
             .then(|| Value::Text(serde_json::to_string(slots).expect("slots serialize")));
-        Self::build(table, key, keys_only, filter)
+        Self::build(table, key, keys_only, filter, grouped)
     }
 
-    fn build(table: &str, key: &str, keys_only: bool, slots: Option<Value>) -> Self {
+    fn build(table: &str, key: &str, keys_only: bool, slots: Option<Value>, grouped: bool) -> Self {
         let (t, k) = (quote_ident(table), quote_ident(key));
-        let columns = if keys_only { k.clone() } else { "*".to_owned() };
+        let columns = match (keys_only, grouped) {
+            (true, true) => format!("DISTINCT {k}"),
+            (true, false) => k.clone(),
+            (false, _) => "*".to_owned(),
+        };
         let filter = if slots.is_some() {
             format!(" collegedb_slot({k}) IN (SELECT value FROM json_each(?))")
         } else {
@@ -184,11 +190,23 @@ impl Pages {
         } else {
             (format!(" WHERE{filter}"), format!(" AND{filter}"))
         };
+        let mut first = format!("SELECT {columns} FROM {t}{first_where} ORDER BY {k} LIMIT ? + 0");
+        let mut after =
+            format!("SELECT {columns} FROM {t} WHERE {k} > ?{after_and} ORDER BY {k} LIMIT ? + 0");
+        if grouped && !keys_only {
+            // Whole groups: the rows of the next `limit` keys.
+            let groups = |keys: &str| {
+                format!(
+                    "SELECT * FROM {t} WHERE {k} IN ({}) ORDER BY {k}",
+                    keys.replacen("SELECT *", &format!("SELECT DISTINCT {k}"), 1)
+                )
+            };
+            first = groups(&first);
+            after = groups(&after);
+        }
         Pages {
-            first: format!("SELECT {columns} FROM {t}{first_where} ORDER BY {k} LIMIT ? + 0"),
-            after: format!(
-                "SELECT {columns} FROM {t} WHERE {k} > ?{after_and} ORDER BY {k} LIMIT ? + 0"
-            ),
+            first,
+            after,
             slots,
         }
     }

@@ -239,9 +239,24 @@ pub struct TableCursor {
     after: Option<StoredValue>,
     /// Whether the pass reached the table's end.
     pub done: bool,
+    /// For a colocated table (see [`crate::colocate`]): the table whose keys place its rows.
+    /// `key` is then the column holding that table's key, shared by many rows, and the pass
+    /// reads and moves whole groups of rows with one value of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl TableCursor {
+    /// The directory scope of the table's keys: its own name, or its colocation scope.
+    pub(crate) fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(&self.table)
+    }
+
+    /// Whether many rows share one value of `key` (a colocated table).
+    pub(crate) fn grouped(&self) -> bool {
+        self.scope.is_some()
+    }
+
     fn after(&self) -> Option<Value> {
         self.after.as_ref().map(Value::from)
     }

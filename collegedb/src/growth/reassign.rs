@@ -76,6 +76,12 @@ pub(super) async fn plan<B: Backend>(
     shard: &str,
 ) -> Result<Option<Transfer>> {
     let target = db.shard_by_name(shard)?;
+    if let Some(colocation) = db.colocation(table).await? {
+        return Err(Error::config(format!(
+            "`{table}` is colocated with `{}`: its rows move with their `{}` key; reassign that key in `{}`",
+            colocation.scope, colocation.route, colocation.scope
+        )));
+    }
     if !db.shard_map().contains(shard) {
         return Err(Error::config(format!(
             "shard `{shard}` is not in the shard map (standby or drained): reassign a key only to a serving shard; add it first with `add_shard`"
@@ -167,13 +173,23 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
             }
             fence::bury(db.shard(to), &table, one).await?;
             let key_column = key_column(db, from, &table).await?;
-            t.tables = vec![super::TableCursor {
+            crate::colocate::copy(db.shard(from), db.shard(to)).await?;
+            // The key's row, and the rows of tables colocated with its table (see
+            // `crate::colocate`), which move with it.
+            let (all, _) = tables_of(db, from).await?;
+            let mut tables = vec![super::TableCursor {
                 marked: true,
                 table: table.clone(),
                 key: key_column,
                 after: None,
                 done: false,
+                scope: None,
             }];
+            tables.extend(
+                all.into_iter()
+                    .filter(|cursor| cursor.scope.as_deref() == Some(table.as_str())),
+            );
+            t.tables = tables;
             t.frozen = giver;
             t.frozen_receiver = receiver;
             t.phase = Phase::Freeze;
@@ -186,10 +202,20 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
         Phase::Copy => {
             // Nothing can have written the receiver's copy since an earlier run of this step:
             // it is hidden and frozen, so copying again is harmless.
-            let key_column = &t.tables[0].key;
-            let rows = super::capture::rows_by_key(db.shard(from), &table, key_column, one).await?;
-            super::capture::upsert_rows(db.shard(to), &table, &rows).await?;
-            t.copied = rows.len() as u64;
+            let mut copied = 0;
+            for cursor in &t.tables {
+                let shard = db.shard(from);
+                let rows =
+                    super::capture::rows_by_key(shard, &cursor.table, &cursor.key, one).await?;
+                // A colocated group is replaced as a whole: a resumed copy finds no stale row.
+                if cursor.grouped() {
+                    super::capture::delete_keys(db.shard(to), &cursor.table, &cursor.key, one)
+                        .await?;
+                }
+                super::capture::upsert_rows(db.shard(to), &cursor.table, &rows).await?;
+                copied += rows.len() as u64;
+            }
+            t.copied = copied;
             t.phase = Phase::Switch;
         }
         Phase::Switch => {
@@ -205,9 +231,13 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
         Phase::Delete => {
             // The giver keeps a tombstone: a stale route there finds no row and inserts
             // nothing. Then the freeze is given back.
-            let key_column = &t.tables[0].key;
-            t.deleted =
-                super::capture::delete_keys(db.shard(from), &table, key_column, one).await?;
+            let mut deleted = 0;
+            for cursor in &t.tables {
+                let shard = db.shard(from);
+                deleted +=
+                    super::capture::delete_keys(shard, &cursor.table, &cursor.key, one).await?;
+            }
+            t.deleted = deleted;
             fence::bury(db.shard(from), &table, one).await?;
             fence::grant(db.shard(from), &t.frozen).await?;
             fence::grant(db.shard(to), &t.frozen_receiver).await?;

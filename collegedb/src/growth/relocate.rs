@@ -37,6 +37,7 @@ pub(super) async fn step<B: Backend>(
             for index in db.serving_shards() {
                 fence::ensure(db, index).await?;
                 capture::copy_schema(db.shard(from), db.shard(index)).await?;
+                crate::colocate::copy(db.shard(from), db.shard(index)).await?;
             }
             let (mut tables, _) = tables_of(db, from).await?;
             // Only a marked table can have directory entries (the marker precedes every claim).
@@ -55,7 +56,7 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::CatchUp;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, false)
+            let rows = Pages::new(&cursor.table, &cursor.key, false, cursor.grouped())
                 .read(db.shard(from), cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
@@ -65,7 +66,7 @@ pub(super) async fn step<B: Backend>(
             let mut by_target: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
             for row in rows {
                 if let Some(key) =
-                    placed_here(db, &cursor.table, &cursor.key, &row, &t.from).await?
+                    placed_here(db, cursor.scope(), &cursor.key, &row, &t.from).await?
                 {
                     by_target.entry(targets.of(db, &key)).or_default().push(row);
                 }
@@ -76,7 +77,7 @@ pub(super) async fn step<B: Backend>(
                     .filter_map(|row| row.value(&cursor.key).cloned())
                     .collect();
                 // Hidden until the switch: tombstone first, then the copy.
-                fence::bury(db.shard(target), &cursor.table, &keys).await?;
+                fence::bury(db.shard(target), cursor.scope(), &keys).await?;
                 capture::upsert_rows(db.shard(target), &cursor.table, &rows).await?;
                 t.copied += rows.len() as u64;
             }
@@ -97,7 +98,8 @@ pub(super) async fn step<B: Backend>(
                 };
                 let mut ours = Vec::new();
                 for key in keys {
-                    if db.directory().lookup(&table, &key).await?.as_deref() == Some(&t.from) {
+                    let entry = db.directory().lookup(cursor.scope(), &key).await?;
+                    if entry.as_deref() == Some(&t.from) {
                         ours.push(key);
                     }
                 }
@@ -109,6 +111,19 @@ pub(super) async fn step<B: Backend>(
                     .filter_map(|row| row.value(&cursor.key).cloned())
                     .filter_map(|value| Key::from_value(value).ok())
                     .collect();
+                if cursor.grouped() {
+                    // A group's rows on its target are replaced as a whole.
+                    let mut groups: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
+                    for key in &ours {
+                        groups
+                            .entry(targets.of(db, key))
+                            .or_default()
+                            .push(key.to_value());
+                    }
+                    for (target, keys) in groups {
+                        capture::delete_keys(db.shard(target), &table, &cursor.key, &keys).await?;
+                    }
+                }
                 let mut upserts: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
                 for row in present {
                     if let Some(Ok(key)) = row.value(&cursor.key).cloned().map(Key::from_value) {
@@ -140,7 +155,8 @@ pub(super) async fn step<B: Backend>(
         Phase::Switch => {
             // Entries, not rows: a deleted key keeps its entry, which must not name a retired
             // shard either.
-            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done) else {
+            // A colocated table's entries are its scope's, repointed with the scope's own pass.
+            let Some(cursor) = t.tables.iter_mut().find(|c| !c.done && !c.grouped()) else {
                 capture::remove(db.shard(from), &key_columns(&t.tables)).await?;
                 t.tables.iter_mut().for_each(super::TableCursor::restart);
                 db.directory_cache().clear();
@@ -187,7 +203,7 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::Done;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, true)
+            let rows = Pages::new(&cursor.table, &cursor.key, true, cursor.grouped())
                 .read(db.shard(from), cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
@@ -200,7 +216,7 @@ pub(super) async fn step<B: Backend>(
                 let Ok(key) = Key::from_value(value.clone()) else {
                     continue;
                 };
-                if let Some(shard) = db.directory().lookup(&cursor.table, &key).await? {
+                if let Some(shard) = db.directory().lookup(cursor.scope(), &key).await? {
                     if shard != t.from {
                         moved.push(value);
                     }

@@ -37,6 +37,7 @@ pub(super) async fn step<B: Backend>(
                 }
             }
             crate::marker::copy(db.shard(from), db.shard(to)).await?;
+            crate::colocate::copy(db.shard(from), db.shard(to)).await?;
             capture::install(db.shard(from), &key_columns(&tables)).await?;
             // Rows no slot routes stay; count them once per shard (a filtered copy skips them).
             if job.first_transfer_from_its_shard() {
@@ -56,7 +57,8 @@ pub(super) async fn step<B: Backend>(
                 return Ok(());
             };
             let shard = db.shard(from);
-            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, false, &t.slots)
+            let grouped = cursor.grouped();
+            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, false, &t.slots, grouped)
                 .read(shard, cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
@@ -111,7 +113,8 @@ pub(super) async fn step<B: Backend>(
                 t.deleted += deleted as u64;
                 return Ok(());
             }
-            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, true, &t.slots)
+            let grouped = cursor.grouped();
+            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, true, &t.slots, grouped)
                 .read(shard, cursor.after().as_ref(), page)
                 .await?;
             cursor.done = rows.len() < page;
@@ -128,21 +131,31 @@ pub(super) async fn step<B: Backend>(
     Ok(())
 }
 
-/// The tables of shard `index` with a single-column primary key, as fresh cursors, and the names
-/// of those without one (skipped).
+/// The tables of shard `index` that rows can be routed by, as fresh cursors: colocated tables
+/// (by their route column, see [`crate::colocate`]) and tables with a single-column primary key;
+/// and the names of the others (skipped).
 pub(super) async fn tables_of<B: Backend>(
     db: &CollegeDb<B>,
     index: usize,
 ) -> Result<(Vec<TableCursor>, Vec<String>)> {
     let (mut tables, mut skipped) = (Vec::new(), Vec::new());
+    let colocated = crate::colocate::of_shard(db.shard(index)).await?;
     for name in crate::raw::user_tables(db.shard(index)).await? {
-        match crate::verify::key_column(db.shard(index), &name).await? {
+        let (key, scope) = match colocated.get(&name) {
+            Some(c) => (Some(c.route.clone()), Some(c.scope.clone())),
+            None => (
+                crate::verify::key_column(db.shard(index), &name).await?,
+                None,
+            ),
+        };
+        match key {
             Some(key) => tables.push(TableCursor {
-                marked: crate::marker::any(db, &name).await?,
+                marked: crate::marker::any(db, scope.as_deref().unwrap_or(&name)).await?,
                 table: name,
                 key,
                 after: None,
                 done: false,
+                scope,
             }),
             None => skipped.push(name),
         }
@@ -180,7 +193,7 @@ async fn select_moving<B: Backend>(
         if !slots.contains(&slot_of(&key)) {
             continue;
         }
-        if cursor.marked && db.directory().lookup(&cursor.table, &key).await?.is_some() {
+        if cursor.marked && db.directory().lookup(cursor.scope(), &key).await?.is_some() {
             continue;
         }
         moving.push(row);
@@ -210,7 +223,7 @@ async fn apply<B: Backend>(
         if !slots.contains(&slot_of(&key)) {
             continue;
         }
-        if cursor.marked && db.directory().lookup(&cursor.table, &key).await?.is_some() {
+        if cursor.marked && db.directory().lookup(cursor.scope(), &key).await?.is_some() {
             continue;
         }
         keys.entry(change.table).or_default().insert(key);
@@ -230,8 +243,13 @@ async fn apply<B: Backend>(
             .filter(|key| !found.contains(key))
             .map(Key::to_value)
             .collect();
+        if cursor.grouped() {
+            // A group's rows on `to` are replaced as a whole: some of them may be gone.
+            capture::delete_keys(db.shard(to), &table, &cursor.key, &values).await?;
+        } else {
+            capture::delete_keys(db.shard(to), &table, &cursor.key, &gone).await?;
+        }
         capture::upsert_rows(db.shard(to), &table, &present).await?;
-        capture::delete_keys(db.shard(to), &table, &cursor.key, &gone).await?;
         applied += keys.len() as u64;
     }
     Ok(applied)

@@ -1,0 +1,282 @@
+//! Colocated tables on real SQLite files: rows written through their scope's key land on that
+//! key's shard, and stay with it through `add_shard`, `drain_shard` and `reassign`, checked by
+//! reading every shard file directly; joins run on one shard; the registry refuses bad input.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use collegedb::{CollegeDb, Embedded, Strategy, Value};
+use collegedb_tests::{open, Note, User};
+use pollster::block_on;
+
+const AUTHORS: usize = 60;
+const POSTS_PER_AUTHOR: usize = 5;
+
+/// `(row's route value, shard index)` of every row of `table`, read from the files with rusqlite.
+fn placed(dir: &std::path::Path, shards: usize, table: &str, column: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for i in 0..shards {
+        let path = dir.join(format!("s{i}.sqlite"));
+        if !path.exists() {
+            continue;
+        }
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let exists: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if !exists {
+            continue;
+        }
+        let mut stmt = conn
+            .prepare(&format!("SELECT CAST({column} AS TEXT) FROM {table}"))
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        out.extend(rows.map(|r| (r.unwrap(), i)));
+    }
+    out
+}
+
+/// Asserts that every row of `child` sits on the shard of its parent row, and returns how many
+/// child rows there are.
+fn check_together(
+    dir: &std::path::Path,
+    shards: usize,
+    (parent, parent_key): (&str, &str),
+    (child, route): (&str, &str),
+    context: &str,
+) -> usize {
+    let parents: BTreeMap<String, usize> = placed(dir, shards, parent, parent_key)
+        .into_iter()
+        .collect();
+    let children = placed(dir, shards, child, route);
+    for (key, shard) in &children {
+        assert_eq!(
+            parents.get(key),
+            Some(shard),
+            "{context}: a `{child}` row of {key} is on s{shard}, its `{parent}` row on {:?}",
+            parents.get(key)
+        );
+    }
+    children.len()
+}
+
+fn setup(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
+    let db = open(dir, shards);
+    block_on(async {
+        User::create_table(&db).await?;
+        Note::create_table(&db).await?;
+        db.run_all_shards(
+            "CREATE TABLE IF NOT EXISTS user_posts (author TEXT NOT NULL, id INTEGER NOT NULL, \
+             title TEXT NOT NULL, PRIMARY KEY (author, id))",
+            &[],
+        )
+        .await?;
+        db.run_all_shards(
+            "CREATE TABLE IF NOT EXISTS note_lines (note TEXT NOT NULL, line INTEGER NOT NULL, \
+             body TEXT NOT NULL, PRIMARY KEY (note, line))",
+            &[],
+        )
+        .await?;
+        db.colocate("user_posts", "author", "users").await?;
+        db.colocate("note_lines", "note", "notes").await
+    })
+    .unwrap();
+    db
+}
+
+/// Writes the parents and their children through the parents' keys.
+fn populate(db: &CollegeDb<Embedded>) {
+    block_on(async {
+        for a in 0..AUTHORS {
+            let author = format!("author-{a:03}");
+            User::insert(db, &User::new(author.as_str())).await?;
+            for p in 0..POSTS_PER_AUTHOR {
+                db.table("users")
+                    .run(
+                        author.as_str(),
+                        "INSERT INTO user_posts (author, id, title) VALUES (?, ?, ?)",
+                        &[
+                            Value::from(author.as_str()),
+                            Value::Integer(p as i64),
+                            Value::from(format!("post {p} of {author}").as_str()),
+                        ],
+                    )
+                    .await?;
+            }
+            let note = Note::numbered(a);
+            Note::insert(db, &note).await?;
+            let scope = db
+                .table("notes")
+                .with_strategies(Strategy::RoundRobin, Strategy::RoundRobin);
+            for line in 0..3 {
+                scope
+                    .run(
+                        note.id.as_str(),
+                        "INSERT INTO note_lines (note, line, body) VALUES (?, ?, ?)",
+                        &[
+                            Value::from(note.id.as_str()),
+                            Value::Integer(line),
+                            Value::from("text"),
+                        ],
+                    )
+                    .await?;
+            }
+        }
+        Ok::<(), collegedb::Error>(())
+    })
+    .unwrap();
+}
+
+fn check_all(dir: &std::path::Path, shards: usize, context: &str) {
+    let posts = check_together(
+        dir,
+        shards,
+        ("users", "id"),
+        ("user_posts", "author"),
+        context,
+    );
+    assert_eq!(
+        posts,
+        AUTHORS * POSTS_PER_AUTHOR,
+        "{context}: posts lost or doubled"
+    );
+    let lines = check_together(
+        dir,
+        shards,
+        ("notes", "id"),
+        ("note_lines", "note"),
+        context,
+    );
+    assert_eq!(lines, AUTHORS * 3, "{context}: lines lost or doubled");
+}
+
+fn shard_count(dir: &std::path::Path, shards: usize, table: &str, column: &str) -> usize {
+    placed(dir, shards, table, column)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+#[test]
+fn colocated_rows_stay_with_their_key_through_add_drain_and_reassign() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path(), 3);
+    populate(&db);
+    check_all(dir.path(), 3, "written");
+    assert_eq!(shard_count(dir.path(), 3, "user_posts", "author"), 3);
+    drop(db);
+
+    // A fourth shard: a quarter of the slots move onto it, each author with its posts.
+    let db = open(dir.path(), 4);
+    let job = block_on(db.add_shard("s3")).unwrap();
+    assert!(job.rows_copied() > 0);
+    check_all(dir.path(), 4, "after add_shard");
+    assert!(
+        placed(dir.path(), 4, "user_posts", "author")
+            .iter()
+            .any(|(_, s)| *s == 3),
+        "some posts moved to the new shard"
+    );
+    for report in [
+        block_on(db.verify_table("user_posts", "author")).unwrap(),
+        block_on(db.verify_table("note_lines", "note")).unwrap(),
+    ] {
+        assert!(report.is_clean(), "{report}");
+        assert_eq!(report.rows, AUTHORS as u64, "one key per author or note");
+    }
+
+    // One author reassigned: its posts go with it; the colocated table cannot be reassigned.
+    let author = "author-007";
+    let home = block_on(User::locate(&db, author)).unwrap().unwrap();
+    let target = ["s0", "s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| *s != home)
+        .unwrap();
+    block_on(db.reassign("users", author, target)).unwrap();
+    check_all(dir.path(), 4, "after reassign");
+    let posts_there = placed(dir.path(), 4, "user_posts", "author")
+        .into_iter()
+        .filter(|(a, _)| a == author)
+        .map(|(_, s)| format!("s{s}"))
+        .collect::<Vec<_>>();
+    assert_eq!(posts_there, vec![target.to_owned(); POSTS_PER_AUTHOR]);
+    let refused = block_on(db.reassign("user_posts", author, &home)).unwrap_err();
+    assert_eq!(refused.code(), "CONFIG_INVALID", "{refused}");
+    // Raw SQL routed by the author still finds them, and a join runs on one shard.
+    let joined = block_on(db.table("users").all(
+        author,
+        "SELECT users.name, COUNT(*) AS posts FROM users JOIN user_posts \
+         ON user_posts.author = users.id WHERE users.id = ? GROUP BY users.name",
+        &[Value::from(author)],
+    ))
+    .unwrap();
+    assert_eq!(joined.len(), 1);
+    assert_eq!(
+        joined[0].get::<i64>("posts").unwrap(),
+        POSTS_PER_AUTHOR as i64
+    );
+
+    // Draining a shard moves hash-placed authors and directory-placed notes with their rows.
+    block_on(db.drain_shard("s1")).unwrap();
+    check_all(dir.path(), 4, "after drain_shard");
+    assert!(
+        placed(dir.path(), 4, "user_posts", "author")
+            .iter()
+            .chain(&placed(dir.path(), 4, "note_lines", "note"))
+            .all(|(_, s)| *s != 1),
+        "nothing left on the drained shard"
+    );
+    for report in [
+        block_on(db.verify_table("user_posts", "author")).unwrap(),
+        block_on(db.verify_table("note_lines", "note")).unwrap(),
+        block_on(db.verify_table("users", "id")).unwrap(),
+    ] {
+        assert!(report.is_clean(), "{report}");
+    }
+}
+
+#[test]
+fn the_registry_refuses_what_would_strand_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = setup(dir.path(), 2);
+    let code = |result: collegedb::Result<()>| result.unwrap_err().code();
+    // Idempotent.
+    block_on(db.colocate("user_posts", "author", "users")).unwrap();
+    // A table keeps its scope; no self, no chains, no scope that is colocated.
+    assert_eq!(
+        code(block_on(db.colocate("user_posts", "author", "notes"))),
+        "CONFIG_INVALID"
+    );
+    assert_eq!(
+        code(block_on(db.colocate("users", "id", "users"))),
+        "CONFIG_INVALID"
+    );
+    assert_eq!(
+        code(block_on(db.colocate("comments", "post", "user_posts"))),
+        "CONFIG_INVALID"
+    );
+    assert_eq!(
+        code(block_on(db.colocate("users", "id", "notes"))),
+        "CONFIG_INVALID"
+    );
+    assert_eq!(
+        code(block_on(db.colocate("x; DROP TABLE users", "a", "users"))),
+        "CONFIG_INVALID"
+    );
+    assert_eq!(
+        code(block_on(db.colocate("_collegedb_moved", "a", "users"))),
+        "CONFIG_INVALID"
+    );
+    let found = block_on(db.colocation("user_posts")).unwrap().unwrap();
+    assert_eq!(
+        (found.route.as_str(), found.scope.as_str()),
+        ("author", "users")
+    );
+    assert_eq!(block_on(db.colocation("users")).unwrap(), None);
+    let error = block_on(db.adopt_table("user_posts", "author")).unwrap_err();
+    assert_eq!(error.code(), "CONFIG_INVALID", "{error}");
+}
