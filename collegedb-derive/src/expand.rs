@@ -57,9 +57,15 @@ fn from_value(field: &Field) -> TokenStream {
 fn assertions(model: &Model) -> TokenStream {
     let key = model.key();
     let key_ty = &key.ty;
-    let key_check = quote_spanned! {key_ty.span()=>
+    let mut key_check = quote_spanned! {key_ty.span()=>
         const _: () = __cdb::assert_shard_key::<#key_ty>();
     };
+    if let Some(parent) = &model.colocate {
+        let route_ty = &model.route().ty;
+        key_check.extend(quote_spanned! {route_ty.span()=>
+            const _: () = __cdb::assert_same_key::<#route_ty, <#parent as __cdb::Model>::Key>();
+        });
+    }
     let column_checks = model.fields.iter().filter(|f| !f.json).map(|field| {
         let ty = &field.ty;
         quote_spanned! {ty.span()=>
@@ -94,10 +100,30 @@ pub fn model(model: &Model) -> TokenStream {
     let ident = &model.ident;
     let table = &model.table;
     let key = model.key();
-    let (key_ident, key_ty) = (&key.ident, &key.ty);
+    let route = model.route();
+    let (route_ident, route_ty) = (&route.ident, &route.ty);
+    let key_ty = &key.ty;
+    let route_index = model.route_index();
     let key_index = model.key_index;
     let read = strategy(&model.read);
     let write = strategy(&model.write);
+    let strategies = match &model.colocate {
+        Some(parent) => quote!(<#parent as __cdb::Model>::STRATEGY),
+        None => quote! {
+            __cdb::StrategyOverride {
+                read: #read,
+                write: #write,
+            }
+        },
+    };
+    let (id_ty, id_columns, scope) = match &model.colocate {
+        Some(parent) => (
+            quote!((#route_ty, #key_ty)),
+            quote!(&[#route_index, #key_index]),
+            quote!(const SCOPE: &'static str = <#parent as __cdb::Model>::TABLE;),
+        ),
+        None => (quote!(#key_ty), quote!(&[#key_index]), quote!()),
+    };
     let primary_reads = model.primary_reads;
     let columns = model.fields.iter().map(column_def);
     let to_values = model.fields.iter().map(to_value);
@@ -113,9 +139,57 @@ pub fn model(model: &Model) -> TokenStream {
         .filter(|(_, f)| f.unique)
         .map(|(index, field)| find_by(model, index, field));
     let count = model.fields.len();
-    // Spanned at the key type, so a bad key type is reported at the field, not at the derive.
-    let key_arg = quote_spanned!(key_ty.span()=> impl __cdb::KeyArg<#key_ty>);
-    let into_key = quote_spanned!(key_ty.span()=> <_ as __cdb::KeyArg<#key_ty>>::into_arg(key));
+    // Spanned at the key type, so a bad key type is reported at the field, not at the derive. A
+    // colocated model's rows are identified by `(parent key, own key)`.
+    let (key_arg, into_key) = match &model.colocate {
+        None => (
+            quote_spanned!(key_ty.span()=> impl __cdb::KeyArg<#key_ty>),
+            quote_spanned!(key_ty.span()=> <_ as __cdb::KeyArg<#key_ty>>::into_arg(key)),
+        ),
+        Some(_) => (
+            quote_spanned! {key_ty.span()=>
+                (impl __cdb::KeyArg<#route_ty>, impl __cdb::KeyArg<#key_ty>)
+            },
+            quote_spanned! {key_ty.span()=>
+                (
+                    <_ as __cdb::KeyArg<#route_ty>>::into_arg(key.0),
+                    <_ as __cdb::KeyArg<#key_ty>>::into_arg(key.1),
+                )
+            },
+        ),
+    };
+    let scan = match &model.colocate {
+        None => {
+            let doc_scan = format!(
+                "Reads `{table}` rows in key order across every shard, `limit` at a time, after the key `after`."
+            );
+            quote! {
+                #[doc = #doc_scan]
+                pub async fn scan<B: __cdb::Backend>(
+                    db: &__cdb::CollegeDb<B>,
+                    after: ::core::option::Option<#key_ty>,
+                    limit: usize,
+                ) -> __cdb::Result<__cdb::scan::Page<Self>> {
+                    __cdb::scan::scan::<Self, B>(db, after, limit).await
+                }
+            }
+        }
+        Some(_) => {
+            let doc = format!(
+                "A query over the `{table}` rows of one parent key: they share its shard, so it runs there alone."
+            );
+            let field = &route.ident;
+            quote! {
+                #[doc = #doc]
+                pub fn query_for(
+                    key: impl __cdb::KeyArg<#route_ty>,
+                ) -> __cdb::Query<Self> {
+                    let key = <_ as __cdb::KeyArg<#route_ty>>::into_arg(key);
+                    Self::query().filter(Self::fields().#field().eq(key))
+                }
+            }
+        }
+    };
 
     let doc_find = format!("Finds the `{table}` row with this key, or `None`.");
     let doc_insert = format!("Inserts a new `{table}` row, placed by the model's write strategy.");
@@ -132,9 +206,6 @@ pub fn model(model: &Model) -> TokenStream {
     let doc_create = format!("Creates the `{table}` table on every shard if it does not exist.");
     let doc_count = format!("Counts `{table}` rows over every shard.");
     let doc_locate = format!("The name of the shard that holds this `{table}` key's row, if any.");
-    let doc_scan = format!(
-        "Reads `{table}` rows in key order across every shard, `limit` at a time, after the key `after`."
-    );
 
     quote! {
         const _: () = {
@@ -143,19 +214,19 @@ pub fn model(model: &Model) -> TokenStream {
             #assertions
 
             impl __cdb::Model for #ident {
-                type Key = #key_ty;
+                type Key = #route_ty;
+                type Id = #id_ty;
                 const TABLE: &'static str = #table;
                 const COLUMNS: &'static [__cdb::ColumnDef] = &[#(#columns),*];
-                const KEY_INDEX: usize = #key_index;
-                const STRATEGY: __cdb::StrategyOverride = __cdb::StrategyOverride {
-                    read: #read,
-                    write: #write,
-                };
+                const KEY_INDEX: usize = #route_index;
+                const ID_COLUMNS: &'static [usize] = #id_columns;
+                #scope
+                const STRATEGY: __cdb::StrategyOverride = #strategies;
                 const PRIMARY_READS: bool = #primary_reads;
                 const UNIQUE: &'static [usize] = &[#(#unique),*];
 
                 fn key(&self) -> &Self::Key {
-                    &self.#key_ident
+                    &self.#route_ident
                 }
 
                 fn to_values(&self) -> __cdb::Result<__cdb::Vec<__cdb::Value>> {
@@ -245,14 +316,7 @@ pub fn model(model: &Model) -> TokenStream {
                     __cdb::crud::count::<Self, B>(db).await
                 }
 
-                #[doc = #doc_scan]
-                pub async fn scan<B: __cdb::Backend>(
-                    db: &__cdb::CollegeDb<B>,
-                    after: ::core::option::Option<#key_ty>,
-                    limit: usize,
-                ) -> __cdb::Result<__cdb::scan::Page<Self>> {
-                    __cdb::scan::scan::<Self, B>(db, after, limit).await
-                }
+                #scan
 
                 #[doc = #doc_locate]
                 pub async fn locate<B: __cdb::Backend>(

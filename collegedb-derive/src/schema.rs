@@ -19,6 +19,10 @@ pub struct Model {
     pub primary_reads: bool,
     pub fields: Vec<Field>,
     pub key_index: usize,
+    /// `colocate = Parent`: the parent model whose key places the rows.
+    pub colocate: Option<syn::Path>,
+    /// The `#[sharded(shard_key)]` field of a colocated model: it holds the parent's key.
+    pub shard_key_index: Option<usize>,
 }
 
 /// One field: one column.
@@ -29,6 +33,18 @@ pub struct Field {
     pub json: bool,
     /// `#[sharded(unique)]`: the value is unique over every shard, with a `find_by_` lookup.
     pub unique: bool,
+}
+
+impl Model {
+    /// The field whose value places the row: the shard key of a colocated model, else the key.
+    pub fn route(&self) -> &Field {
+        &self.fields[self.route_index()]
+    }
+
+    /// The position of [`Model::route`].
+    pub fn route_index(&self) -> usize {
+        self.shard_key_index.unwrap_or(self.key_index)
+    }
 }
 
 impl Model {
@@ -125,6 +141,7 @@ impl Model {
         let (mut read, mut write, mut both): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
         let mut primary_reads = false;
+        let mut colocate: Option<syn::Path> = None;
         for attr in ast.attrs.iter().filter(|a| a.path().is_ident("sharded")) {
             let result = attr.parse_nested_meta(|meta| {
                 let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
@@ -135,6 +152,14 @@ impl Model {
                             errors.push(syn::Error::new(meta.path.span(), "`table` specified more than once"));
                         }
                         table = Some(sql_identifier(&lit, "table name", &mut errors));
+                        return Ok(());
+                    }
+                    "colocate" => {
+                        let path: syn::Path = meta.value()?.parse()?;
+                        if colocate.is_some() {
+                            errors.push(syn::Error::new(meta.path.span(), "`colocate` specified more than once"));
+                        }
+                        colocate = Some(path);
                         return Ok(());
                     }
                     "consistency" => {
@@ -154,7 +179,7 @@ impl Model {
                     "strategy" => &mut both,
                     _ => {
                         errors.push(meta.error(format!(
-                            "unknown `sharded` attribute `{name}`; expected `table`, `read`, `write`, `strategy` or `consistency`"
+                            "unknown `sharded` attribute `{name}`; expected `table`, `read`, `write`, `strategy`, `consistency` or `colocate`"
                         )));
                         // Skip a value, if any, so parsing can go on.
                         if meta.input.peek(syn::Token![=]) {
@@ -196,10 +221,11 @@ impl Model {
 
         let mut fields = Vec::new();
         let mut key_index: Option<usize> = None;
+        let mut shard_key_index: Option<usize> = None;
         for field in named.into_iter().flatten() {
             let ident = field.ident.clone().expect("named field");
             let mut column = ident.to_string().trim_start_matches("r#").to_owned();
-            let (mut is_key, mut json, mut unique) = (false, false, false);
+            let (mut is_key, mut json, mut unique, mut shard_key) = (false, false, false, false);
             for attr in field.attrs.iter().filter(|a| a.path().is_ident("sharded")) {
                 let result = attr.parse_nested_meta(|meta| {
                     let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
@@ -207,12 +233,13 @@ impl Model {
                         "key" => is_key = true,
                         "json" => json = true,
                         "unique" => unique = true,
+                        "shard_key" => shard_key = true,
                         "column" => {
                             let lit: LitStr = meta.value()?.parse()?;
                             column = sql_identifier(&lit, "column name", &mut errors);
                         }
                         _ => errors.push(meta.error(format!(
-                            "unknown field attribute `{name}`; expected `key`, `unique`, `json` or `column = \"...\"`"
+                            "unknown field attribute `{name}`; expected `key`, `shard_key`, `unique`, `json` or `column = \"...\"`"
                         ))),
                     }
                     Ok(())
@@ -236,6 +263,22 @@ impl Model {
                     ));
                 } else {
                     key_index = Some(fields.len());
+                }
+            }
+            if shard_key {
+                if is_key || json {
+                    errors.push(syn::Error::new(
+                        ident.span(),
+                        format!("`{ident}` cannot be the `shard_key` and also the `key` or `json`: the shard key holds the parent's key, the key identifies the row among its parent's rows"),
+                    ));
+                } else if let Some(first) = shard_key_index {
+                    let first: &Field = &fields[first];
+                    errors.push(syn::Error::new(
+                        ident.span(),
+                        format!("`{ident}` is a second `#[sharded(shard_key)]` field; `{}` already holds the parent's key: a model has one", first.ident),
+                    ));
+                } else {
+                    shard_key_index = Some(fields.len());
                 }
             }
             if unique && is_key {
@@ -284,6 +327,31 @@ impl Model {
                 ),
             ));
         }
+        match (&colocate, shard_key_index) {
+            (Some(parent), None) if named.is_some() => errors.push(syn::Error::new(
+                parent.span(),
+                "a colocated model needs the field that holds its parent's key: mark it `#[sharded(shard_key)]`",
+            )),
+            (None, Some(index)) => errors.push(syn::Error::new(
+                fields[index].ident.span(),
+                "`shard_key` holds a parent's key: name the parent with `#[sharded(colocate = Parent)]` on the struct",
+            )),
+            _ => {}
+        }
+        if let Some(parent) = &colocate {
+            if read.is_some() || write.is_some() {
+                errors.push(syn::Error::new(
+                    parent.span(),
+                    "a colocated model is placed by its parent's key, with the parent's strategies: remove `read`, `write` and `strategy`",
+                ));
+            }
+            if let Some(field) = fields.iter().find(|f| f.unique) {
+                errors.push(syn::Error::new(
+                    field.ident.span(),
+                    "`unique` is not supported on a colocated model yet: keep the unique column on the parent",
+                ));
+            }
+        }
         errors.finish(Model {
             ident: ast.ident.clone(),
             vis: ast.vis.clone(),
@@ -293,6 +361,8 @@ impl Model {
             primary_reads,
             fields,
             key_index: key_index.unwrap_or_default(),
+            colocate,
+            shard_key_index,
         })
     }
 }

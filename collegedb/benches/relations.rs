@@ -12,6 +12,10 @@
 //!   the cache off (one directory read and one shard query per call). `find` by key on the same
 //!   rows is shown for reference.
 //!
+//! * listing one author's 50 posts over 3 shards: `Post::query_for(author)` with the posts
+//!   colocated with their author (one shard), against the same posts placed by their own key and
+//!   found by a filter on an indexed `author` column (every shard, results merged).
+//!
 //! Baseline and contender alternate in rounds; each figure is the median over rounds of the mean
 //! time per operation, so drift (other load, thermal) hits both alike.
 
@@ -32,7 +36,40 @@ struct Account {
     name: String,
 }
 
+/// The parent of [`Post`].
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "users")]
+struct User {
+    #[sharded(key)]
+    id: String,
+    name: String,
+}
+
+/// Posts colocated with their author.
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "posts", colocate = User)]
+struct Post {
+    #[sharded(shard_key)]
+    author: String,
+    #[sharded(key)]
+    id: i64,
+    title: String,
+}
+
+/// The same posts placed by their own key: an author's posts scatter over the shards.
+#[derive(Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "loose_posts")]
+struct LoosePost {
+    #[sharded(key)]
+    id: i64,
+    author: String,
+    title: String,
+}
+
 const ROWS: usize = 100_000;
+const AUTHORS: usize = 200;
+const POSTS_PER_AUTHOR: usize = 50;
+const LISTINGS_PER_ROUND: usize = 400;
 const ROUNDS: usize = 11;
 const READS_PER_ROUND: usize = 10_000;
 
@@ -159,6 +196,7 @@ fn main() {
         }));
     }
     let base = median(base);
+    let (colocated, scattered) = listings(dir.path());
     println!("| operation | raw, indexed column | collegedb | ratio | target |");
     println!("| --- | ---: | ---: | ---: | --- |");
     for (name, figure, target) in [
@@ -171,4 +209,78 @@ fn main() {
             figure / base
         );
     }
+    println!();
+    println!("| listing one author's {POSTS_PER_AUTHOR} posts, 3 shards | colocated (`query_for`) | scattered (filter on `author`) | scattered / colocated |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| median per listing | {:.0} us | {:.0} us | {:.2}x |",
+        colocated / 1_000.0,
+        scattered / 1_000.0,
+        scattered / colocated
+    );
+}
+
+/// Median nanoseconds per listing of one author's posts: colocated, then scattered.
+fn listings(dir: &std::path::Path) -> (f64, f64) {
+    let db = CollegeDb::open_embedded(
+        Config::with_shard_names(["a", "b", "c"]),
+        dir.join("listings"),
+    )
+    .unwrap();
+    ready(async {
+        User::create_table(&db).await?;
+        Post::create_table(&db).await?;
+        LoosePost::create_table(&db).await?;
+        for a in 0..AUTHORS {
+            let author = format!("author-{a:04}");
+            User::insert(
+                &db,
+                &User {
+                    id: author.clone(),
+                    name: author.clone(),
+                },
+            )
+            .await?;
+            let posts: Vec<Post> = (0..POSTS_PER_AUTHOR)
+                .map(|p| Post {
+                    author: author.clone(),
+                    id: p as i64,
+                    title: format!("post {p}"),
+                })
+                .collect();
+            Post::insert_many(&db, &posts).await?;
+            let loose: Vec<LoosePost> = (0..POSTS_PER_AUTHOR)
+                .map(|p| LoosePost {
+                    id: (a * POSTS_PER_AUTHOR + p) as i64,
+                    author: author.clone(),
+                    title: format!("post {p}"),
+                })
+                .collect();
+            LoosePost::insert_many(&db, &loose).await?;
+        }
+        db.run_all_shards(
+            "CREATE INDEX IF NOT EXISTS loose_by_author ON loose_posts (author)",
+            &[],
+        )
+        .await
+    })
+    .unwrap();
+    let (mut together, mut apart) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let author = |i: usize| format!("author-{:04}", (round * 37 + i * 13) % AUTHORS);
+        together.push(time_ns(LISTINGS_PER_ROUND, |i| {
+            let rows = ready(Post::query_for(author(i)).all(&db)).unwrap();
+            assert_eq!(black_box(rows).len(), POSTS_PER_AUTHOR);
+        }));
+        apart.push(time_ns(LISTINGS_PER_ROUND, |i| {
+            let rows = ready(
+                LoosePost::query()
+                    .filter(LoosePost::fields().author().eq(author(i)))
+                    .all(&db),
+            )
+            .unwrap();
+            assert_eq!(black_box(rows).len(), POSTS_PER_AUTHOR);
+        }));
+    }
+    (median(together), median(apart))
 }

@@ -38,7 +38,8 @@
 //! # What belongs in a batch
 //!
 //! A batch is anchored at one key of one model. A typed statement joins it when its row routes
-//! with that key: a row of the anchor's own model and key, or, when the anchor is placed by hash
+//! with that key: a row of the anchor's own model and key, a row of a model colocated with it
+//! (see [`crate::colocate`]) whose shard key is that key, or, when the anchor is placed by hash
 //! for reads and writes, a row with the same key value of any model that is too (a hash-placed
 //! key's shard follows from its value, whatever the table). Anything else is refused with
 //! [`Error::CrossShard`] when it is added. Raw statements are taken as they are: they must touch
@@ -101,7 +102,7 @@ impl<B: Backend> CollegeDb<B> {
     pub fn batch_for<M: Model>(&self, key: impl KeyArg<M::Key>) -> Batch<'_, B> {
         Batch {
             db: self,
-            table: M::TABLE,
+            table: M::SCOPE,
             key: key.into_arg().into_key().map_err(|e| e.to_string()),
             strategies: self.strategies(M::STRATEGY),
             entries: Vec::new(),
@@ -133,11 +134,12 @@ impl<'a, B: Backend> Batch<'a, B> {
             });
         }
         let key = key.clone().into_key()?;
-        let same_scope = M::TABLE == self.table;
+        // A model colocated with the anchor's (see `crate::colocate`) shares its scope.
+        let same_scope = M::SCOPE == self.table;
         let both_hash = by_hash(self.strategies) && by_hash(self.db.strategies(M::STRATEGY));
         if key == *anchor && (same_scope || both_hash) {
             if !same_scope {
-                self.others.insert(M::TABLE);
+                self.others.insert(M::SCOPE);
             }
             return Ok(key);
         }
@@ -168,7 +170,7 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let values = row.to_values()?;
         crate::model::check_row(&values)?;
-        let creates = M::TABLE == self.table;
+        let creates = M::SCOPE == self.table;
         self.push(&M::sql().insert, values, Some((M::TABLE, 1)), creates)
     }
 
@@ -177,7 +179,7 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let values = row.to_values()?;
         crate::model::check_row(&values)?;
-        let creates = M::TABLE == self.table;
+        let creates = M::SCOPE == self.table;
         self.push(&M::sql().upsert, values, None, creates)
     }
 
@@ -185,25 +187,46 @@ impl<'a, B: Backend> Batch<'a, B> {
     /// none).
     pub fn update<M: Model>(&mut self, row: &M) -> Result<&mut Self> {
         self.check_route::<M>(row.key())?;
-        let mut params = row.to_values()?;
-        crate::model::check_row(&params)?;
-        let key = params.remove(M::KEY_INDEX);
+        let values = row.to_values()?;
+        crate::model::check_row(&values)?;
+        let ids = crate::model::id_values::<M>(&values);
         let Some(sql) = &M::sql().update_by_key else {
             // Nothing but the key: the statement changes nothing but counts the row, as `update`
             // requires it to exist.
             let column = crate::raw::quote_ident(M::COLUMNS[M::KEY_INDEX].name);
+            let filter = M::ID_COLUMNS
+                .iter()
+                .map(|&i| format!("{} = ?", crate::raw::quote_ident(M::COLUMNS[i].name)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
             let sql = format!(
-                "UPDATE {} SET {column} = {column} WHERE {column} = ?",
+                "UPDATE {} SET {column} = {column} WHERE {filter}",
                 crate::raw::quote_ident(M::TABLE)
             );
-            return self.push(&sql, vec![key], None, false);
+            return self.push(&sql, ids, None, false);
         };
-        params.push(key);
+        // The other columns in column order, then the primary key's.
+        let mut params: Vec<Value> = values
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !M::ID_COLUMNS.contains(i))
+            .map(|(_, v)| v)
+            .collect();
+        params.extend(ids);
         self.push(sql, params, None, false)
     }
 
-    /// Adds a delete of the row with this key.
+    /// Adds a delete of the row with this key, of a model identified by its key alone (for a
+    /// colocated model, see [`Batch::delete_row`]).
     pub fn delete<M: Model>(&mut self, key: impl KeyArg<M::Key>) -> Result<&mut Self> {
+        if M::ID_COLUMNS.len() > 1 {
+            return Err(Error::QueryInvalid {
+                reason: format!(
+                    "`{}` rows are identified by more than their key: delete one with `delete_row`",
+                    M::TABLE
+                ),
+            });
+        }
         let key = key.into_arg();
         let checked = self.check_route::<M>(&key)?;
         self.push(
@@ -212,6 +235,13 @@ impl<'a, B: Backend> Batch<'a, B> {
             Some((M::TABLE, -1)),
             false,
         )
+    }
+
+    /// Adds a delete of the row that `row` identifies (by its primary key).
+    pub fn delete_row<M: Model>(&mut self, row: &M) -> Result<&mut Self> {
+        self.check_route::<M>(row.key())?;
+        let ids = crate::model::id_values::<M>(&row.to_values()?);
+        self.push(&M::sql().delete_by_key, ids, Some((M::TABLE, -1)), false)
     }
 
     /// Adds a raw statement. It must touch only rows of the anchor's key: nothing can check

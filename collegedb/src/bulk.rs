@@ -54,13 +54,27 @@ pub struct InsertReport {
 /// One validated input row.
 struct Prepared {
     index: usize,
+    /// The key that places the row.
     key: Key,
+    /// What identifies the row: the key, or for a colocated model `[parent key, own key]`.
+    id: Id,
     values: Vec<Value>,
+}
+
+/// A row's primary key, as keys.
+type Id = Vec<Key>;
+
+/// The primary key of a row given in column order.
+fn id_of<M: Model>(values: &[Value]) -> Result<Id> {
+    M::ID_COLUMNS
+        .iter()
+        .map(|&i| Key::from_value(values[i].clone()))
+        .collect()
 }
 
 /// Step 1: every row's values and key, checked, with no key twice.
 fn prepare<M: Model>(rows: &[M]) -> Result<Vec<Prepared>> {
-    let mut first_seen: HashMap<Key, usize> = HashMap::with_capacity(rows.len());
+    let mut first_seen: HashMap<Id, usize> = HashMap::with_capacity(rows.len());
     rows.iter()
         .enumerate()
         .map(|(index, row)| {
@@ -71,14 +85,20 @@ fn prepare<M: Model>(rows: &[M]) -> Result<Vec<Prepared>> {
             let values = row.to_values().map_err(refused)?;
             crate::model::check_row(&values).map_err(refused)?;
             let key = row.key().clone().into_key().map_err(refused)?;
-            if let Some(first) = first_seen.insert(key.clone(), index) {
+            let id = id_of::<M>(&values).map_err(refused)?;
+            if let Some(first) = first_seen.insert(id.clone(), index) {
                 return Err(Error::DuplicateInBatch {
                     table: M::TABLE.to_owned(),
                     first,
                     second: index,
                 });
             }
-            Ok(Prepared { index, key, values })
+            Ok(Prepared {
+                index,
+                key,
+                id,
+                values,
+            })
         })
         .collect()
 }
@@ -92,7 +112,7 @@ async fn place_all<M: Model, B: Backend>(
     let prepared = prepare(rows)?;
     let write = db.strategies(M::STRATEGY).write;
     let keys: Vec<Key> = prepared.iter().map(|row| row.key.clone()).collect();
-    let owners = db.place_many(M::TABLE, &keys, write).await?;
+    let owners = db.place_many(M::SCOPE, &keys, write).await?;
     let mut by_shard: BTreeMap<usize, Vec<Prepared>> = BTreeMap::new();
     for (row, shard) in prepared.into_iter().zip(owners) {
         by_shard.entry(shard).or_default().push(row);
@@ -100,12 +120,14 @@ async fn place_all<M: Model, B: Backend>(
     Ok((by_shard, write == crate::config::Strategy::Hash))
 }
 
-/// The rows of `keys` present on `shard`, by key, read in chunks within the parameter limit.
+/// The rows of `keys` (placing keys) present on `shard`, by primary key, read in chunks within
+/// the parameter limit.
 async fn existing<M: Model, S: ShardConn>(
     shard: &S,
     keys: impl Iterator<Item = Value>,
-) -> Result<HashMap<Key, Vec<Value>>> {
-    let keys: Vec<Value> = keys.collect();
+) -> Result<HashMap<Id, Vec<Value>>> {
+    let mut keys: Vec<Value> = keys.collect();
+    keys.dedup();
     let mut found = HashMap::new();
     for chunk in keys.chunks(crate::model::MAX_BOUND_PARAMETERS) {
         for row in shard
@@ -113,8 +135,7 @@ async fn existing<M: Model, S: ShardConn>(
             .await?
         {
             let values = row.into_values();
-            let key = Key::from_value(values[M::KEY_INDEX].clone())?;
-            found.insert(key, values);
+            found.insert(id_of::<M>(&values)?, values);
         }
     }
     Ok(found)
@@ -181,7 +202,7 @@ async fn write_shard<M: Model, B: Backend>(
         };
         let keys: Vec<Value> = rows.iter().map(|row| row.key.to_value()).collect();
         let statements = statements::<M>(&rows, ignore_existing);
-        let guard = Some((M::TABLE, &keys[..]));
+        let guard = Some((M::SCOPE, &keys[..]));
         let refusal = match fence::guarded_batch(db, shard, &fences, guard, &statements)
             .await
             .map_err(|e| duplicate_or::<M, B>(db, shard, e))?
@@ -201,10 +222,10 @@ async fn write_shard<M: Model, B: Backend>(
                     keys.iter().map(|key| db.hash_shard(key)).collect()
                 } else {
                     for key in &keys {
-                        db.directory_cache().invalidate(M::TABLE, key);
+                        db.directory_cache().invalidate(M::SCOPE, key);
                     }
                     let write = db.strategies(M::STRATEGY).write;
-                    db.place_many(M::TABLE, &keys, write).await?
+                    db.place_many(M::SCOPE, &keys, write).await?
                 };
                 for (row, owner) in rows.into_iter().zip(owners) {
                     regrouped.entry((owner, by_map)).or_default().push(row);
@@ -215,7 +236,7 @@ async fn write_shard<M: Model, B: Backend>(
                 // or stays (a reassignment in flight, waited out).
                 let mut redirected = false;
                 for row in rows {
-                    match db.directory_lookup_fresh(M::TABLE, &row.key).await? {
+                    match db.directory_lookup_fresh(M::SCOPE, &row.key).await? {
                         Some(owner) if owner != shard => {
                             redirected = true;
                             regrouped.entry((owner, false)).or_default().push(row);
@@ -244,7 +265,8 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
     let (by_shard, by_map) = place_all(db, rows).await?;
     for (&shard, rows) in &by_shard {
         let keys = rows.iter().map(|row| row.key.to_value());
-        if !existing::<M, _>(db.shard(shard), keys).await?.is_empty() {
+        let present = existing::<M, _>(db.shard(shard), keys).await?;
+        if rows.iter().any(|row| present.contains_key(&row.id)) {
             return Err(Error::DuplicateKey {
                 table: M::TABLE.to_owned(),
                 shard: db.shard_name(shard).to_owned(),
@@ -327,7 +349,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             let present = existing::<M, _>(db.shard(shard), keys).await?;
             for row in prepared {
                 if present
-                    .get(&row.key)
+                    .get(&row.id)
                     .is_some_and(|stored| !same_row(stored, &row.values))
                 {
                     refused.insert(row.index);
@@ -351,7 +373,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             existing::<M, _>(db.shard(shard), rows.iter().map(|r| r.key.to_value())).await?;
         let mut missing = Vec::with_capacity(rows.len());
         for row in &rows {
-            match present.get(&row.key) {
+            match present.get(&row.id) {
                 None => missing.push(row),
                 Some(stored) if same_row(stored, &row.values) => report.already_present += 1,
                 Some(_) => {
@@ -377,7 +399,7 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             let raced = missing.len() - changed as usize;
             let equal = missing
                 .iter()
-                .filter(|row| now.get(&row.key).is_some_and(|s| same_row(s, &row.values)))
+                .filter(|row| now.get(&row.id).is_some_and(|s| same_row(s, &row.values)))
                 .count();
             // Rows this call wrote are equal by construction; the rest raced in.
             let raced_equal = equal.saturating_sub(changed as usize).min(raced);

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::fence;
 use crate::key::{Key, ShardKey};
 use crate::metrics::Op;
-use crate::model::Model;
+use crate::model::{Model, RowId};
 use crate::router::{hash_first, Backoff, CollegeDb};
 use crate::value::Value;
 
@@ -338,7 +338,7 @@ async fn place_new<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result
     Ok(if write == Strategy::Hash {
         db.hash_target(key)
     } else {
-        (db.place(M::TABLE, key, write).await?, fence::LIVE)
+        (db.place(M::SCOPE, key, write).await?, fence::LIVE)
     })
 }
 
@@ -361,7 +361,7 @@ async fn write_fenced<M: Model, B: Backend>(
     let mut directed = None;
     loop {
         let existing = if upsert {
-            find_shard::<M, B>(db, key).await?
+            find_shard::<M, B>(db, key, &crate::model::id_values::<M>(values)).await?
         } else {
             None
         };
@@ -379,13 +379,13 @@ async fn write_fenced<M: Model, B: Backend>(
         }
         if !fence::admits(db, shard, fence_value).await? {
             directed = None;
-            db.after_not_admitted(M::TABLE, key, fence_value, &mut backoff)
+            db.after_not_admitted(M::SCOPE, key, fence_value, &mut backoff)
                 .await?;
             continue;
         }
         // Admitted, yet nothing written: the key has a tombstone here (it was reassigned, or
         // adopted, to another shard), and its directory entry says where it lives.
-        directed = db.after_moved(M::TABLE, key, shard, &mut backoff).await?;
+        directed = db.after_moved(M::SCOPE, key, shard, &mut backoff).await?;
     }
 }
 
@@ -415,15 +415,22 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
 /// Creates the model's table on every shard (`CREATE TABLE IF NOT EXISTS`), and the shard's
 /// fence and marker tables (see [`crate::fence`] and [`crate::marker`]). If the directory already holds entries of the table (data
 /// placed before markers existed), the table's marker is set on every shard.
+///
+/// A model colocated with a parent (see [`crate::colocate`]) is recorded as such on every shard,
+/// so that moves carry its rows with their parent's key.
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
     for (index, shard) in db.shards().into_iter().enumerate() {
         shard.execute(&M::sql().create_table, &[]).await?;
         fence::ensure(db, index).await?;
     }
-    let placed = crate::directory::Directory::list(db.directory(), M::TABLE, None, 1).await?;
+    if M::SCOPE != M::TABLE {
+        db.colocate(M::TABLE, M::COLUMNS[M::KEY_INDEX].name, M::SCOPE)
+            .await?;
+    }
+    let placed = crate::directory::Directory::list(db.directory(), M::SCOPE, None, 1).await?;
     if !placed.entries.is_empty() {
         for index in 0..db.shards().len() {
-            db.mark_off_hash(M::TABLE, index).await?;
+            db.mark_off_hash(M::SCOPE, index).await?;
         }
     }
     Ok(())
@@ -449,21 +456,32 @@ pub(crate) async fn insert_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M)
     Ok(())
 }
 
-/// Finds a row by key. Reads never create directory entries.
-pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<Option<M>> {
+/// Finds a row by its key (for a colocated model, `(parent key, own key)`). Reads never create
+/// directory entries.
+pub async fn find<M: Model, B: Backend>(db: &CollegeDb<B>, id: M::Id) -> Result<Option<M>> {
     let reads = db.reads_for::<M>();
-    find_key(&reads, key.into_key()?).await
+    let (key, ids) = id.into_parts()?;
+    find_id(&reads, key, &ids).await
 }
 
-/// [`find`] of a checked key, reading as `db` reads.
+/// [`find`] of a checked key of a model identified by its key alone, reading as `db` reads.
 pub(crate) async fn find_key<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     key: Key,
 ) -> Result<Option<M>> {
+    let ids = [key.to_value()];
+    find_id(db, key, &ids).await
+}
+
+/// [`find`] of the row whose placing key is `key` and primary key `ids`.
+async fn find_id<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: Key,
+    ids: &[Value],
+) -> Result<Option<M>> {
     let read = db.strategies(M::STRATEGY).read;
     if !hash_first(read) {
-        let params = [key.to_value()];
-        return match query_owner(db, M::TABLE, &key, read, by_key::<M>(&params)).await? {
+        return match query_owner(db, M::SCOPE, &key, read, by_key::<M>(ids)).await? {
             Some((_, _, rows)) => decode(rows),
             None => Ok(None),
         };
@@ -473,15 +491,15 @@ pub(crate) async fn find_key<M: Model, B: Backend>(
     let mut backoff = Backoff::new();
     let (hash_shard, marked) = loop {
         let (shard, slot) = db.hash_target(&key);
-        let params = [key.to_value(), Value::Integer(slot)];
+        let params = with_fence(ids, slot);
         let rows = fence::query(db, shard, &M::sql().find_on_owner, &params).await?;
         if let Some(row) = rows.into_iter().next() {
             return M::from_values(row.into_values()).map(Some);
         }
-        let (owned, marked) = if db.directory_cache().is_marked(M::TABLE, shard) {
+        let (owned, marked) = if db.directory_cache().is_marked(M::SCOPE, shard) {
             (fence::admits(db, shard, slot).await?, true)
         } else {
-            fence::after_miss(db, shard, slot, M::TABLE).await?
+            fence::after_miss(db, shard, slot, M::SCOPE).await?
         };
         if !owned {
             db.after_not_owned(slot, &mut backoff).await?;
@@ -492,14 +510,13 @@ pub(crate) async fn find_key<M: Model, B: Backend>(
     if !marked {
         return Ok(None);
     }
-    db.note_marked(M::TABLE, hash_shard);
+    db.note_marked(M::SCOPE, hash_shard);
     // An entry naming the hash shard itself is tried again there: the row may have been
     // reassigned back to it since the miss.
-    match db.directory_lookup(M::TABLE, &key).await? {
+    match db.directory_lookup(M::SCOPE, &key).await? {
         Some(_) => {
-            let params = [key.to_value()];
-            let query = by_key::<M>(&params);
-            match query_owner(db, M::TABLE, &key, Strategy::RoundRobin, query).await? {
+            let query = by_key::<M>(ids);
+            match query_owner(db, M::SCOPE, &key, Strategy::RoundRobin, query).await? {
                 Some((_, _, rows)) => decode(rows),
                 None => Ok(None),
             }
@@ -509,14 +526,11 @@ pub(crate) async fn find_key<M: Model, B: Backend>(
 }
 
 /// Which shard holds a key's row, if any shard does.
-pub async fn locate<M: Model, B: Backend>(
-    db: &CollegeDb<B>,
-    key: M::Key,
-) -> Result<Option<String>> {
+pub async fn locate<M: Model, B: Backend>(db: &CollegeDb<B>, id: M::Id) -> Result<Option<String>> {
     let reads = db.reads_for::<M>();
     let db = &*reads;
-    let key = key.into_key()?;
-    Ok(find_shard::<M, B>(db, &key)
+    let (key, ids) = id.into_parts()?;
+    Ok(find_shard::<M, B>(db, &key, &ids)
         .await?
         .map(|(shard, _)| db.shard_name(shard).to_owned()))
 }
@@ -534,10 +548,10 @@ fn by_key<M: Model>(params: &[Value]) -> RoutedQuery<'_> {
 async fn find_shard<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     key: &Key,
+    ids: &[Value],
 ) -> Result<Option<(usize, i64)>> {
     let read = db.strategies(M::STRATEGY).read;
-    let params = [key.to_value()];
-    let found = query_owner(db, M::TABLE, key, read, by_key::<M>(&params)).await?;
+    let found = query_owner(db, M::SCOPE, key, read, by_key::<M>(ids)).await?;
     Ok(found.map(|(shard, slot, _)| (shard, slot)))
 }
 
@@ -556,17 +570,25 @@ pub async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let Some(sql) = &M::sql().update_by_key else {
         // Nothing but the key: an update changes nothing, but the row must exist.
-        return match find_shard::<M, B>(db, &row.key().clone().into_key()?).await? {
+        let values = row.to_values()?;
+        let ids = crate::model::id_values::<M>(&values);
+        return match find_shard::<M, B>(db, &row.key().clone().into_key()?, &ids).await? {
             Some(_) => Ok(()),
             None => Err(Error::RowNotFound {
                 table: M::TABLE.to_owned(),
             }),
         };
     };
-    let mut params = row.to_values()?;
-    crate::model::check_row(&params)?;
-    let key_value = params.remove(M::KEY_INDEX);
-    params.push(key_value);
+    let values = row.to_values()?;
+    crate::model::check_row(&values)?;
+    // The other columns in column order, then the primary key's.
+    let mut params: Vec<Value> = values
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !M::ID_COLUMNS.contains(i))
+        .map(|(_, v)| v.clone())
+        .collect();
+    params.extend(crate::model::id_values::<M>(&values));
     let key = row.key().clone().into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let write = RoutedWrite {
@@ -575,7 +597,7 @@ pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M)
         params: &params,
         cost: Cost::Point,
     };
-    match execute_owner(db, M::TABLE, &key, read, write).await? {
+    match execute_owner(db, M::SCOPE, &key, read, write).await? {
         Some(_) => Ok(()),
         None => Err(Error::RowNotFound {
             table: M::TABLE.to_owned(),
@@ -587,26 +609,34 @@ pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M)
 ///
 /// A deleted key keeps its directory entry, so a later insert of the same key lands on the same
 /// shard. This is what keeps a delete racing an insert of the same key from stranding the row.
-pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: M::Key) -> Result<bool> {
-    let key = key.into_key()?;
+pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, id: M::Id) -> Result<bool> {
+    let (key, ids) = id.into_parts()?;
     if M::UNIQUE.is_empty() {
-        delete_key::<M, B>(db, &key).await
+        delete_id::<M, B>(db, &key, &ids).await
     } else {
         crate::unique::delete::<M, B>(db, key).await
     }
 }
 
-/// [`delete`] of a checked key, without unique lookups.
+/// [`delete`] of a checked key of a model identified by its key alone, without unique lookups.
 pub(crate) async fn delete_key<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<bool> {
+    delete_id::<M, B>(db, key, &[key.to_value()]).await
+}
+
+/// [`delete`] of the row whose placing key is `key` and primary key `ids`.
+async fn delete_id<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: &Key,
+    ids: &[Value],
+) -> Result<bool> {
     let read = db.strategies(M::STRATEGY).read;
-    let params = [key.to_value()];
     let write = RoutedWrite {
         sql: &M::sql().delete_by_key,
         fenced: Some(&M::sql().delete_fenced),
-        params: &params,
+        params: ids,
         cost: Cost::Point,
     };
-    match execute_owner(db, M::TABLE, key, read, write).await? {
+    match execute_owner(db, M::SCOPE, key, read, write).await? {
         Some((shard, _)) => {
             db.note_rows(shard, M::TABLE, -1);
             Ok(true)

@@ -101,7 +101,9 @@ pub use growth::{GrowthOptions, GrowthStatus, Job};
 pub use health::{ComponentHealth, ComponentKind, Health};
 pub use key::{Key, MAX_KEY_BYTES};
 pub use metrics::MetricsSnapshot;
-pub use model::{Model, MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES};
+pub use model::{
+    Model, RowId, MAX_BOUND_PARAMETERS, MAX_COLUMNS, MAX_STATEMENT_BYTES, MAX_VALUE_BYTES,
+};
 pub use query::{Filter, Query};
 pub use raw::{Scatter, ShardStats, TableScope};
 pub use router::{CollegeDb, DirectoryOps};
@@ -170,4 +172,15 @@ pub mod __private {
     pub const fn assert_column<T: ColumnValue>() {}
     /// Compile-time assertion that a key type can be a shard key.
     pub const fn assert_shard_key<T: ShardKey>() {}
+
+    /// A `shard_key` field's type and its parent's key type are one type.
+    #[diagnostic::on_unimplemented(
+        message = "the `shard_key` field is a `{Self}`, but the parent's key is a `{K}`",
+        label = "must be the parent's key type, `{K}`",
+        note = "a colocated model's `#[sharded(shard_key)]` field holds its parent's key: give it the type of the parent's `#[sharded(key)]` field"
+    )]
+    pub trait SameKey<K> {}
+    impl<K> SameKey<K> for K {}
+    /// Compile-time assertion that a `shard_key` field has its parent's key type.
+    pub const fn assert_same_key<T: SameKey<K>, K>() {}
 }

@@ -63,15 +63,30 @@ pub struct ColumnDef {
 }
 
 /// A sharded model. Implemented by `#[derive(Sharded)]`; not meant to be implemented by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a sharded model",
+    label = "not a `#[derive(Sharded)]` struct",
+    note = "`colocate = ...` and the typed calls need a struct with `#[derive(Sharded)]`"
+)]
 pub trait Model: Sized + MaybeSync + 'static {
-    /// The shard key's type.
+    /// The type of the key that places a row: the model's own key, or, for a model colocated
+    /// with a parent (`#[sharded(colocate = Parent)]`), the parent's key held in its
+    /// `#[sharded(shard_key)]` field.
     type Key: ShardKey;
+    /// What identifies one row: the key, or for a colocated model `(parent key, own key)`.
+    type Id: RowId;
     /// The SQL table name.
     const TABLE: &'static str;
     /// The columns, in field order.
     const COLUMNS: &'static [ColumnDef];
-    /// The position of the key column in [`Model::COLUMNS`].
+    /// The position of the placing key's column in [`Model::COLUMNS`].
     const KEY_INDEX: usize;
+    /// The positions of the primary key's columns, the placing key's first: `[KEY_INDEX]`, or
+    /// for a colocated model `[KEY_INDEX, own key]`.
+    const ID_COLUMNS: &'static [usize];
+    /// The directory scope of the placing key: the model's own table, or its parent's (see
+    /// [`crate::colocate`]). Entries, markers and tombstones of the key are that table's.
+    const SCOPE: &'static str = Self::TABLE;
     /// The model's own strategies (unset ones come from the configuration).
     const STRATEGY: StrategyOverride;
     /// Whether the model's reads always go to each shard's primary, even on a handle that reads
@@ -89,6 +104,44 @@ pub trait Model: Sized + MaybeSync + 'static {
     fn from_values(values: Vec<Value>) -> Result<Self>;
     /// The model's SQL, rendered once per process.
     fn sql() -> &'static ModelSql;
+}
+
+/// What identifies one row of a model ([`Model::Id`]): a key, or a pair of keys.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a key",
+    label = "unsupported key type",
+    note = "a `#[sharded(key)]` field must be `String`, `i64`, `i32` or `u32`"
+)]
+pub trait RowId: Clone + MaybeSync + Send + 'static {
+    /// The placing key, and the primary key's values in [`Model::ID_COLUMNS`] order.
+    fn into_parts(self) -> Result<(crate::key::Key, Vec<Value>)>;
+}
+
+macro_rules! single_row_id {
+    ($($t:ty),*) => {$(
+        impl RowId for $t {
+            fn into_parts(self) -> Result<(crate::key::Key, Vec<Value>)> {
+                let key = self.into_key()?;
+                let value = key.to_value();
+                Ok((key, vec![value]))
+            }
+        }
+    )*};
+}
+single_row_id!(String, i64, i32, u32);
+
+impl<K: ShardKey, L: ShardKey> RowId for (K, L) {
+    fn into_parts(self) -> Result<(crate::key::Key, Vec<Value>)> {
+        let key = self.0.into_key()?;
+        let own = self.1.into_key()?.into_value();
+        let value = key.to_value();
+        Ok((key, vec![value, own]))
+    }
+}
+
+/// The primary key's values of a row given in column order.
+pub(crate) fn id_values<M: Model>(values: &[Value]) -> Vec<Value> {
+    M::ID_COLUMNS.iter().map(|&i| values[i].clone()).collect()
 }
 
 /// The SQL text of one model's statements, with `?` placeholders in a documented order.
@@ -144,17 +197,31 @@ impl ModelSql {
     /// Renders every statement of `M`.
     pub fn render<M: Model>() -> Self {
         let table = M::TABLE;
+        let scope = M::SCOPE;
         let key = M::COLUMNS[M::KEY_INDEX].name;
+        let ids: Vec<&'static str> = M::ID_COLUMNS.iter().map(|&i| M::COLUMNS[i].name).collect();
         let columns: Vec<&'static str> = M::COLUMNS.iter().map(|c| c.name).collect();
-        let others: Vec<&'static str> = columns.iter().copied().filter(|c| *c != key).collect();
+        let others: Vec<&'static str> = columns
+            .iter()
+            .copied()
+            .filter(|c| !ids.contains(c))
+            .collect();
+        // `id1 = ? AND id2 = ? ...`: the primary key's columns, the placing key first.
+        let by_id = |mut query: sea_query::SelectStatement| {
+            for id in &ids {
+                query.and_where(Expr::col(*id).eq(placeholder()));
+            }
+            query
+        };
 
-        let select_by_key = Query::select()
-            .columns(columns.iter().copied())
-            .from(table)
-            .and_where(Expr::col(key).eq(placeholder()))
-            .to_owned()
-            .build(SqliteQueryBuilder)
-            .0;
+        let select_by_key = by_id(
+            Query::select()
+                .columns(columns.iter().copied())
+                .from(table)
+                .to_owned(),
+        )
+        .build(SqliteQueryBuilder)
+        .0;
         let nulls = vec!["NULL"; columns.len()].join(", ");
         let owned = crate::fence::OWNED;
         let find_on_owner = format!("{select_by_key} AND {owned}");
@@ -163,25 +230,33 @@ impl ModelSql {
         // reused by number, so nothing new is bound.
         let select_by_key_fenced = format!(
             "{select_by_key} AND {} UNION ALL SELECT {nulls} WHERE NOT {owned}",
-            crate::fence::not_moved(table, 1)
+            crate::fence::not_moved(scope, 1)
         );
-        let scan_first = Query::select()
-            .columns(columns.iter().copied())
-            .from(table)
-            .order_by(key, Order::Asc)
-            .limit(1)
-            .to_owned()
-            .build(SqliteQueryBuilder)
-            .0;
-        let scan_after = Query::select()
-            .columns(columns.iter().copied())
-            .from(table)
-            .and_where(Expr::col(key).gt(placeholder()))
-            .order_by(key, Order::Asc)
-            .limit(1)
-            .to_owned()
-            .build(SqliteQueryBuilder)
-            .0;
+        let mut first = Query::select();
+        first.columns(columns.iter().copied()).from(table);
+        for id in &ids {
+            first.order_by(*id, Order::Asc);
+        }
+        let scan_first = first.limit(1).to_owned().build(SqliteQueryBuilder).0;
+        let mut after = Query::select();
+        after.columns(columns.iter().copied()).from(table);
+        // After the last row read: `id > ?`, or `(id1, id2) > (?, ?)`, a row-value comparison.
+        if ids.len() == 1 {
+            after.and_where(Expr::col(key).gt(placeholder()));
+        } else {
+            after.and_where(Expr::cust(format!(
+                "({}) > ({})",
+                ids.iter()
+                    .map(|c| format!("\"{c}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                vec!["?"; ids.len()].join(", ")
+            )));
+        }
+        for id in &ids {
+            after.order_by(*id, Order::Asc);
+        }
+        let scan_after = after.limit(1).to_owned().build(SqliteQueryBuilder).0;
         let count = Query::select()
             .expr(Expr::col(sea_query::Asterisk).count())
             .from(table)
@@ -189,7 +264,7 @@ impl ModelSql {
             .build(SqliteQueryBuilder)
             .0;
         let insert = insert_rows::<M>(1);
-        let mut on_conflict = OnConflict::column(key);
+        let mut on_conflict = OnConflict::columns(ids.iter().copied());
         if others.is_empty() {
             on_conflict.do_nothing();
         } else {
@@ -204,20 +279,21 @@ impl ModelSql {
             .build(SqliteQueryBuilder)
             .0;
         let update_by_key = (!others.is_empty()).then(|| {
-            Query::update()
+            let mut update = Query::update();
+            update
                 .table(table)
-                .values(others.iter().map(|c| (*c, Expr::val(placeholder()))))
-                .and_where(Expr::col(key).eq(placeholder()))
-                .to_owned()
-                .build(SqliteQueryBuilder)
-                .0
+                .values(others.iter().map(|c| (*c, Expr::val(placeholder()))));
+            for id in &ids {
+                update.and_where(Expr::col(*id).eq(placeholder()));
+            }
+            update.build(SqliteQueryBuilder).0
         });
-        let delete_by_key = Query::delete()
-            .from_table(table)
-            .and_where(Expr::col(key).eq(placeholder()))
-            .to_owned()
-            .build(SqliteQueryBuilder)
-            .0;
+        let mut delete = Query::delete();
+        delete.from_table(table);
+        for id in &ids {
+            delete.and_where(Expr::col(*id).eq(placeholder()));
+        }
+        let delete_by_key = delete.build(SqliteQueryBuilder).0;
 
         let mut create = Table::create();
         create.table(table).if_not_exists();
@@ -232,10 +308,17 @@ impl ModelSql {
             if !column.nullable {
                 def.not_null();
             }
-            if index == M::KEY_INDEX {
+            if M::ID_COLUMNS == [index] {
                 def.primary_key();
             }
             create.col(def);
+        }
+        if M::ID_COLUMNS.len() > 1 {
+            let mut primary = sea_query::Index::create();
+            for id in &ids {
+                primary.col(Alias::new(*id));
+            }
+            create.primary_key(&mut primary);
         }
         let create_table = create.to_string(SqliteQueryBuilder);
 
@@ -246,7 +329,7 @@ impl ModelSql {
             let select = format!(
                 "{head} SELECT {} WHERE {owned} AND {}",
                 vec!["?"; columns.len()].join(", "),
-                crate::fence::not_moved(table, M::KEY_INDEX + 1)
+                crate::fence::not_moved(scope, M::KEY_INDEX + 1)
             );
             (select, tail.to_owned())
         };
@@ -254,7 +337,12 @@ impl ModelSql {
         let insert_fenced = insert_select.clone();
         let (_, conflict) = as_select(&upsert);
         let conflict = if others.is_empty() {
-            format!(" ON CONFLICT (\"{key}\") DO UPDATE SET \"{key}\" = \"excluded\".\"{key}\"")
+            let targets = ids
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(" ON CONFLICT ({targets}) DO UPDATE SET \"{key}\" = \"excluded\".\"{key}\"")
         } else {
             conflict
         };
@@ -262,12 +350,12 @@ impl ModelSql {
         let update_fenced = update_by_key.as_ref().map(|sql| {
             format!(
                 "{sql} AND {owned} AND {}",
-                crate::fence::not_moved(table, others.len() + 1)
+                crate::fence::not_moved(scope, others.len() + 1)
             )
         });
         let delete_fenced = format!(
             "{delete_by_key} AND {owned} AND {}",
-            crate::fence::not_moved(table, 1)
+            crate::fence::not_moved(scope, 1)
         );
 
         ModelSql {
@@ -309,7 +397,7 @@ pub(crate) fn insert_rows_or_ignore<M: Model>(rows: usize) -> String {
         .into_table(M::TABLE)
         .columns(M::COLUMNS.iter().map(|c| c.name))
         .on_conflict(
-            OnConflict::column(M::COLUMNS[M::KEY_INDEX].name)
+            OnConflict::columns(M::ID_COLUMNS.iter().map(|&i| M::COLUMNS[i].name))
                 .do_nothing()
                 .to_owned(),
         );

@@ -345,6 +345,7 @@ mod tests {
             }
             impl Model for $name {
                 type Key = $key;
+                type Id = $key;
                 const TABLE: &'static str = $table;
                 const COLUMNS: &'static [crate::model::ColumnDef] = &[
                     crate::model::ColumnDef {
@@ -359,6 +360,7 @@ mod tests {
                     },
                 ];
                 const KEY_INDEX: usize = 0;
+                const ID_COLUMNS: &'static [usize] = &[0];
                 const STRATEGY: crate::config::StrategyOverride = crate::config::StrategyOverride {
                     read: None,
                     write: None,

@@ -154,6 +154,35 @@ impl Account {
     }
 }
 
+/// A model colocated with [`User`]: its rows live on their author's shard.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "posts", colocate = User)]
+pub struct Post {
+    /// The author: the `users` key that places the row.
+    #[sharded(shard_key)]
+    pub author: String,
+    /// The post's number among its author's.
+    #[sharded(key)]
+    pub id: i64,
+    /// Text.
+    pub title: String,
+}
+
+/// A model colocated with [`Note`], placed round-robin by the directory: its rows follow the
+/// note's directory entry.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "lines", colocate = Note)]
+pub struct Line {
+    /// The note: the `notes` key that places the row.
+    #[sharded(shard_key)]
+    pub note: String,
+    /// The line's number in the note.
+    #[sharded(key)]
+    pub line: i32,
+    /// Text.
+    pub text: String,
+}
+
 /// Opens an embedded database over `shards` shards named `s0`, `s1`, ... in `dir`.
 pub fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
     open_with(dir, shards, |config| config)

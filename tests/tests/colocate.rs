@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use collegedb::{CollegeDb, Embedded, Strategy, Value};
-use collegedb_tests::{open, Note, User};
+use collegedb_tests::{open, Line, Note, Post, User};
 use pollster::block_on;
 
 const AUTHORS: usize = 60;
@@ -279,4 +279,205 @@ fn the_registry_refuses_what_would_strand_rows() {
     assert_eq!(block_on(db.colocation("users")).unwrap(), None);
     let error = block_on(db.adopt_table("user_posts", "author")).unwrap_err();
     assert_eq!(error.code(), "CONFIG_INVALID", "{error}");
+}
+
+fn post(author: &str, id: i64) -> Post {
+    Post {
+        author: author.into(),
+        id,
+        title: format!("post {id} of {author}"),
+    }
+}
+
+#[test]
+fn colocated_models_live_and_move_with_their_parent_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await?;
+        Post::create_table(&db).await?;
+        Note::create_table(&db).await?;
+        Line::create_table(&db).await
+    })
+    .unwrap();
+    // Creating a colocated model's table records the colocation.
+    let recorded = block_on(db.colocation("posts")).unwrap().unwrap();
+    assert_eq!(
+        (recorded.route.as_str(), recorded.scope.as_str()),
+        ("author", "users")
+    );
+    for a in 0..AUTHORS {
+        let author = format!("author-{a:03}");
+        block_on(User::insert(&db, &User::new(author.as_str()))).unwrap();
+        let posts: Vec<Post> = (0..POSTS_PER_AUTHOR as i64)
+            .map(|p| post(&author, p))
+            .collect();
+        assert_eq!(
+            block_on(Post::insert_many(&db, &posts)).unwrap(),
+            POSTS_PER_AUTHOR
+        );
+        let note = Note::numbered(a);
+        block_on(Note::insert(&db, &note)).unwrap();
+        for line in 0..3 {
+            let row = Line {
+                note: note.id.clone(),
+                line,
+                text: format!("line {line}"),
+            };
+            block_on(Line::insert(&db, &row)).unwrap();
+        }
+    }
+    let together = |shards: usize, context: &str| {
+        let posts = check_together(
+            dir.path(),
+            shards,
+            ("users", "id"),
+            ("posts", "author"),
+            context,
+        );
+        assert_eq!(posts, AUTHORS * POSTS_PER_AUTHOR, "{context}");
+        let lines = check_together(
+            dir.path(),
+            shards,
+            ("notes", "id"),
+            ("lines", "note"),
+            context,
+        );
+        assert_eq!(lines, AUTHORS * 3, "{context}");
+    };
+    together(3, "inserted");
+    assert_eq!(shard_count(dir.path(), 3, "posts", "author"), 3);
+
+    // Typed calls by the composite key.
+    let author = "author-004";
+    assert_eq!(
+        block_on(Post::find(&db, (author, 2))).unwrap(),
+        Some(post(author, 2))
+    );
+    assert_eq!(block_on(Post::find(&db, (author, 99))).unwrap(), None);
+    assert_eq!(block_on(Post::find(&db, ("nobody", 1))).unwrap(), None);
+    let mut edited = post(author, 2);
+    edited.title = "edited".into();
+    block_on(Post::update(&db, &edited)).unwrap();
+    assert_eq!(
+        block_on(Post::find(&db, (author, 2))).unwrap(),
+        Some(edited.clone())
+    );
+    assert_eq!(
+        block_on(Post::find(&db, (author, 1))).unwrap(),
+        Some(post(author, 1)),
+        "an update touches one row of the group"
+    );
+    block_on(Post::upsert(&db, &post(author, 7))).unwrap();
+    assert!(block_on(Post::delete(&db, (author, 7))).unwrap());
+    assert!(!block_on(Post::delete(&db, (author, 7))).unwrap());
+    let error = block_on(Post::insert(&db, &post(author, 1))).unwrap_err();
+    assert_eq!(error.code(), "DUPLICATE_KEY", "{error}");
+    let twins = [post(author, 50), post(author, 50)];
+    let error = block_on(Post::insert_many(&db, &twins)).unwrap_err();
+    assert_eq!(error.code(), "DUPLICATE_KEY", "{error}");
+    let user_shard = block_on(User::locate(&db, author)).unwrap();
+    assert_eq!(
+        block_on(Post::locate(&db, (author, 1))).unwrap(),
+        user_shard
+    );
+
+    // One author's posts: a query pinned to one shard.
+    let (mine, report) = block_on(
+        Post::query_for(author)
+            .order_by(Post::fields().id().desc())
+            .all_with_report(&db),
+    )
+    .unwrap();
+    assert_eq!(mine.len(), POSTS_PER_AUTHOR);
+    assert!(mine.iter().all(|p| p.author == author));
+    assert_eq!(mine[0].id, POSTS_PER_AUTHOR as i64 - 1);
+    assert_eq!(report.shards, 1, "{report:?}");
+    assert_eq!(
+        block_on(Post::query().count(&db)).unwrap(),
+        (AUTHORS * POSTS_PER_AUTHOR) as u64
+    );
+
+    // A batch of the user and their posts: one transaction on their shard.
+    let mut batch = db.batch_for::<User>(author);
+    let mut renamed = User::new(author);
+    renamed.name = "renamed".into();
+    batch
+        .update(&renamed)
+        .unwrap()
+        .insert(&post(author, 100))
+        .unwrap()
+        .delete_row(&post(author, 0))
+        .unwrap();
+    assert_eq!(
+        batch.insert(&post("author-005", 1)).err().unwrap().code(),
+        "CROSS_SHARD"
+    );
+    assert_eq!(block_on(batch.commit()).unwrap(), vec![1, 1, 1]);
+    assert_eq!(block_on(Post::find(&db, (author, 0))).unwrap(), None);
+    assert!(block_on(Post::find(&db, (author, 100))).unwrap().is_some());
+    let mut failing = db.batch_for::<User>(author);
+    failing
+        .insert(&post(author, 101))
+        .unwrap()
+        .insert(&post(author, 1))
+        .unwrap();
+    assert_eq!(
+        block_on(failing.commit()).unwrap_err().code(),
+        "DUPLICATE_KEY"
+    );
+    assert_eq!(
+        block_on(Post::find(&db, (author, 101))).unwrap(),
+        None,
+        "rolled back"
+    );
+    drop(db);
+
+    // A fourth shard, a reassign and a drain: the posts and lines follow their keys.
+    let db = open(dir.path(), 4);
+    block_on(db.add_shard("s3")).unwrap();
+    let total = AUTHORS * POSTS_PER_AUTHOR; // one post added, one deleted
+    let check = |context: &str| {
+        let posts = check_together(dir.path(), 4, ("users", "id"), ("posts", "author"), context);
+        assert_eq!(posts, total, "{context}");
+        let lines = check_together(dir.path(), 4, ("notes", "id"), ("lines", "note"), context);
+        assert_eq!(lines, AUTHORS * 3, "{context}");
+    };
+    check("after add_shard");
+    let home = block_on(User::locate(&db, author)).unwrap().unwrap();
+    let target = ["s0", "s1", "s2", "s3"]
+        .into_iter()
+        .find(|s| *s != home)
+        .unwrap();
+    block_on(db.reassign("users", author, target)).unwrap();
+    check("after reassign");
+    assert_eq!(
+        block_on(Post::locate(&db, (author, 1))).unwrap().as_deref(),
+        Some(target)
+    );
+    assert_eq!(
+        block_on(Post::find(&db, (author, 2))).unwrap(),
+        Some(edited)
+    );
+    block_on(db.drain_shard("s0")).unwrap();
+    check("after drain_shard");
+    for a in (0..AUTHORS).step_by(7) {
+        let author = format!("author-{a:03}");
+        assert_eq!(
+            block_on(Post::find(&db, (author.as_str(), 3))).unwrap(),
+            Some(post(&author, 3)),
+            "{author}"
+        );
+        let note = Note::numbered(a).id;
+        assert_eq!(
+            block_on(Line::find(&db, (note.as_str(), 2)))
+                .unwrap()
+                .map(|l| l.line),
+            Some(2)
+        );
+    }
+    for (table, column) in [("posts", "author"), ("lines", "note")] {
+        let report = block_on(db.verify_table(table, column)).unwrap();
+        assert!(report.is_clean(), "{report}");
+    }
 }

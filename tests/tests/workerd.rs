@@ -196,6 +196,7 @@ fn scenarios(server: &Workerd) {
     random_placement_and_chunked_batches(server);
     concurrent_first_writes_settle_on_one_shard(server);
     unique_emails_hold_across_shards(server);
+    comments_live_with_their_user_and_batch_with_it(server);
     reads_of_unknown_keys_create_no_directory_entries(server);
     bad_input_is_answered_with_typed_codes(server);
     values_map_both_ways_through_d1(server);
@@ -1008,6 +1009,87 @@ fn unique_emails_hold_across_shards(server: &Workerd) {
     }
 }
 
+/// `#[sharded(colocate = User)]` in the Worker: each user's comments on the user's shard, listed
+/// from that shard alone, and a D1 `batch()` of the user and a comment that commits all or
+/// nothing.
+fn comments_live_with_their_user_and_batch_with_it(server: &Workerd) {
+    let mut home = BTreeMap::new();
+    for u in 0..9 {
+        let id = format!("commenter-{u}");
+        let user = json!({ "id": id, "name": id, "email": null, "karma": 0, "active": true,
+            "avatar": null, "profile": {} });
+        let created = server.post("/users", &user);
+        assert_eq!(created.status, 201, "{}", created.text);
+        for c in 0..4 {
+            let comment = json!({ "user_id": id, "id": c, "body": format!("comment {c}") });
+            let added = server.post(&format!("/users/{id}/comments"), &comment);
+            assert_eq!(added.status, 201, "{}", added.text);
+        }
+        let shard = server.get(&format!("/users/{id}/shard"));
+        home.insert(id, shard.json["shard"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        home.values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1
+    );
+    // On the shards themselves: every comment beside its user.
+    for shard in SHARDS {
+        let rows = server.post(
+            &format!("/raw/{shard}"),
+            &json!({ "sql": "SELECT user_id FROM comments WHERE user_id LIKE 'commenter-%'", "params": [] }),
+        );
+        for row in rows.json.as_array().unwrap() {
+            let user = row["user_id"].as_str().unwrap();
+            assert_eq!(home[user], shard, "a comment of {user} on {shard}");
+        }
+    }
+    let listed = server.get("/users/commenter-3/comments");
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.json["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(listed.json["shards"], 1, "one shard read: {}", listed.text);
+
+    // A batch of the user and a comment: both, or neither.
+    let batch = |karma: i64, comment: Value| {
+        server.post(
+            "/users/commenter-3/batch",
+            &json!({ "karma": karma, "comment": comment }),
+        )
+    };
+    let done = batch(
+        42,
+        json!({ "user_id": "commenter-3", "id": 10, "body": "new" }),
+    );
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.json["changed"], json!([1, 1]));
+    assert_eq!(server.get("/users/commenter-3").json["karma"], 42);
+    let failed = batch(
+        7,
+        json!({ "user_id": "commenter-3", "id": 1, "body": "taken" }),
+    );
+    assert_eq!(failed.status, 409, "{}", failed.text);
+    assert_eq!(failed.json["code"], "DUPLICATE_KEY");
+    assert_eq!(
+        server.get("/users/commenter-3").json["karma"],
+        42,
+        "the karma update was rolled back with the failed insert"
+    );
+    let cross = batch(
+        7,
+        json!({ "user_id": "commenter-4", "id": 1, "body": "elsewhere" }),
+    );
+    assert_eq!(cross.status, 400, "{}", cross.text);
+    assert_eq!(cross.json["code"], "CROSS_SHARD");
+    assert_eq!(
+        server.get("/users/commenter-3/comments").json["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
 fn reads_of_unknown_keys_create_no_directory_entries(server: &Workerd) {
     let (before_do, before_kv) = (
         directory_entries(server, ""),
@@ -1246,15 +1328,17 @@ fn coordinator_matches_shards(server: &Workerd) -> Result<(), String> {
         })
         .collect();
     let matches = SHARDS.iter().all(|shard| {
-        ["users", "posts", "sessions", "events", "accounts"]
-            .iter()
-            .all(|table| {
-                real[*shard][table].as_u64().unwrap_or(0)
-                    == kept
-                        .get(*shard)
-                        .and_then(|t| t[table].as_u64())
-                        .unwrap_or(0)
-            })
+        [
+            "users", "posts", "sessions", "events", "accounts", "comments",
+        ]
+        .iter()
+        .all(|table| {
+            real[*shard][table].as_u64().unwrap_or(0)
+                == kept
+                    .get(*shard)
+                    .and_then(|t| t[table].as_u64())
+                    .unwrap_or(0)
+        })
     });
     if matches {
         Ok(())
@@ -1548,7 +1632,9 @@ fn flush_empties_everything(server: &Workerd) {
         let reply = server.post(path, &json!({}));
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
-    for table in ["users", "posts", "sessions", "events", "accounts"] {
+    for table in [
+        "users", "posts", "sessions", "events", "accounts", "comments",
+    ] {
         assert_eq!(
             rows_per_shard(server, table).values().sum::<u64>(),
             0,

@@ -6,6 +6,7 @@ const _: () = {
     const _: () = __cdb::assert_column::<Option<String>>();
     impl __cdb::Model for User {
         type Key = String;
+        type Id = String;
         const TABLE: &'static str = "users";
         const COLUMNS: &'static [__cdb::ColumnDef] = &[
             __cdb::ColumnDef {
@@ -30,6 +31,7 @@ const _: () = {
             },
         ];
         const KEY_INDEX: usize = 0usize;
+        const ID_COLUMNS: &'static [usize] = &[0usize];
         const STRATEGY: __cdb::StrategyOverride = __cdb::StrategyOverride {
             read: ::core::option::Option::Some(__cdb::Strategy::Hash),
             write: ::core::option::Option::Some(__cdb::Strategy::Location),

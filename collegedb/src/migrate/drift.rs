@@ -174,7 +174,7 @@ fn compare<M: Model>(shard: String, columns: &[TableColumn]) -> ShardDrift {
                 type_name(def.ty)
             ));
         }
-        let key = index == M::KEY_INDEX;
+        let key = M::ID_COLUMNS.contains(&index);
         if !key && def.nullable && column.not_null {
             drift.mismatched.push(format!(
                 "{} is NOT NULL, the model's field is an Option: storing None fails",

@@ -9,7 +9,6 @@ use super::route::{self, on_every_serving, select_rows, QueryReport};
 use super::write::{write_many, Assignment, Change, WriteReport};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::key::ShardKey;
 use crate::model::Model;
 use crate::router::CollegeDb;
 use crate::value::Value;
@@ -217,7 +216,7 @@ impl<M: Model> Query<M> {
         let mut report = QueryReport::default();
         if let Some(key) = self.filter_node()?.and_then(exact_key::<M>) {
             // Exactly `key = v`: the query is `find`, on the same path.
-            let found = crate::crud::find::<M, B>(db, M::Key::from_key(key)?).await?;
+            let found = crate::crud::find_key::<M, B>(db, key).await?;
             report.shards = 1;
             report.rows_fetched = usize::from(found.is_some());
             let rows = found
@@ -340,7 +339,8 @@ impl<M: Model> Query<M> {
     }
 }
 
-/// The key of a filter that is exactly `key = v` with a valid key.
+/// The key of a filter that is exactly `key = v` with a valid key, on a model identified by its
+/// key alone.
 fn exact_key<M: Model>(node: &Node) -> Option<crate::key::Key> {
     match node {
         Node::Compare {
@@ -348,7 +348,7 @@ fn exact_key<M: Model>(node: &Node) -> Option<crate::key::Key> {
             op: super::filter::Compare::Eq,
             value,
             ..
-        } if *index == M::KEY_INDEX => crate::key::Key::from_value(value.clone()).ok(),
+        } if M::ID_COLUMNS == [*index] => crate::key::Key::from_value(value.clone()).ok(),
         _ => None,
     }
 }

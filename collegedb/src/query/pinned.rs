@@ -79,7 +79,7 @@ async fn one_by_one<M: Model, B: Backend>(
                     fenced: Some((fenced, M::KEY_INDEX)),
                     params: &params,
                 };
-                query_owner(db, M::TABLE, key, read, query).await
+                query_owner(db, M::SCOPE, key, read, query).await
             }
         });
         for found in futures_util::future::join_all(lookups).await {
@@ -172,7 +172,7 @@ async fn grouped<M: Model, B: Backend>(
             .filter(|(k, _)| !found.contains(*k))
             .map(|(k, _)| (*k).clone())
             .collect();
-        if !missing.is_empty() && db.may_be_elsewhere(M::TABLE, shard).await? {
+        if !missing.is_empty() && db.may_be_elsewhere(M::SCOPE, shard).await? {
             elsewhere.extend(missing);
         }
     }

@@ -69,16 +69,14 @@ pub(crate) fn select_rows<M: Model>(filter: Option<&Node>) -> Result<SelectState
     Ok(select)
 }
 
-/// `ORDER BY` terms with the key appended (ascending) unless already present, so that every
-/// shard and the merge order ties alike.
+/// `ORDER BY` terms with the primary key's columns appended (ascending) unless already present,
+/// so that every shard and the merge order ties alike.
 pub(crate) fn with_key_order<M: Model>(order: &[OrderBy<M>]) -> Vec<OrderBy<M>> {
     let mut all = order.to_vec();
-    if !all.iter().any(|o| o.index == M::KEY_INDEX) {
-        all.push(OrderBy::new(
-            M::COLUMNS[M::KEY_INDEX].name,
-            M::KEY_INDEX,
-            false,
-        ));
+    for &id in M::ID_COLUMNS {
+        if !all.iter().any(|o| o.index == id) {
+            all.push(OrderBy::new(M::COLUMNS[id].name, id, false));
+        }
     }
     all
 }

@@ -118,7 +118,7 @@ fn statement<M: Model>(
             let mut update = SqlQuery::update();
             update.table(M::TABLE);
             for a in assignments.iter() {
-                if a.index == M::KEY_INDEX {
+                if M::ID_COLUMNS.contains(&a.index) {
                     return Err(Error::QueryInvalid {
                         reason: format!(
                             "`update_many` cannot set the key column `{}`: a row's key decides its shard; insert a row with the new key and delete the old one",
@@ -211,7 +211,7 @@ async fn pinned<M: Model, B: Backend>(
     let fenced = format!(
         "{sql} AND {} AND {}",
         fence::OWNED,
-        fence::not_moved(M::TABLE, key_at + 1)
+        fence::not_moved(M::SCOPE, key_at + 1)
     );
     let read = db.strategies(M::STRATEGY).read;
     let mut report = WriteReport::default();
@@ -227,7 +227,7 @@ async fn pinned<M: Model, B: Backend>(
                     params: &params,
                     cost: Cost::Point,
                 };
-                execute_owner(db, M::TABLE, key, read, write).await
+                execute_owner(db, M::SCOPE, key, read, write).await
             }
         });
         for written in futures_util::future::join_all(writes).await {

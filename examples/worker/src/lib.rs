@@ -1,12 +1,14 @@
 //! collegedb in a Cloudflare Worker: three D1 shards serving rows and a fourth on standby, a KV
 //! and a Durable Object directory, the ShardCoordinator, the growth runner, a namespace for shards
-//! kept in Durable Objects ([`ShardObject`]), and five models with their own strategies, behind a
+//! kept in Durable Objects ([`ShardObject`]), and six models with their own strategies, behind a
 //! small JSON API. The shard list is `COLLEGEDB_CONFIG` in `wrangler.toml`.
 //!
 //! | request | does |
 //! | --- | --- |
 //! | `POST /setup` | creates every model's table on every shard, registers the shards with the coordinator |
 //! | `POST /{model}` | inserts (`users`, `posts`, `sessions`, `events`, `accounts`); `PUT /{model}/{id}` updates; `DELETE` deletes |
+//! | `POST /users/{id}/comments`, `GET /users/{id}/comments` | a comment of the user, colocated with it (`#[sharded(colocate = User)]`); the user's comments, read from their shard alone |
+//! | `POST /users/{id}/batch` | `{"karma": n, "comment": {...}}`: the user's karma and a new comment in one D1 `batch()` on the user's shard (`db.batch_for`); a comment of another user is 400 `CROSS_SHARD` |
 //! | `GET /accounts/by-email?email=` | finds an account by its unique email (`find_by_email`): one directory read, one shard query; a taken email answers 409 `DUPLICATE_KEY` naming the column on insert and update |
 //! | `GET /{model}/{id}` | finds by key; `GET /{model}/{id}/shard` names the shard holding it |
 //! | `GET /{model}?after=&limit=` | a page of rows in key order across every shard (`scan`) |
@@ -138,7 +140,22 @@ pub struct Account {
     pub name: String,
 }
 
-const MODELS: [&str; 5] = ["users", "posts", "sessions", "events", "accounts"];
+/// Colocated with [`User`]: a user's comments live on the user's shard and move with it, so
+/// `GET /users/{id}/comments` reads one shard and `POST /users/{id}/batch` writes the user and a
+/// comment in one transaction.
+#[derive(Sharded, Serialize, Deserialize, Debug, Clone)]
+#[sharded(table = "comments", colocate = User)]
+pub struct Comment {
+    #[sharded(shard_key)]
+    pub user_id: String,
+    #[sharded(key)]
+    pub id: i64,
+    pub body: String,
+}
+
+const MODELS: [&str; 6] = [
+    "users", "posts", "sessions", "events", "accounts", "comments",
+];
 
 /// The var holding the configuration (shards, regions, strategies) in `wrangler.toml`.
 pub const CONFIG_VAR: &str = "COLLEGEDB_CONFIG";
@@ -369,91 +386,144 @@ async fn model_route<M>(db: &Db, mut req: Request, rest: &[&str]) -> Result<Resp
 where
     M: Model + Serialize + DeserializeOwned,
     M::Key: std::str::FromStr + Serialize,
+    // Models identified by their key alone: the id is the key.
+    M::Id: From<M::Key>,
 {
     use collegedb::crud;
     let parse_key = |raw: &str| raw.parse::<M::Key>().map_err(|_| ());
-    let result =
-        match (req.method(), rest) {
-            (Method::Post, []) => match body::<M>(&mut req).await {
-                Ok(row) => crud::insert::<M, Cloudflare>(db, &row)
-                    .await
-                    .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
-                Err(e) => return bad_request("BAD_BODY", e),
-            },
-            (Method::Get, []) => {
-                // `?after=<key>&limit=<n>`: a page in key order across every shard.
-                let url = req.url()?;
-                let (mut after, mut limit) = (None, 100);
-                for (name, value) in url.query_pairs() {
-                    match name.as_ref() {
-                        "after" => match parse_key(&value) {
-                            Ok(key) => after = Some(key),
-                            Err(()) => {
-                                return bad_request(
-                                    "KEY_INVALID",
-                                    format!("`{value}` is not a valid key"),
-                                )
-                            }
-                        },
-                        "limit" => limit = value.parse().unwrap_or(100),
-                        _ => {}
-                    }
+    let result = match (req.method(), rest) {
+        (Method::Post, []) => match body::<M>(&mut req).await {
+            Ok(row) => crud::insert::<M, Cloudflare>(db, &row)
+                .await
+                .map(|_| Response::from_json(&row).map(|r| r.with_status(201))),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (Method::Get, []) => {
+            // `?after=<key>&limit=<n>`: a page in key order across every shard.
+            let url = req.url()?;
+            let (mut after, mut limit) = (None, 100);
+            for (name, value) in url.query_pairs() {
+                match name.as_ref() {
+                    "after" => match parse_key(&value) {
+                        Ok(key) => after = Some(key),
+                        Err(()) => {
+                            return bad_request(
+                                "KEY_INVALID",
+                                format!("`{value}` is not a valid key"),
+                            )
+                        }
+                    },
+                    "limit" => limit = value.parse().unwrap_or(100),
+                    _ => {}
                 }
-                collegedb::scan::scan::<M, Cloudflare>(db, after, limit)
-                    .await
-                    .map(|page| {
-                        Response::from_json(
-                            &serde_json::json!({ "rows": page.rows, "next": page.next }),
-                        )
-                    })
             }
-            (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
-                Ok(rows) => collegedb::bulk::insert_many::<M, Cloudflare>(db, &rows)
+            collegedb::scan::scan::<M, Cloudflare>(db, after, limit)
+                .await
+                .map(|page| {
+                    Response::from_json(
+                        &serde_json::json!({ "rows": page.rows, "next": page.next }),
+                    )
+                })
+        }
+        (Method::Post, ["batch"]) => match body::<Vec<M>>(&mut req).await {
+            Ok(rows) => collegedb::bulk::insert_many::<M, Cloudflare>(db, &rows)
+                .await
+                .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (Method::Post, ["upsert"]) => match body::<M>(&mut req).await {
+            Ok(row) => crud::upsert::<M, Cloudflare>(db, &row)
+                .await
+                .map(|_| Response::from_json(&row)),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        (method, [id, tail @ ..]) => {
+            let Ok(key) = parse_key(id) else {
+                return bad_request("KEY_INVALID", format!("`{id}` is not a valid key"));
+            };
+            match (method, tail) {
+                (Method::Get, []) => crud::find::<M, Cloudflare>(db, key.into())
                     .await
-                    .map(|n| Response::from_json(&serde_json::json!({ "inserted": n }))),
-                Err(e) => return bad_request("BAD_BODY", e),
-            },
-            (Method::Post, ["upsert"]) => match body::<M>(&mut req).await {
-                Ok(row) => crud::upsert::<M, Cloudflare>(db, &row)
-                    .await
-                    .map(|_| Response::from_json(&row)),
-                Err(e) => return bad_request("BAD_BODY", e),
-            },
-            (method, [id, tail @ ..]) => {
-                let Ok(key) = parse_key(id) else {
-                    return bad_request("KEY_INVALID", format!("`{id}` is not a valid key"));
-                };
-                match (method, tail) {
-                    (Method::Get, []) => crud::find::<M, Cloudflare>(db, key).await.map(|row| {
-                        match row {
+                    .map(|row| match row {
                         Some(row) => Response::from_json(&row),
                         None => Response::from_json(
                             &serde_json::json!({ "error": "not found", "code": "ROW_NOT_FOUND" }),
                         )
                         .map(|r| r.with_status(404)),
-                    }
                     }),
-                    (Method::Get, ["shard"]) => crud::locate::<M, Cloudflare>(db, key)
+                (Method::Get, ["shard"]) => crud::locate::<M, Cloudflare>(db, key.into())
+                    .await
+                    .map(|shard| Response::from_json(&serde_json::json!({ "shard": shard }))),
+                (Method::Put, []) => match body::<M>(&mut req).await {
+                    Ok(row) => crud::update::<M, Cloudflare>(db, &row)
                         .await
-                        .map(|shard| Response::from_json(&serde_json::json!({ "shard": shard }))),
-                    (Method::Put, []) => match body::<M>(&mut req).await {
-                        Ok(row) => crud::update::<M, Cloudflare>(db, &row)
-                            .await
-                            .map(|_| Response::from_json(&row)),
-                        Err(e) => return bad_request("BAD_BODY", e),
-                    },
-                    (Method::Delete, []) => {
-                        crud::delete::<M, Cloudflare>(db, key).await.map(|deleted| {
-                            Response::from_json(&serde_json::json!({ "deleted": deleted }))
-                        })
-                    }
-                    _ => return Response::error("no such route", 404),
-                }
+                        .map(|_| Response::from_json(&row)),
+                    Err(e) => return bad_request("BAD_BODY", e),
+                },
+                (Method::Delete, []) => crud::delete::<M, Cloudflare>(db, key.into())
+                    .await
+                    .map(|deleted| Response::from_json(&serde_json::json!({ "deleted": deleted }))),
+                _ => return Response::error("no such route", 404),
             }
-            _ => return Response::error("no such route", 404),
-        };
+        }
+        _ => return Response::error("no such route", 404),
+    };
     match result {
         Ok(response) => response,
+        Err(error) => json_error(&error),
+    }
+}
+
+/// A user's comments, colocated with the user: `POST /users/{id}/comments` adds one,
+/// `GET /users/{id}/comments` lists them from the user's shard alone, and `POST
+/// /users/{id}/batch` (`{"karma": n, "comment": {...}}`) sets the user's karma and adds the
+/// comment in one transaction, all or nothing.
+async fn comments_route(db: &Db, mut req: Request, id: &str) -> Result<Response> {
+    #[derive(Deserialize)]
+    struct Checkout {
+        karma: i64,
+        comment: Comment,
+    }
+    let path = req.path();
+    let outcome: collegedb::Result<Response> = match req.method() {
+        Method::Get => Comment::query_for(id)
+            .order_by(Comment::fields().id().asc())
+            .all_with_report(db)
+            .await
+            .map(|(rows, report)| {
+                Response::from_json(&serde_json::json!({ "rows": rows, "shards": report.shards }))
+                    .expect("JSON of comments")
+            }),
+        Method::Post if path.ends_with("/comments") => match body::<Comment>(&mut req).await {
+            Ok(comment) if comment.user_id == id => Comment::insert(db, &comment).await.map(|()| {
+                Response::from_json(&comment)
+                    .expect("JSON")
+                    .with_status(201)
+            }),
+            Ok(_) => return bad_request("BAD_BODY", "the comment's `user_id` is not this user"),
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        Method::Post => match body::<Checkout>(&mut req).await {
+            Ok(checkout) => {
+                let mut batch = db.batch_for::<User>(id);
+                let karma = [Value::Integer(checkout.karma), Value::Text(id.to_owned())];
+                let added = batch
+                    .execute("UPDATE users SET karma = ? WHERE id = ?", karma)
+                    .and_then(|batch| batch.insert(&checkout.comment));
+                match added {
+                    Ok(_) => batch.commit().await.map(|changed| {
+                        Response::from_json(&serde_json::json!({ "changed": changed }))
+                            .expect("JSON")
+                    }),
+                    Err(error) => Err(error),
+                }
+            }
+            Err(e) => return bad_request("BAD_BODY", e),
+        },
+        _ => return Response::error("no such route", 404),
+    };
+    match outcome {
+        Ok(response) => Ok(response),
         Err(error) => json_error(&error),
     }
 }
@@ -533,6 +603,7 @@ async fn create_tables(db: &Db) -> collegedb::Result<()> {
     Session::create_table(db).await?;
     Event::create_table(db).await?;
     Account::create_table(db).await?;
+    Comment::create_table(db).await?;
     // The coordinator's registry lists the shards that serve rows; the growth runner adds a
     // shard there when its `add_shard` finishes.
     let map = db.shard_map();
@@ -629,6 +700,7 @@ async fn schema(db: &Db) -> collegedb::Result<Response> {
         db.schema_drift::<Session>().await?,
         db.schema_drift::<Event>().await?,
         db.schema_drift::<Account>().await?,
+        db.schema_drift::<Comment>().await?,
     ];
     let clean = reports.iter().all(|r| r.is_clean());
     let report: Vec<String> = reports.iter().map(ToString::to_string).collect();
@@ -786,6 +858,9 @@ async fn route(db: &Db, env: &Env, mut req: Request) -> Result<Response> {
             .await
             .map(|counts| Response::from_json(&counts).expect("JSON of counts")),
         (_, ["query", "users", rest @ ..]) => return query_route(db, req, rest).await,
+        (_, ["users", id, "comments"]) | (_, ["users", id, "batch"]) => {
+            return comments_route(db, req, id).await
+        }
         (_, ["users", rest @ ..]) => return model_route::<User>(db, req, rest).await,
         (_, ["posts", rest @ ..]) => return model_route::<Post>(db, req, rest).await,
         (_, ["sessions", rest @ ..]) => return model_route::<Session>(db, req, rest).await,
