@@ -52,7 +52,18 @@ impl<B: Backend> CollegeDb<B> {
     /// Adopts every table found on the shards; see the [module docs](crate::adopt).
     pub async fn adopt(&self) -> Result<AdoptReport> {
         let mut report = AdoptReport::default();
+        let colocated = crate::colocate::all(self).await?;
         for table in self.describe_tables().await? {
+            if let Some(colocation) = colocated.get(&table.name) {
+                report.skipped.push((
+                    table.name,
+                    format!(
+                        "colocated with `{}`: its rows follow their `{}` keys",
+                        colocation.scope, colocation.route
+                    ),
+                ));
+                continue;
+            }
             match table.key_column {
                 Some(key) => report
                     .tables

@@ -170,6 +170,7 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let values = row.to_values()?;
         crate::model::check_row(&values)?;
+        crate::model::check_ids::<M>(&values)?;
         let creates = M::SCOPE == self.table;
         self.push(&M::sql().insert, values, Some((M::TABLE, 1)), creates)
     }
@@ -179,6 +180,7 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let values = row.to_values()?;
         crate::model::check_row(&values)?;
+        crate::model::check_ids::<M>(&values)?;
         let creates = M::SCOPE == self.table;
         self.push(&M::sql().upsert, values, None, creates)
     }
@@ -189,6 +191,7 @@ impl<'a, B: Backend> Batch<'a, B> {
         self.check_route::<M>(row.key())?;
         let values = row.to_values()?;
         crate::model::check_row(&values)?;
+        crate::model::check_ids::<M>(&values)?;
         let ids = crate::model::id_values::<M>(&values);
         let Some(sql) = &M::sql().update_by_key else {
             // Nothing but the key: the statement changes nothing but counts the row, as `update`

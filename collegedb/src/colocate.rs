@@ -65,6 +65,16 @@ pub(crate) async fn of_shard<S: ShardConn>(shard: &S) -> Result<BTreeMap<String,
         .collect()
 }
 
+/// The colocated tables recorded on any shard of `db`, by table (a registration cut short
+/// reaches some shards only; every shard that moves rows must know it).
+pub(crate) async fn all<B: Backend>(db: &CollegeDb<B>) -> Result<BTreeMap<String, Colocation>> {
+    let mut known = BTreeMap::new();
+    for shard in db.shards() {
+        known.extend(of_shard(shard).await?);
+    }
+    Ok(known)
+}
+
 /// The statements that record `entries` on a shard.
 fn recording<'a>(
     entries: impl IntoIterator<Item = (&'a String, &'a Colocation)>,
@@ -115,6 +125,12 @@ impl<B: Backend> CollegeDb<B> {
     /// [`crate::colocate`]). Idempotent; a table already colocated otherwise, a scope that is
     /// itself colocated, or a table colocated with itself is refused with `CONFIG_INVALID`, and
     /// nothing is written.
+    ///
+    /// Both tables must exist (on some shard): `route` must be a column of `table`, and `scope`
+    /// must have a single-column primary key. A table that holds rows already, or a growth
+    /// operation in progress, is refused too: either would change how existing rows route.
+    /// Index the route column (a composite primary key that starts with it does), or moves
+    /// scan the table for each page of keys.
     pub async fn colocate(&self, table: &str, route: &str, scope: &str) -> Result<()> {
         identifier(table, "table name")?;
         identifier(route, "column name")?;
@@ -128,10 +144,7 @@ impl<B: Backend> CollegeDb<B> {
             route: route.to_owned(),
             scope: scope.to_owned(),
         };
-        let mut known = BTreeMap::new();
-        for shard in self.shards() {
-            known.extend(of_shard(shard).await?);
-        }
+        let known = all(self).await?;
         if let Some(existing) = known.get(table) {
             if *existing != wanted {
                 return Err(Error::config(format!(
@@ -139,7 +152,21 @@ impl<B: Backend> CollegeDb<B> {
                     existing.scope, existing.route
                 )));
             }
+            // Recorded already: make sure every shard has it (a call cut short records some).
+            if self.shards().len() > 1 {
+                let entries = BTreeMap::from([(table.to_owned(), wanted)]);
+                for shard in self.shards() {
+                    shard.batch(&recording(&entries)).await?;
+                }
+            }
+            return Ok(());
         }
+        if let Some(operation) = self.growth_in_progress().await? {
+            return Err(Error::GrowthInProgress {
+                operation: operation.to_string(),
+            });
+        }
+        self.check_tables(table, route, scope).await?;
         if let Some(parent) = known.get(scope) {
             return Err(Error::config(format!(
                 "`{scope}` is itself colocated with `{}`: colocate `{table}` with `{}` instead",
@@ -154,6 +181,50 @@ impl<B: Backend> CollegeDb<B> {
         let entries = BTreeMap::from([(table.to_owned(), wanted)]);
         for shard in self.shards() {
             shard.batch(&recording(&entries)).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks, on the shards that have them, that `route` is a column of `table`, that `table`
+    /// holds no row yet, and that `scope` has a single-column primary key.
+    async fn check_tables(&self, table: &str, route: &str, scope: &str) -> Result<()> {
+        let (mut seen_table, mut seen_scope) = (false, false);
+        for shard in self.shards() {
+            let columns: Vec<String> = shard
+                .query_raw(
+                    "SELECT name FROM pragma_table_info(?)",
+                    &[Value::Text(table.to_owned())],
+                )
+                .await?
+                .into_iter()
+                .map(|row| row.get::<String>("name"))
+                .collect::<Result<_>>()?;
+            if !columns.is_empty() {
+                seen_table = true;
+                if !columns.iter().any(|c| c == route) {
+                    return Err(Error::config(format!(
+                        "`{table}` has no column `{route}`: name the column that holds `{scope}`'s key"
+                    )));
+                }
+                if crate::growth::capture::count(shard, table).await? > 0 {
+                    return Err(Error::config(format!(
+                        "`{table}` holds rows already, placed by its own key: colocating it would strand them; colocate it while it is empty"
+                    )));
+                }
+            }
+            if crate::verify::key_column(shard, scope).await?.is_some() {
+                seen_scope = true;
+            }
+        }
+        if !seen_table {
+            return Err(Error::config(format!(
+                "`{table}` does not exist: create it on every shard first"
+            )));
+        }
+        if !seen_scope {
+            return Err(Error::config(format!(
+                "`{scope}` does not exist with a single-column primary key: its key places `{table}`'s rows"
+            )));
         }
         Ok(())
     }

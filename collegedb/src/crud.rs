@@ -450,6 +450,7 @@ pub async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 pub(crate) async fn insert_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
+    crate::model::check_ids::<M>(&values)?;
     let key = row.key().clone().into_key()?;
     let (shard, _) = write_fenced::<M, B>(db, &key, &values, false).await?;
     db.note_rows(shard, M::TABLE, 1);
@@ -581,6 +582,7 @@ pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M)
     };
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
+    crate::model::check_ids::<M>(&values)?;
     // The other columns in column order, then the primary key's.
     let mut params: Vec<Value> = values
         .iter()
@@ -658,6 +660,7 @@ pub async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<
 pub(crate) async fn upsert_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
+    crate::model::check_ids::<M>(&values)?;
     let key = row.key().clone().into_key()?;
     let (shard, new) = write_fenced::<M, B>(db, &key, &values, true).await?;
     if new {

@@ -139,6 +139,15 @@ impl<K: ShardKey, L: ShardKey> RowId for (K, L) {
     }
 }
 
+/// Checks the primary key's values of a row given in column order as keys (a colocated
+/// model's own key is one too: `find` and `delete` take it).
+pub(crate) fn check_ids<M: Model>(values: &[Value]) -> Result<()> {
+    for &i in M::ID_COLUMNS {
+        crate::key::Key::from_value(values[i].clone())?;
+    }
+    Ok(())
+}
+
 /// The primary key's values of a row given in column order.
 pub(crate) fn id_values<M: Model>(values: &[Value]) -> Vec<Value> {
     M::ID_COLUMNS.iter().map(|&i| values[i].clone()).collect()

@@ -68,6 +68,14 @@ pub async fn scan<M: Model, B: Backend>(
     after: Option<M::Key>,
     limit: usize,
 ) -> Result<Page<M>> {
+    if M::ID_COLUMNS.len() > 1 {
+        return Err(Error::QueryInvalid {
+            reason: format!(
+                "`{}` rows are identified by more than their key, and a scan pages by the key alone: use `query_for` or `query` with `order_by`",
+                M::TABLE
+            ),
+        });
+    }
     let reads = db.reads_for::<M>();
     let db = &*reads;
     let limit = limit.clamp(1, MAX_SCAN_LIMIT);

@@ -34,7 +34,11 @@ pub const PAGE: usize = 1000;
 pub struct VerifyReport {
     /// The table.
     pub table: String,
-    /// Rows over every shard.
+    /// Rows whose key no slot can route (NULL, or neither INTEGER nor TEXT): left where they
+    /// are by every move, and not counted in `rows`.
+    pub unroutable: u64,
+    /// Rows over every shard; for a colocated table (see [`crate::colocate`]), keys: each is
+    /// a group of rows with one parent key.
     pub rows: u64,
     /// Directory entries of the table.
     pub entries: u64,
@@ -83,6 +87,13 @@ impl std::fmt::Display for VerifyReport {
                 f,
                 "  {} keys have a second copy left by the move in flight",
                 self.in_flight
+            )?;
+        }
+        if self.unroutable > 0 {
+            writeln!(
+                f,
+                "  {} rows have a key no slot routes (NULL, or neither INTEGER nor TEXT): they stay where they are",
+                self.unroutable
             )?;
         }
         for (key, on, owner) in &self.misplaced {
@@ -387,10 +398,13 @@ impl<B: Backend> CollegeDb<B> {
                     break;
                 }
                 for value in keys {
-                    holders
-                        .entry(Key::from_value(value)?)
-                        .or_default()
-                        .push(index);
+                    // A key no slot can route (NULL, or not INTEGER or TEXT) stays where it
+                    // is: counted, not placed.
+                    let Ok(key) = Key::from_value(value) else {
+                        report.unroutable += 1;
+                        continue;
+                    };
+                    holders.entry(key).or_default().push(index);
                     report.rows += 1;
                 }
             }

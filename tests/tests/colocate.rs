@@ -1,6 +1,13 @@
 //! Colocated tables on real SQLite files: rows written through their scope's key land on that
 //! key's shard, and stay with it through `add_shard`, `drain_shard` and `reassign`, checked by
 //! reading every shard file directly; joins run on one shard; the registry refuses bad input.
+//!
+//! Moves also run in pages of two or three keys over uneven groups, with a writer inserting and
+//! deleting rows meanwhile, through shards that compute slots in SQL and through shards that do
+//! not (as D1), with a row whose route is NULL; and a move is stopped after many distinct steps
+//! (its runner dies in the step hook) and resumed by another handle, after which every group is
+//! whole and with its key. `COLLEGEDB_KILL_COLOCATE_ALL=1` stops it after every step instead of
+//! about 40 of them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,7 +38,9 @@ fn placed(dir: &std::path::Path, shards: usize, table: &str, column: &str) -> Ve
             continue;
         }
         let mut stmt = conn
-            .prepare(&format!("SELECT CAST({column} AS TEXT) FROM {table}"))
+            .prepare(&format!(
+                "SELECT CAST({column} AS TEXT) FROM {table} WHERE {column} IS NOT NULL"
+            ))
             .unwrap();
         let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
         out.extend(rows.map(|r| (r.unwrap(), i)));
@@ -479,5 +488,257 @@ fn colocated_models_live_and_move_with_their_parent_key() {
     for (table, column) in [("posts", "author"), ("lines", "note")] {
         let report = block_on(db.verify_table(table, column)).unwrap();
         assert!(report.is_clean(), "{report}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moves in small pages with writers, through the path of shards that cannot compute slots in
+// SQL (as D1), and killed at every step.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use collegedb::backend::embedded::{self, LocalCoordinator, SqliteDirectory, SqliteShard};
+use collegedb::backend::{Backend, Row, ShardConn, Statement};
+use collegedb::{Config, GrowthOptions, Result};
+
+/// A real shard file that answers as D1 does: it cannot compute slots in SQL, so moves read
+/// every row and choose in Rust.
+struct PlainShard(SqliteShard);
+
+impl ShardConn for PlainShard {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.0.execute(sql, params).await
+    }
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.0.query(sql, params).await
+    }
+    async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        self.0.query_raw(sql, params).await
+    }
+    async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
+        self.0.batch(statements).await
+    }
+    fn computes_slots(&self) -> bool {
+        false
+    }
+    async fn size_bytes(&self) -> Result<u64> {
+        self.0.size_bytes().await
+    }
+}
+
+enum Plain {}
+
+impl Backend for Plain {
+    type Shard = PlainShard;
+    type Directory = SqliteDirectory;
+    type Coordinator = LocalCoordinator;
+}
+
+fn open_plain(dir: &std::path::Path, shards: usize) -> CollegeDb<Plain> {
+    let options = Default::default();
+    let (directory, coordinator) = embedded::open_directory(dir, &options).unwrap();
+    let config = Config::with_shard_names((0..shards).map(|i| format!("s{i}")));
+    let shards = (0..shards)
+        .map(|i| {
+            let name = format!("s{i}");
+            PlainShard(
+                SqliteShard::open(dir.join(format!("{name}.sqlite")), &name, &options).unwrap(),
+            )
+        })
+        .collect();
+    CollegeDb::from_parts(config, shards, directory, coordinator).unwrap()
+}
+
+/// Posts with uneven groups (author `a` has `a % 7` posts), a raw colocated table with a
+/// row whose route is NULL, and notes with lines.
+fn uneven(dir: &std::path::Path) -> usize {
+    let db = open(dir, 3);
+    let mut posts = 0;
+    block_on(async {
+        User::create_table(&db).await?;
+        Post::create_table(&db).await?;
+        Note::create_table(&db).await?;
+        Line::create_table(&db).await?;
+        db.run_all_shards(
+            "CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, bio TEXT)",
+            &[],
+        )
+        .await?;
+        db.colocate("profiles", "user_id", "users").await?;
+        for a in 0..40 {
+            let author = format!("author-{a:03}");
+            User::insert(&db, &User::new(author.as_str())).await?;
+            let group: Vec<Post> = (0..(a % 7) as i64).map(|p| post(&author, p)).collect();
+            posts += Post::insert_many(&db, &group).await?;
+            db.table("users")
+                .run(
+                    author.as_str(),
+                    "INSERT INTO profiles (user_id, bio) VALUES (?, 'bio')",
+                    &[Value::from(author.as_str())],
+                )
+                .await?;
+            let note = Note::numbered(a);
+            Note::insert(&db, &note).await?;
+            for line in 0..(a % 3) as i32 {
+                let row = Line {
+                    note: note.id.clone(),
+                    line,
+                    text: "t".into(),
+                };
+                Line::insert(&db, &row).await?;
+            }
+        }
+        // A row no key routes: left where it is by every move, never a reason to stop early.
+        db.run_shard(
+            "s0",
+            "INSERT INTO profiles (user_id, bio) VALUES (NULL, 'orphan')",
+            &[],
+        )
+        .await?;
+        Ok::<(), collegedb::Error>(())
+    })
+    .unwrap();
+    posts
+}
+
+fn check_uneven(dir: &std::path::Path, shards: usize, posts: usize, context: &str) {
+    let found = check_together(dir, shards, ("users", "id"), ("posts", "author"), context);
+    assert_eq!(found, posts, "{context}: posts");
+    let lines = check_together(dir, shards, ("notes", "id"), ("lines", "note"), context);
+    assert_eq!(
+        lines,
+        (0..40).map(|a| a % 3).sum::<usize>(),
+        "{context}: lines"
+    );
+    let profiles: Vec<(String, usize)> = placed(dir, shards, "profiles", "user_id");
+    assert_eq!(
+        profiles.len(),
+        40,
+        "{context}: profiles (the NULL one is not listed)"
+    );
+    check_together(
+        dir,
+        shards,
+        ("users", "id"),
+        ("profiles", "user_id"),
+        context,
+    );
+    let orphan: i64 = rusqlite::Connection::open(dir.join("s0.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM profiles WHERE user_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphan, 1, "{context}: the NULL-route row stays");
+}
+
+#[test]
+fn small_pages_uneven_groups_writers_and_the_d1_path_keep_every_group_whole() {
+    for plain in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let posts = Arc::new(AtomicUsize::new(uneven(dir.path())));
+        let context = if plain { "D1 path" } else { "SQL slots" };
+        check_uneven(dir.path(), 3, posts.load(Ordering::SeqCst), context);
+        // A writer on its own thread while the moves run: new posts, and deleted ones, counted
+        // when acknowledged.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = Arc::new(Mutex::new(0i64));
+        let writer = {
+            let (posts, written, stop) = (posts.clone(), written.clone(), stop.clone());
+            let db = open(dir.path(), 4);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let mut n = written.lock().unwrap();
+                    *n += 1;
+                    let author = format!("author-{:03}", *n % 40);
+                    if block_on(Post::insert(&db, &post(&author, 1000 + *n))).is_ok() {
+                        posts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let Ok(true) = block_on(Post::delete(&db, (author.as_str(), 0))) {
+                        posts.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        let hook = |_: &collegedb::Job| std::thread::sleep(std::time::Duration::from_millis(2));
+        let options = GrowthOptions::default().page_rows(2).on_step(hook);
+        if plain {
+            let db = open_plain(dir.path(), 4);
+            block_on(db.add_shard_with("s3", &options)).unwrap();
+            block_on(db.drain_shard_with("s1", &options)).unwrap();
+        } else {
+            let db = open(dir.path(), 4);
+            block_on(db.add_shard_with("s3", &options)).unwrap();
+            block_on(db.drain_shard_with("s1", &options)).unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+        assert!(
+            *written.lock().unwrap() > 20,
+            "{context}: the writer ran during the moves"
+        );
+        check_uneven(dir.path(), 4, posts.load(Ordering::SeqCst), context);
+        let db = open(dir.path(), 4);
+        for table in ["posts", "lines", "profiles"] {
+            let report = block_on(db.verify_table(table, "")).unwrap();
+            assert!(report.is_clean(), "{context}: {report}");
+        }
+    }
+}
+
+#[test]
+fn a_move_stopped_after_any_step_resumes_and_keeps_every_group_whole() {
+    // The steps of an uninterrupted run, on a copy of the same deployment.
+    let steps = {
+        let dir = tempfile::tempdir().unwrap();
+        uneven(dir.path());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        let options = GrowthOptions::default().page_rows(3).on_step(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        block_on(open(dir.path(), 4).add_shard_with("s3", &options)).unwrap();
+        count.load(Ordering::SeqCst)
+    };
+    assert!(steps > 10, "{steps} steps");
+    // Every step with COLLEGEDB_KILL_COLOCATE_ALL=1; by default about 40 spread over the move.
+    let every = if std::env::var_os("COLLEGEDB_KILL_COLOCATE_ALL").is_some() {
+        1
+    } else {
+        (steps / 40).max(1)
+    };
+    eprintln!("{steps} steps; stopping after every {every}");
+    for stop in (1..steps).step_by(every) {
+        let dir = tempfile::tempdir().unwrap();
+        let posts = uneven(dir.path());
+        // The runner dies after `stop` steps: its thread panics in the step hook.
+        let path = dir.path().to_owned();
+        let died = std::thread::spawn(move || {
+            let seen = AtomicUsize::new(0);
+            let options = GrowthOptions::default().page_rows(3).on_step(move |_| {
+                if seen.fetch_add(1, Ordering::SeqCst) + 1 == stop {
+                    panic!("the runner dies here");
+                }
+            });
+            let _ = block_on(open(&path, 4).add_shard_with("s3", &options));
+        })
+        .join();
+        assert!(died.is_err(), "stop {stop}: the runner should have died");
+        let context = format!("stopped after step {stop} of {steps}");
+        // Nothing lost or doubled mid-move: every row is in the files once (the receiver's
+        // copies of the moving groups are not counted until the switch).
+        let db = open(dir.path(), 4);
+        let finished = block_on(db.resume_growth(&GrowthOptions::default().page_rows(3)))
+            .unwrap_or_else(|e| panic!("{context}: resume failed: {e}"));
+        assert!(finished.is_some(), "{context}: a job was in progress");
+        check_uneven(dir.path(), 4, posts, &context);
+        for a in (0..40).step_by(9) {
+            let author = format!("author-{a:03}");
+            let listed = block_on(Post::query_for(author.as_str()).all(&db)).unwrap();
+            assert_eq!(listed.len(), a % 7, "{context}: {author}");
+        }
     }
 }

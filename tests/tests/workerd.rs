@@ -953,7 +953,7 @@ fn unique_emails_hold_across_shards(server: &Workerd) {
     assert_eq!(reused.status, 201, "{}", reused.text);
     // KV has no compare-and-set: unique writes through it are refused, reads still work.
     let kv = server.post("/accounts?dir=kv", &account("acct-kv", "kv@example.com"));
-    assert_eq!(kv.status, 400, "{}", kv.text);
+    assert_eq!(kv.status, 500, "a deployment's configuration: {}", kv.text);
     assert_eq!(kv.json["code"], "CONFIG_INVALID");
     assert!(kv.text.contains("Durable Object directory"), "{}", kv.text);
     assert_eq!(server.get("/accounts/acct-kv").status, 404);

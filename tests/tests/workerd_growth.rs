@@ -579,7 +579,7 @@ fn add_shard_survives_a_kill_of_workerd_mid_job() {
     for shard in SERVING {
         let reply = server.post(
             &format!("/raw/{shard}"),
-            &json!({ "sql": "SELECT name FROM sqlite_master WHERE name LIKE '%collegedb_c%'" }),
+            &json!({ "sql": "SELECT name FROM sqlite_master WHERE name = '_collegedb_changes' OR name LIKE '%collegedb_cc_%'" }),
         );
         assert_eq!(reply.json, json!([]), "{shard}: {}", reply.text);
     }

@@ -194,12 +194,25 @@ impl Pages {
         let mut after =
             format!("SELECT {columns} FROM {t} WHERE {k} > ?{after_and} ORDER BY {k} LIMIT ? + 0");
         if grouped && !keys_only {
-            // Whole groups: the rows of the next `limit` keys.
+            // Whole groups: the rows of the next `limit` keys. A NULL key routes nowhere and
+            // matches no `IN`: left out of the keys, so that each key of a page brings at least
+            // one row, and a page of fewer rows than `limit` is the last.
             let groups = |keys: &str| {
-                format!(
-                    "SELECT * FROM {t} WHERE {k} IN ({}) ORDER BY {k}",
-                    keys.replacen("SELECT *", &format!("SELECT DISTINCT {k}"), 1)
-                )
+                let keys = keys
+                    .replacen("SELECT *", &format!("SELECT DISTINCT {k}"), 1)
+                    .replacen(
+                        " ORDER BY",
+                        &format!(
+                            " {} {k} IS NOT NULL ORDER BY",
+                            if keys.contains(" WHERE ") {
+                                "AND"
+                            } else {
+                                "WHERE"
+                            }
+                        ),
+                        1,
+                    );
+                format!("SELECT * FROM {t} WHERE {k} IN ({keys}) ORDER BY {k}")
             };
             first = groups(&first);
             after = groups(&after);

@@ -66,7 +66,7 @@
 //!   shard that joins are not counted twice; a drain into an existing shard can show its copies
 //!   to a scan until the switch.
 
-mod capture;
+pub(crate) mod capture;
 mod reassign;
 mod relocate;
 mod transfer;

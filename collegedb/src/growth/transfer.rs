@@ -139,7 +139,7 @@ pub(super) async fn tables_of<B: Backend>(
     index: usize,
 ) -> Result<(Vec<TableCursor>, Vec<String>)> {
     let (mut tables, mut skipped) = (Vec::new(), Vec::new());
-    let colocated = crate::colocate::of_shard(db.shard(index)).await?;
+    let colocated = crate::colocate::all(db).await?;
     for name in crate::raw::user_tables(db.shard(index)).await? {
         let (key, scope) = match colocated.get(&name) {
             Some(c) => (Some(c.route.clone()), Some(c.scope.clone())),
