@@ -208,15 +208,7 @@ impl<'a, B: Backend> Batch<'a, B> {
             );
             return self.push(&sql, ids, None, false);
         };
-        // The other columns in column order, then the primary key's.
-        let mut params: Vec<Value> = values
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !M::ID_COLUMNS.contains(i))
-            .map(|(_, v)| v)
-            .collect();
-        params.extend(ids);
-        self.push(sql, params, None, false)
+        self.push(sql, crate::model::update_params::<M>(values), None, false)
     }
 
     /// Adds a delete of the row with this key, of a model identified by its key alone (for a

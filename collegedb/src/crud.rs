@@ -583,14 +583,7 @@ pub(crate) async fn update_row<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M)
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
     crate::model::check_ids::<M>(&values)?;
-    // The other columns in column order, then the primary key's.
-    let mut params: Vec<Value> = values
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !M::ID_COLUMNS.contains(i))
-        .map(|(_, v)| v.clone())
-        .collect();
-    params.extend(crate::model::id_values::<M>(&values));
+    let params = crate::model::update_params::<M>(values);
     let key = row.key().clone().into_key()?;
     let read = db.strategies(M::STRATEGY).read;
     let write = RoutedWrite {

@@ -148,6 +148,20 @@ pub(crate) fn check_ids<M: Model>(values: &[Value]) -> Result<()> {
     Ok(())
 }
 
+/// The parameters of [`ModelSql::update_by_key`] for a row given in column order: the other
+/// columns in column order, then the primary key's.
+pub(crate) fn update_params<M: Model>(values: Vec<Value>) -> Vec<Value> {
+    let ids = id_values::<M>(&values);
+    let mut params: Vec<Value> = values
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !M::ID_COLUMNS.contains(i))
+        .map(|(_, v)| v)
+        .collect();
+    params.extend(ids);
+    params
+}
+
 /// The primary key's values of a row given in column order.
 pub(crate) fn id_values<M: Model>(values: &[Value]) -> Vec<Value> {
     M::ID_COLUMNS.iter().map(|&i| values[i].clone()).collect()
