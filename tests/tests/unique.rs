@@ -319,6 +319,32 @@ fn insert_many_claims_every_value_and_refuses_duplicates() {
 }
 
 #[test]
+fn insert_many_claims_each_column_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(Account::create_table(&open(dir.path()))).unwrap();
+    let rows: Vec<Account> = (0..50)
+        .map(|i| Account::new(i, format!("batch{i}@example.com")))
+        .collect();
+    let (db, fuse) = fused(dir.path(), usize::MAX);
+    assert_eq!(block_on(Account::insert_many(&db, &rows)).unwrap(), 50);
+    let calls = usize::MAX - fuse.0.load(Ordering::SeqCst);
+    // Per unique column one batch of claims, then one confirm per value; plus the shards'
+    // statements (a check and a write per shard).
+    assert!(calls <= 2 + 100 + 2 * SHARDS, "{calls} calls for 50 rows");
+    assert!(calls > 100, "every value is confirmed: {calls}");
+    let plain = open(dir.path());
+    for row in &rows {
+        assert_eq!(
+            block_on(Account::find_by_email(&plain, row.email.as_str())).unwrap(),
+            Some(row.clone())
+        );
+        assert!(entry(&plain, "email", &row.email)
+            .unwrap()
+            .starts_with("live#"));
+    }
+}
+
+#[test]
 fn racing_inserts_of_one_value_from_many_handles_admit_exactly_one() {
     const THREADS: i64 = 6;
     const ROUNDS: usize = 15;
@@ -550,6 +576,10 @@ impl Directory for FusedDirectory {
     async fn claim(&self, table: &str, key: &Key, shard: &str) -> Result<String> {
         self.1.strike()?;
         self.0.claim(table, key, shard).await
+    }
+    async fn claim_many(&self, table: &str, claims: &[(Key, String)]) -> Result<Vec<String>> {
+        self.1.strike()?;
+        self.0.claim_many(table, claims).await
     }
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
         self.1.strike()?;

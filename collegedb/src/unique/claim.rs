@@ -134,6 +134,65 @@ pub(super) async fn claim_all<M: Model, B: Backend>(
     Ok(claims)
 }
 
+/// Claims the values of many new rows (`(key, values in column order)`): per column, one
+/// [`Directory::claim_many`] (one transaction natively, one request per directory partition on
+/// Workers); a value whose entry is not this write's own goes through [`claim_one`]. On a
+/// failure nothing claimed stays behind but what the rows' keys hold.
+pub(super) async fn claim_batch<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    rows: &[(Key, Vec<Value>)],
+) -> Result<Vec<Vec<Claim>>> {
+    check_store::<M, B>(db)?;
+    let mut claimed: Vec<Vec<Claim>> = rows.iter().map(|_| Vec::new()).collect();
+    let result = claim_batch_into::<M, B>(db, rows, &mut claimed).await;
+    if let Err(error) = result {
+        for ((key, _), claims) in rows.iter().zip(&claimed) {
+            abandon::<M, B>(db, key, claims).await;
+        }
+        return Err(error);
+    }
+    Ok(claimed)
+}
+
+async fn claim_batch_into<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    rows: &[(Key, Vec<Value>)],
+    claimed: &mut [Vec<Claim>],
+) -> Result<()> {
+    for &column in M::UNIQUE {
+        let scope = scope(M::TABLE, column_name::<M>(column));
+        let mut wanted = Vec::with_capacity(rows.len());
+        for (key, values) in rows {
+            let value = lookup_key::<M>(column, values[column].clone())?;
+            wanted.push((value, Entry::pending(key, now_ms())));
+        }
+        let requests: Vec<(Key, String)> = wanted
+            .iter()
+            .map(|(value, entry)| (value.clone(), entry.encode()))
+            .collect();
+        let winners = db.directory().claim_many(&scope, &requests).await?;
+        // Every entry this write won is recorded before any other claim can fail.
+        let mut contested = Vec::new();
+        for (index, ((value, entry), winner)) in wanted.into_iter().zip(winners).enumerate() {
+            if winner == entry.encode() {
+                claimed[index].push(Claim {
+                    column,
+                    value,
+                    held: winner,
+                    entry,
+                });
+            } else {
+                contested.push((index, value));
+            }
+        }
+        for (index, value) in contested {
+            let claim = claim_one::<M, B>(db, &rows[index].0, column, value).await?;
+            claimed[index].push(claim);
+        }
+    }
+    Ok(())
+}
+
 /// Confirms one claim (step 3): `Ok(false)` when another key holds the value now and the row
 /// of `key` holds it too.
 async fn confirm_one<M: Model, B: Backend>(

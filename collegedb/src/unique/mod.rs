@@ -240,9 +240,9 @@ pub(crate) async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: Key) ->
 /// The claims of the rows of one `insert_many` call, by key.
 pub(crate) type RowClaims = Vec<(Key, Vec<Claim>)>;
 
-/// Claims the unique values of many new rows, before `insert_many` writes them. Two rows of the
-/// call with one value fail with [`Error::DuplicateValue`] before anything is claimed; any
-/// failure removes the claims made.
+/// Claims the unique values of many new rows, before `insert_many` writes them, a batch of
+/// directory claims per column. Two rows of the call with one value fail with
+/// [`Error::DuplicateValue`] before anything is claimed; any failure removes the claims made.
 pub(crate) async fn claim_rows<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     rows: &[&M],
@@ -258,17 +258,12 @@ pub(crate) async fn claim_rows<M: Model, B: Backend>(
         }
         prepared.push((row.key().clone().into_key()?, values));
     }
-    let mut claimed = Vec::with_capacity(rows.len());
-    for (key, values) in prepared {
-        match claim_all::<M, B>(db, &key, &values, None).await {
-            Ok(claims) => claimed.push((key, claims)),
-            Err(error) => {
-                abandon_rows::<M, B>(db, &claimed).await;
-                return Err(error);
-            }
-        }
-    }
-    Ok(claimed)
+    let claims = claim::claim_batch::<M, B>(db, &prepared).await?;
+    Ok(prepared
+        .into_iter()
+        .map(|(key, _)| key)
+        .zip(claims)
+        .collect())
 }
 
 /// Removes the claims of [`claim_rows`] whose values their rows do not hold, after rows were
