@@ -289,7 +289,7 @@ impl<'a, B: Backend> Batch<'a, B> {
             let guard = Some((self.table, &keys[..]));
             let result = fence::guarded_batch(db, shard, &[fence_value], guard, &statements)
                 .await
-                .map_err(|e| self.duplicate_or(shard, e))?;
+                .map_err(|e| crate::crud::duplicate_in(db, shard, self.table, e))?;
             match result {
                 Ok(changed) => {
                     let changed = changed[guards..].to_vec();
@@ -339,21 +339,5 @@ impl<'a, B: Backend> Batch<'a, B> {
             }
             None => db.hash_target(key),
         })
-    }
-
-    /// A key conflict as [`Error::DuplicateKey`], naming the table SQLite names.
-    fn duplicate_or(&self, shard: usize, error: Error) -> Error {
-        const UNIQUE: &str = "UNIQUE constraint failed: ";
-        match &error {
-            Error::QueryFailed { message, .. } if message.contains(UNIQUE) => {
-                let after = &message[message.find(UNIQUE).unwrap_or(0) + UNIQUE.len()..];
-                let table = after.split('.').next().unwrap_or(self.table);
-                Error::DuplicateKey {
-                    table: table.to_owned(),
-                    shard: self.db.shard_name(shard).to_owned(),
-                }
-            }
-            _ => error,
-        }
     }
 }

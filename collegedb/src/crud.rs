@@ -389,15 +389,31 @@ async fn write_fenced<M: Model, B: Backend>(
     }
 }
 
+/// A key conflict of `M`'s statement on `shard` as [`Error::DuplicateKey`]; any other error as
+/// it is.
 pub(crate) fn duplicate_or<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     shard: usize,
     error: Error,
 ) -> Error {
+    duplicate_in(db, shard, M::TABLE, error)
+}
+
+/// A key conflict on `shard` as [`Error::DuplicateKey`], naming the table SQLite names (else
+/// `table`); any other error as it is.
+pub(crate) fn duplicate_in<B: Backend>(
+    db: &CollegeDb<B>,
+    shard: usize,
+    table: &str,
+    error: Error,
+) -> Error {
+    const UNIQUE: &str = "UNIQUE constraint failed: ";
     match &error {
-        Error::QueryFailed { message, .. } if message.contains("UNIQUE constraint failed") => {
+        Error::QueryFailed { message, .. } if message.contains(UNIQUE) => {
+            let after = &message[message.find(UNIQUE).unwrap_or(0) + UNIQUE.len()..];
+            let named = after.split('.').next().filter(|t| !t.is_empty());
             Error::DuplicateKey {
-                table: M::TABLE.to_owned(),
+                table: named.unwrap_or(table).to_owned(),
                 shard: db.shard_name(shard).to_owned(),
             }
         }

@@ -280,6 +280,30 @@ fn the_registry_refuses_what_would_strand_rows() {
         code(block_on(db.colocate("_collegedb_moved", "a", "users"))),
         "CONFIG_INVALID"
     );
+    // Tables that are not there, a route column that is not there, a scope without a single
+    // key, and a table that holds rows placed by its own key.
+    let refused = |table: &str, route: &str, scope: &str, expect: &str| {
+        let error = block_on(db.colocate(table, route, scope)).unwrap_err();
+        assert_eq!(error.code(), "CONFIG_INVALID", "{error}");
+        assert!(error.to_string().contains(expect), "{error}");
+    };
+    refused("missing", "author", "users", "does not exist");
+    block_on(db.run_all_shards(
+        "CREATE TABLE IF NOT EXISTS likes (user_id TEXT NOT NULL, n INTEGER NOT NULL)",
+        &[],
+    ))
+    .unwrap();
+    refused("likes", "nobody", "users", "has no column `nobody`");
+    refused("likes", "user_id", "missing", "single-column primary key");
+    refused(
+        "likes",
+        "user_id",
+        "note_lines",
+        "single-column primary key",
+    );
+    block_on(db.run_shard("s0", "INSERT INTO likes (user_id, n) VALUES ('a', 1)", &[])).unwrap();
+    refused("likes", "user_id", "users", "holds rows already");
+    assert_eq!(block_on(db.colocation("likes")).unwrap(), None);
     let found = block_on(db.colocation("user_posts")).unwrap().unwrap();
     assert_eq!(
         (found.route.as_str(), found.scope.as_str()),

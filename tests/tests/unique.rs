@@ -130,6 +130,10 @@ fn finds_by_unique_columns_across_shards_and_refuses_taken_values() {
             .code(),
         "KEY_INVALID"
     );
+    let error = block_on(Account::insert(&db, &Account::new(2002, ""))).unwrap_err();
+    assert_eq!(error.code(), "KEY_INVALID", "{error}");
+    assert!(error.to_string().contains("`accounts.email`"), "{error}");
+    assert_eq!(block_on(Account::find(&db, 2002)).unwrap(), None);
     let hostile = Account::new(2001, "'; DROP TABLE accounts; --");
     block_on(Account::insert(&db, &hostile)).unwrap();
     assert_eq!(
