@@ -126,11 +126,16 @@ impl<B: Backend> CollegeDb<B> {
     /// itself colocated, or a table colocated with itself is refused with `CONFIG_INVALID`, and
     /// nothing is written.
     ///
-    /// Both tables must exist (on some shard): `route` must be a column of `table`, and `scope`
-    /// must have a single-column primary key. A table that holds rows already, or a growth
-    /// operation in progress, is refused too: either would change how existing rows route.
-    /// Index the route column (a composite primary key that starts with it does), or moves
-    /// scan the table for each page of keys.
+    /// Both tables must exist (on some shard): `route` must be a column of `table`, `table` must
+    /// have a primary key (a resumed move copies rows again, harmlessly only by key), and
+    /// `scope` must have a single-column primary key. A table that holds rows already, or a
+    /// growth operation in progress, is refused too: either would change how existing rows
+    /// route.
+    ///
+    /// Give `table` a primary key that starts with the route column, NOT NULL throughout (for
+    /// example `PRIMARY KEY (author, id)`): moves then read it in pages of rows, inside groups
+    /// too, along that index. Without such a key they read whole groups of rows per key, and a
+    /// route column without an index makes them scan the table for each page.
     pub async fn colocate(&self, table: &str, route: &str, scope: &str) -> Result<()> {
         identifier(table, "table name")?;
         identifier(route, "column name")?;
@@ -186,24 +191,32 @@ impl<B: Backend> CollegeDb<B> {
     }
 
     /// Checks, on the shards that have them, that `route` is a column of `table`, that `table`
-    /// holds no row yet, and that `scope` has a single-column primary key.
+    /// has a primary key and holds no row yet, and that `scope` has a single-column primary key.
     async fn check_tables(&self, table: &str, route: &str, scope: &str) -> Result<()> {
         let (mut seen_table, mut seen_scope) = (false, false);
         for shard in self.shards() {
-            let columns: Vec<String> = shard
+            let info = shard
                 .query_raw(
-                    "SELECT name FROM pragma_table_info(?)",
+                    "SELECT name, pk FROM pragma_table_info(?)",
                     &[Value::Text(table.to_owned())],
                 )
-                .await?
-                .into_iter()
-                .map(|row| row.get::<String>("name"))
-                .collect::<Result<_>>()?;
-            if !columns.is_empty() {
+                .await?;
+            if !info.is_empty() {
                 seen_table = true;
-                if !columns.iter().any(|c| c == route) {
+                if !info
+                    .iter()
+                    .any(|row| row.value("name") == Some(&Value::Text(route.into())))
+                {
                     return Err(Error::config(format!(
                         "`{table}` has no column `{route}`: name the column that holds `{scope}`'s key"
+                    )));
+                }
+                if !info
+                    .iter()
+                    .any(|row| matches!(row.value("pk"), Some(Value::Integer(n)) if *n > 0))
+                {
+                    return Err(Error::config(format!(
+                        "`{table}` has no primary key: a move that is resumed copies rows again, and only a primary key makes that harmless; declare one, for example PRIMARY KEY ({route}, id)"
                     )));
                 }
                 if crate::growth::capture::count(shard, table).await? > 0 {

@@ -280,8 +280,8 @@ fn the_registry_refuses_what_would_strand_rows() {
         code(block_on(db.colocate("_collegedb_moved", "a", "users"))),
         "CONFIG_INVALID"
     );
-    // Tables that are not there, a route column that is not there, a scope without a single
-    // key, and a table that holds rows placed by its own key.
+    // Tables that are not there, a route column that is not there, a table without a primary
+    // key, a scope without a single key, and a table that holds rows placed by its own key.
     let refused = |table: &str, route: &str, scope: &str, expect: &str| {
         let error = block_on(db.colocate(table, route, scope)).unwrap_err();
         assert_eq!(error.code(), "CONFIG_INVALID", "{error}");
@@ -289,7 +289,14 @@ fn the_registry_refuses_what_would_strand_rows() {
     };
     refused("missing", "author", "users", "does not exist");
     block_on(db.run_all_shards(
-        "CREATE TABLE IF NOT EXISTS likes (user_id TEXT NOT NULL, n INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS keyless (user_id TEXT NOT NULL, n INTEGER NOT NULL)",
+        &[],
+    ))
+    .unwrap();
+    refused("keyless", "user_id", "users", "has no primary key");
+    block_on(db.run_all_shards(
+        "CREATE TABLE IF NOT EXISTS likes (user_id TEXT NOT NULL, n INTEGER NOT NULL, \
+         PRIMARY KEY (user_id, n))",
         &[],
     ))
     .unwrap();
@@ -527,27 +534,37 @@ use collegedb::backend::{Backend, Row, ShardConn, Statement};
 use collegedb::{Config, GrowthOptions, Result};
 
 /// A real shard file that answers as D1 does: it cannot compute slots in SQL, so moves read
-/// every row and choose in Rust.
-struct PlainShard(SqliteShard);
+/// every row and choose in Rust (unless `computes_slots` is set). It records the most rows any
+/// page of `posts` brought (a paged read: `SELECT *` with a `LIMIT`).
+struct PlainShard {
+    file: SqliteShard,
+    computes_slots: bool,
+    largest_post_page: Arc<AtomicUsize>,
+}
 
 impl ShardConn for PlainShard {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.0.execute(sql, params).await
+        self.file.execute(sql, params).await
     }
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.0.query(sql, params).await
+        self.file.query(sql, params).await
     }
     async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.0.query_raw(sql, params).await
+        let rows = self.file.query_raw(sql, params).await?;
+        if sql.starts_with("SELECT * FROM \"posts\"") && sql.contains(" LIMIT ") {
+            self.largest_post_page
+                .fetch_max(rows.len(), Ordering::SeqCst);
+        }
+        Ok(rows)
     }
     async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
-        self.0.batch(statements).await
+        self.file.batch(statements).await
     }
     fn computes_slots(&self) -> bool {
-        false
+        self.computes_slots
     }
     async fn size_bytes(&self) -> Result<u64> {
-        self.0.size_bytes().await
+        self.file.size_bytes().await
     }
 }
 
@@ -560,15 +577,28 @@ impl Backend for Plain {
 }
 
 fn open_plain(dir: &std::path::Path, shards: usize) -> CollegeDb<Plain> {
+    open_watched(dir, shards, false, Arc::default())
+}
+
+/// [`open_plain`], computing slots in SQL or not, recording into `largest_post_page`.
+fn open_watched(
+    dir: &std::path::Path,
+    shards: usize,
+    computes_slots: bool,
+    largest_post_page: Arc<AtomicUsize>,
+) -> CollegeDb<Plain> {
     let options = Default::default();
     let (directory, coordinator) = embedded::open_directory(dir, &options).unwrap();
     let config = Config::with_shard_names((0..shards).map(|i| format!("s{i}")));
     let shards = (0..shards)
         .map(|i| {
             let name = format!("s{i}");
-            PlainShard(
-                SqliteShard::open(dir.join(format!("{name}.sqlite")), &name, &options).unwrap(),
-            )
+            PlainShard {
+                file: SqliteShard::open(dir.join(format!("{name}.sqlite")), &name, &options)
+                    .unwrap(),
+                computes_slots,
+                largest_post_page: largest_post_page.clone(),
+            }
         })
         .collect();
     CollegeDb::from_parts(config, shards, directory, coordinator).unwrap()
@@ -667,7 +697,7 @@ fn small_pages_uneven_groups_writers_and_the_d1_path_keep_every_group_whole() {
         let context = if plain { "D1 path" } else { "SQL slots" };
         check_uneven(dir.path(), 3, posts.load(Ordering::SeqCst), context);
         // A writer on its own thread while the moves run: new posts, and deleted ones, counted
-        // when acknowledged.
+        // when acknowledged. Paced, so that the moves' pages of two rows outrun it.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let written = Arc::new(Mutex::new(0i64));
         let writer = {
@@ -684,6 +714,8 @@ fn small_pages_uneven_groups_writers_and_the_d1_path_keep_every_group_whole() {
                     if let Ok(true) = block_on(Post::delete(&db, (author.as_str(), 0))) {
                         posts.fetch_sub(1, Ordering::SeqCst);
                     }
+                    drop(n);
+                    std::thread::sleep(std::time::Duration::from_millis(3));
                 }
             })
         };
@@ -706,6 +738,53 @@ fn small_pages_uneven_groups_writers_and_the_d1_path_keep_every_group_whole() {
         );
         check_uneven(dir.path(), 4, posts.load(Ordering::SeqCst), context);
         let db = open(dir.path(), 4);
+        for table in ["posts", "lines", "profiles"] {
+            let report = block_on(db.verify_table(table, "")).unwrap();
+            assert!(report.is_clean(), "{context}: {report}");
+        }
+    }
+}
+
+#[test]
+fn a_group_larger_than_a_page_moves_in_pages_of_rows() {
+    for computes_slots in [false, true] {
+        let context = if computes_slots {
+            "SQL slots"
+        } else {
+            "D1 path"
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut posts = uneven(dir.path());
+        // One author with many times a page of posts; then the shard holding them is drained.
+        let db = open(dir.path(), 3);
+        let big: Vec<Post> = (0..45).map(|p| post("author-prolific", p)).collect();
+        block_on(async {
+            User::insert(&db, &User::new("author-prolific")).await?;
+            posts += Post::insert_many(&db, &big).await?;
+            Ok::<(), collegedb::Error>(())
+        })
+        .unwrap();
+        let largest = Arc::new(AtomicUsize::new(0));
+        let db = open_watched(dir.path(), 4, computes_slots, largest.clone());
+        let options = GrowthOptions::default().page_rows(4);
+        block_on(db.add_shard_with("s3", &options)).unwrap();
+        check_uneven(dir.path(), 4, posts, context);
+        let home = block_on(Post::locate(&db, ("author-prolific", 0)))
+            .unwrap()
+            .unwrap();
+        block_on(db.drain_shard_with(&home, &options)).unwrap();
+        check_uneven(dir.path(), 4, posts, context);
+        let moved = check_together(dir.path(), 4, ("users", "id"), ("posts", "author"), context);
+        assert_eq!(moved, posts, "{context}");
+        assert!(
+            largest.load(Ordering::SeqCst) <= 4,
+            "{context}: a page of posts brought {} rows, more than the 4 asked for",
+            largest.load(Ordering::SeqCst)
+        );
+        assert!(
+            largest.load(Ordering::SeqCst) > 0,
+            "{context}: posts were paged"
+        );
         for table in ["posts", "lines", "profiles"] {
             let report = block_on(db.verify_table(table, "")).unwrap();
             assert!(report.is_clean(), "{context}: {report}");

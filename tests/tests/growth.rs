@@ -385,3 +385,62 @@ fn a_step_that_fails_hands_the_lease_back_and_the_next_run_resumes_at_once() {
     assert!(report.is_clean() && report.in_flight == 0, "{report}");
     assert_eq!(keys_per_shard(dir.path(), 4, "users").len(), 2_000);
 }
+
+#[test]
+fn the_final_catch_up_ends_at_the_freeze_however_busy_the_other_keys_keep_the_log() {
+    use collegedb::growth::Phase;
+    use collegedb::slots::slot_of;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 1);
+    let users: Vec<User> = (0..400).map(|i| User::new(format!("u{i}"))).collect();
+    block_on(User::create_table(&db)).unwrap();
+    block_on(User::insert_many(&db, &users)).unwrap();
+    drop(db);
+    // After every step of the final catch-up, a writer straight on the giving file updates a
+    // full page of rows whose slots stay: the log never runs short, so only the bound taken at
+    // the freeze lets the switch come.
+    const PAGE: usize = 4;
+    let file = dir.path().join("s0.sqlite");
+    let final_steps = Arc::new(Mutex::new(0usize));
+    let counted = final_steps.clone();
+    let options = GrowthOptions::default()
+        .page_rows(PAGE)
+        .on_step(move |job: &collegedb::Job| {
+            let Some(t) = job.transfers.get(job.current) else {
+                return;
+            };
+            if t.phase != Phase::FinalCatchUp {
+                return;
+            }
+            let mut steps = counted.lock().unwrap();
+            *steps += 1;
+            assert!(*steps < 1_000, "the final catch-up did not end");
+            let staying: Vec<String> = (0..400)
+                .map(|i| format!("u{i}"))
+                .filter(|id| {
+                    !t.slots
+                        .contains(&slot_of(&collegedb::Key::Text(id.clone())))
+                })
+                .take(PAGE)
+                .collect();
+            let conn = rusqlite::Connection::open(&file).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            for id in staying {
+                conn.execute(
+                    "UPDATE users SET name = name || '.' WHERE id = ?",
+                    [id.as_str()],
+                )
+                .unwrap();
+            }
+        });
+    let db = open(dir.path(), 2);
+    let job = block_on(db.add_shard_with("s1", &options)).unwrap();
+    assert!(job.is_finished());
+    let steps = *final_steps.lock().unwrap();
+    // The writes of the first pass's wake came after the freeze: one more pass reaches it.
+    assert!((1..=3).contains(&steps), "{steps} final catch-up steps");
+    assert_eq!(keys_per_shard(dir.path(), 2, "users").len(), 400);
+    let report = block_on(db.verify_table("users", "id")).unwrap();
+    assert!(report.is_clean() && report.in_flight == 0, "{report}");
+}

@@ -108,6 +108,20 @@ pub(crate) async fn read<S: ShardConn>(shard: &S, after: i64, limit: usize) -> R
         .collect()
 }
 
+/// The newest entry of the change log on `shard` (0 when it is empty).
+pub(crate) async fn last_seq<S: ShardConn>(shard: &S) -> Result<i64> {
+    let rows = shard
+        .query(
+            &format!("SELECT COALESCE(MAX(seq), 0) AS seq FROM {CHANGES}"),
+            &[],
+        )
+        .await?;
+    match rows.first().and_then(|row| row.value("seq")) {
+        Some(Value::Integer(seq)) => Ok(*seq),
+        _ => Ok(0),
+    }
+}
+
 /// Creates on `to` every table, index, view and trigger of `from` that `to` lacks (collegedb's
 /// own excepted),
 /// with `from`'s own SQL. A shard that had no table at all receives `from`'s record of applied
@@ -145,6 +159,11 @@ pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
 /// Pages of a table's rows in key order: all of them, or on shards that compute slots in SQL
 /// (see [`ShardConn::computes_slots`]), only those of some slots, so that a move reads only the
 /// rows it moves.
+///
+/// A colocated table (many rows per key) is read by `grouping`: with the rest of its primary key
+/// (`within`), a page is `limit` rows in `(key, within...)` order and the next continues inside
+/// a group; without it, a page is the whole groups of `limit` keys. Keys-only pages list each
+/// key once.
 pub(crate) struct Pages {
     first: String,
     after: String,
@@ -152,10 +171,14 @@ pub(crate) struct Pages {
 }
 
 impl Pages {
-    /// Every row (or key) of `table`; `grouped`: many rows share a key (a colocated table), and
-    /// each page holds whole groups, `limit` keys of them.
-    pub(crate) fn new(table: &str, key: &str, keys_only: bool, grouped: bool) -> Self {
-        Self::build(table, key, keys_only, None, grouped)
+    /// Every row (or key) of `table`.
+    pub(crate) fn new(
+        table: &str,
+        key: &str,
+        keys_only: bool,
+        grouping: Option<&[String]>,
+    ) -> Self {
+        Self::build(table, key, keys_only, None, grouping)
     }
 
     /// The rows (or keys) of `slots` when `shard` can select them in SQL, else every row.
@@ -165,58 +188,63 @@ impl Pages {
         key: &str,
         keys_only: bool,
         slots: &[u16],
-        grouped: bool,
+        grouping: Option<&[String]>,
     ) -> Self {
         let filter = shard
             .computes_slots()
             .then(|| Value::Text(serde_json::to_string(slots).expect("slots serialize")));
-        Self::build(table, key, keys_only, filter, grouped)
+        Self::build(table, key, keys_only, filter, grouping)
     }
 
-    fn build(table: &str, key: &str, keys_only: bool, slots: Option<Value>, grouped: bool) -> Self {
+    fn build(
+        table: &str,
+        key: &str,
+        keys_only: bool,
+        slots: Option<Value>,
+        grouping: Option<&[String]>,
+    ) -> Self {
         let (t, k) = (quote_ident(table), quote_ident(key));
-        let columns = match (keys_only, grouped) {
-            (true, true) => format!("DISTINCT {k}"),
-            (true, false) => k.clone(),
-            (false, _) => "*".to_owned(),
-        };
         let filter = if slots.is_some() {
-            format!(" collegedb_slot({k}) IN (SELECT value FROM json_each(?))")
+            " AND collegedb_slot(".to_owned() + &k + ") IN (SELECT value FROM json_each(?))"
         } else {
             String::new()
         };
-        let (first_where, after_and) = if filter.is_empty() {
-            (String::new(), String::new())
-        } else {
-            (format!(" WHERE{filter}"), format!(" AND{filter}"))
+        // In a colocated table a NULL key routes nowhere and is left out, so that each key of a
+        // page of groups brings at least one row, and a page of fewer rows than `limit` is the
+        // last. (Elsewhere the first page has them: the move counts them as unroutable.)
+        let start = match (grouping.is_some(), filter.is_empty()) {
+            (true, _) => format!(" WHERE {k} IS NOT NULL{filter}"),
+            (false, true) => String::new(),
+            (false, false) => format!(" WHERE{}", &filter[" AND".len()..]),
         };
-        let mut first = format!("SELECT {columns} FROM {t}{first_where} ORDER BY {k} LIMIT ? + 0");
-        let mut after =
-            format!("SELECT {columns} FROM {t} WHERE {k} > ?{after_and} ORDER BY {k} LIMIT ? + 0");
-        if grouped && !keys_only {
-            // Whole groups: the rows of the next `limit` keys. A NULL key routes nowhere and
-            // matches no `IN`: left out of the keys, so that each key of a page brings at least
-            // one row, and a page of fewer rows than `limit` is the last.
-            let groups = |keys: &str| {
-                let keys = keys
-                    .replacen("SELECT *", &format!("SELECT DISTINCT {k}"), 1)
-                    .replacen(
-                        " ORDER BY",
-                        &format!(
-                            " {} {k} IS NOT NULL ORDER BY",
-                            if keys.contains(" WHERE ") {
-                                "AND"
-                            } else {
-                                "WHERE"
-                            }
-                        ),
-                        1,
-                    );
-                format!("SELECT * FROM {t} WHERE {k} IN ({keys}) ORDER BY {k}")
-            };
-            first = groups(&first);
-            after = groups(&after);
-        }
+        let select = |columns: &str, order: &str, bound: &str| {
+            (
+                format!("SELECT {columns} FROM {t}{start} ORDER BY {order} LIMIT ? + 0"),
+                format!(
+                    "SELECT {columns} FROM {t} WHERE {bound}{filter} ORDER BY {order} LIMIT ? + 0"
+                ),
+            )
+        };
+        let after_key = format!("{k} > ?");
+        let (first, after) = match (keys_only, grouping) {
+            (true, Some(_)) => select(&format!("DISTINCT {k}"), &k, &after_key),
+            (true, None) => select(&k, &k, &after_key),
+            (false, None) => select("*", &k, &after_key),
+            (false, Some(within)) if !within.is_empty() => {
+                let order = std::iter::once(k.clone())
+                    .chain(within.iter().map(|c| quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let marks = vec!["?"; within.len() + 1].join(", ");
+                select("*", &order, &format!("({order}) > ({marks})"))
+            }
+            (false, Some(_)) => {
+                let (first, after) = select(&format!("DISTINCT {k}"), &k, &after_key);
+                let groups =
+                    |keys: String| format!("SELECT * FROM {t} WHERE {k} IN ({keys}) ORDER BY {k}");
+                (groups(first), groups(after))
+            }
+        };
         Pages {
             first,
             after,
@@ -224,18 +252,19 @@ impl Pages {
         }
     }
 
-    /// Up to `limit` rows after `after` (from the start when `None`).
+    /// Up to `limit` rows (or keys, or groups) after `after`, the position a cursor keeps (see
+    /// [`TableCursor`](super::TableCursor)); from the start when `None`.
     pub(crate) async fn read<S: ShardConn>(
         &self,
         shard: &S,
-        after: Option<&Value>,
+        after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Row>> {
-        let mut params = Vec::with_capacity(3);
+        let mut params = Vec::with_capacity(4);
         let sql = match after {
             None => &self.first,
-            Some(key) => {
-                params.push(key.clone());
+            Some(position) => {
+                params.extend_from_slice(position);
                 &self.after
             }
         };

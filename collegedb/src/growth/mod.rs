@@ -244,6 +244,14 @@ pub struct TableCursor {
     /// reads and moves whole groups of rows with one value of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// For a colocated table: the rest of its primary key after `key`, which orders the rows of
+    /// one group, so that a pass continues inside a group larger than a page. Empty when the
+    /// table has no such key (or a journal predates it): the pass then takes whole groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub within: Vec<String>,
+    /// The `within` values of the last row read, when the pass pages inside groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after_within: Option<Vec<StoredValue>>,
 }
 
 impl TableCursor {
@@ -257,12 +265,44 @@ impl TableCursor {
         self.scope.is_some()
     }
 
+    /// How a pass pages the table: `None` for one row per key; for a colocated table, the
+    /// columns ordering the rows of a group (see `within`).
+    pub(crate) fn grouping(&self) -> Option<&[String]> {
+        self.grouped().then_some(self.within.as_slice())
+    }
+
     fn after(&self) -> Option<Value> {
         self.after.as_ref().map(Value::from)
     }
 
+    /// Where a pass continues: the key of the last row read, then, when rows are paged inside
+    /// groups, the rest of that row's primary key.
+    fn position(&self) -> Option<Vec<Value>> {
+        let mut position = vec![self.after()?];
+        if let Some(within) = &self.after_within {
+            position.extend(within.iter().map(Value::from));
+        }
+        Some(position)
+    }
+
+    /// Moves the cursor past `row` (a whole row, or a key only). Returns the row's key.
+    fn advance(&mut self, row: &crate::backend::Row) -> Option<Value> {
+        let key = row.value(&self.key)?.clone();
+        self.after = Some(StoredValue::from(&key));
+        self.after_within = if self.within.is_empty() {
+            None
+        } else {
+            self.within
+                .iter()
+                .map(|column| row.value(column).map(StoredValue::from))
+                .collect()
+        };
+        Some(key)
+    }
+
     fn restart(&mut self) {
         self.after = None;
+        self.after_within = None;
         self.done = false;
     }
 }
@@ -305,6 +345,11 @@ pub struct Transfer {
     pub tables: Vec<TableCursor>,
     /// The last change-log entry applied.
     pub log_after: i64,
+    /// The log's last entry once the freeze had committed. No later entry can be a moving
+    /// row's (the freeze refuses their writes), so the final catch-up ends there, however busy
+    /// the shard's other keys keep the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_end: Option<i64>,
     /// Catch-up passes so far.
     pub passes: u32,
     /// Rows written to the receiving shard by the copy.
@@ -333,6 +378,7 @@ impl Transfer {
             phase: Phase::Prepare,
             tables: Vec::new(),
             log_after: 0,
+            log_end: None,
             passes: 0,
             copied: 0,
             caught_up: 0,
@@ -355,8 +401,8 @@ impl Transfer {
     }
 
     /// After a catch-up pass that read `read` log entries of at most `page`: a small pass (or
-    /// the 50th) lets the transfer freeze; after the freeze, a short read means the log's end,
-    /// as of a read after the freeze, is reached and the switch may follow.
+    /// the 50th) lets the transfer freeze; after the freeze, reaching the log's end as of the
+    /// freeze (`log_end`), or a short read, lets the switch follow.
     fn after_catch_up_pass(&mut self, read: usize, page: usize) {
         /// A catch-up pass smaller than `page / CATCH_UP_SMALL` lets the transfer freeze.
         const CATCH_UP_SMALL: usize = 10;
@@ -367,7 +413,7 @@ impl Transfer {
             if read < page / CATCH_UP_SMALL || self.passes >= CATCH_UP_PASSES {
                 self.phase = Phase::Freeze;
             }
-        } else if read < page {
+        } else if read < page || self.log_end.is_some_and(|end| self.log_after >= end) {
             self.phase = Phase::Switch;
         }
     }

@@ -184,6 +184,8 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
                 after: None,
                 done: false,
                 scope: None,
+                within: Vec::new(),
+                after_within: None,
             }];
             tables.extend(
                 all.into_iter()

@@ -56,26 +56,37 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::CatchUp;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, false, cursor.grouped())
-                .read(db.shard(from), cursor.after().as_ref(), page)
+            let rows = Pages::new(&cursor.table, &cursor.key, false, cursor.grouping())
+                .read(db.shard(from), cursor.position().as_deref(), page)
                 .await?;
             cursor.done = rows.len() < page;
-            if let Some(last) = rows.last().and_then(|row| row.value(&cursor.key)) {
-                cursor.after = Some(StoredValue::from(last));
+            if let Some(last) = rows.last() {
+                cursor.advance(last);
             }
             let mut by_target: BTreeMap<usize, Vec<Row>> = BTreeMap::new();
+            // Rows of one group come together: one directory read decides them all.
+            let mut last: Option<(Value, Option<Key>)> = None;
             for row in rows {
-                if let Some(key) =
-                    placed_here(db, cursor.scope(), &cursor.key, &row, &t.from).await?
-                {
+                let value = row.value(&cursor.key).cloned();
+                let here = match (&last, value) {
+                    (Some((seen, here)), Some(value)) if *seen == value => here.clone(),
+                    (_, value) => {
+                        let here =
+                            placed_here(db, cursor.scope(), &cursor.key, &row, &t.from).await?;
+                        last = value.map(|value| (value, here.clone()));
+                        here
+                    }
+                };
+                if let Some(key) = here {
                     by_target.entry(targets.of(db, &key)).or_default().push(row);
                 }
             }
             for (target, rows) in by_target {
-                let keys: Vec<Value> = rows
+                let mut keys: Vec<Value> = rows
                     .iter()
                     .filter_map(|row| row.value(&cursor.key).cloned())
                     .collect();
+                keys.dedup();
                 // Hidden until the switch: tombstone first, then the copy.
                 fence::bury(db.shard(target), cursor.scope(), &keys).await?;
                 capture::upsert_rows(db.shard(target), &cursor.table, &rows).await?;
@@ -148,6 +159,7 @@ pub(super) async fn step<B: Backend>(
         }
         Phase::Freeze => {
             fence::revoke(db.shard(from), &[fence::LIVE]).await?;
+            t.log_end = Some(capture::last_seq(db.shard(from)).await?);
             // The switch walks the directory with the same cursors.
             t.tables.iter_mut().for_each(super::TableCursor::restart);
             t.phase = Phase::FinalCatchUp;
@@ -203,16 +215,15 @@ pub(super) async fn step<B: Backend>(
                 t.phase = Phase::Done;
                 return Ok(());
             };
-            let rows = Pages::new(&cursor.table, &cursor.key, true, cursor.grouped())
-                .read(db.shard(from), cursor.after().as_ref(), page)
+            let rows = Pages::new(&cursor.table, &cursor.key, true, cursor.grouping())
+                .read(db.shard(from), cursor.position().as_deref(), page)
                 .await?;
             cursor.done = rows.len() < page;
             let mut moved = Vec::new();
             for row in rows {
-                let Some(value) = row.value(&cursor.key).cloned() else {
+                let Some(value) = cursor.advance(&row) else {
                     continue;
                 };
-                cursor.after = Some(StoredValue::from(&value));
                 let Ok(key) = Key::from_value(value.clone()) else {
                     continue;
                 };

@@ -57,10 +57,11 @@ pub(super) async fn step<B: Backend>(
                 return Ok(());
             };
             let shard = db.shard(from);
-            let grouped = cursor.grouped();
-            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, false, &t.slots, grouped)
-                .read(shard, cursor.after().as_ref(), page)
-                .await?;
+            let grouping = cursor.grouping();
+            let rows =
+                Pages::of_slots(shard, &cursor.table, &cursor.key, false, &t.slots, grouping)
+                    .read(shard, cursor.position().as_deref(), page)
+                    .await?;
             cursor.done = rows.len() < page;
             let (moving, unroutable) = select_moving(db, cursor, rows, &slots).await?;
             capture::upsert_rows(db.shard(to), &cursor.table, &moving).await?;
@@ -81,6 +82,7 @@ pub(super) async fn step<B: Backend>(
         Phase::Freeze => {
             let fences: Vec<i64> = t.slots.iter().map(|&s| i64::from(s)).collect();
             fence::revoke(db.shard(from), &fences).await?;
+            t.log_end = Some(capture::last_seq(db.shard(from)).await?);
             t.phase = Phase::FinalCatchUp;
         }
         Phase::Switch => {
@@ -113,9 +115,9 @@ pub(super) async fn step<B: Backend>(
                 t.deleted += deleted as u64;
                 return Ok(());
             }
-            let grouped = cursor.grouped();
-            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, true, &t.slots, grouped)
-                .read(shard, cursor.after().as_ref(), page)
+            let grouping = cursor.grouping();
+            let rows = Pages::of_slots(shard, &cursor.table, &cursor.key, true, &t.slots, grouping)
+                .read(shard, cursor.position().as_deref(), page)
                 .await?;
             cursor.done = rows.len() < page;
             let (moved, _) = select_moving(db, cursor, rows, &slots).await?;
@@ -149,18 +151,57 @@ pub(super) async fn tables_of<B: Backend>(
             ),
         };
         match key {
-            Some(key) => tables.push(TableCursor {
-                marked: crate::marker::any(db, scope.as_deref().unwrap_or(&name)).await?,
-                table: name,
-                key,
-                after: None,
-                done: false,
-                scope,
-            }),
+            Some(key) => {
+                let within = match scope {
+                    Some(_) => within_groups(db.shard(index), &name, &key).await?,
+                    None => Vec::new(),
+                };
+                tables.push(TableCursor {
+                    marked: crate::marker::any(db, scope.as_deref().unwrap_or(&name)).await?,
+                    table: name,
+                    key,
+                    after: None,
+                    done: false,
+                    scope,
+                    within,
+                    after_within: None,
+                })
+            }
             None => skipped.push(name),
         }
     }
     Ok((tables, skipped))
+}
+
+/// The columns that order the rows of one group of colocated `table` (routed by `route`): the
+/// rest of its primary key, when every column of it is NOT NULL (a NULL would stop a row-value
+/// comparison short). Empty otherwise: moves then take whole groups.
+pub(super) async fn within_groups<S: ShardConn>(
+    shard: &S,
+    table: &str,
+    route: &str,
+) -> Result<Vec<String>> {
+    let info = shard
+        .query(
+            &format!("PRAGMA table_info({})", crate::raw::quote_ident(table)),
+            &[],
+        )
+        .await?;
+    let mut key: Vec<(i64, String, bool)> = Vec::new();
+    for row in &info {
+        if let Some(Value::Integer(pk)) = row.value("pk") {
+            if *pk > 0 {
+                let not_null = matches!(row.value("notnull"), Some(Value::Integer(n)) if *n != 0);
+                key.push((*pk, row.get::<String>("name")?, not_null));
+            }
+        }
+    }
+    key.sort();
+    let rest: Vec<(i64, String, bool)> = key.into_iter().filter(|(_, c, _)| c != route).collect();
+    if rest.is_empty() || rest.iter().any(|(_, _, not_null)| !not_null) {
+        return Ok(Vec::new());
+    }
+    Ok(rest.into_iter().map(|(_, column, _)| column).collect())
 }
 
 pub(super) fn key_columns(tables: &[TableCursor]) -> Vec<(String, String)> {
@@ -181,22 +222,29 @@ async fn select_moving<B: Backend>(
 ) -> Result<(Vec<Row>, u64)> {
     let mut moving = Vec::with_capacity(rows.len() / 2);
     let mut unroutable = 0;
+    // Rows of one group come together: one directory read decides them all.
+    let mut last: Option<(Key, bool)> = None;
     for row in rows {
-        let Some(value) = row.value(&cursor.key).cloned() else {
+        let Some(value) = cursor.advance(&row) else {
             continue;
         };
-        cursor.after = Some(StoredValue::from(&value));
         let Ok(key) = Key::from_value(value) else {
             unroutable += 1;
             continue;
         };
-        if !slots.contains(&slot_of(&key)) {
-            continue;
+        let moves = match &last {
+            Some((seen, moves)) if *seen == key => *moves,
+            _ => {
+                let moves = slots.contains(&slot_of(&key))
+                    && !(cursor.marked
+                        && db.directory().lookup(cursor.scope(), &key).await?.is_some());
+                last = Some((key, moves));
+                moves
+            }
+        };
+        if moves {
+            moving.push(row);
         }
-        if cursor.marked && db.directory().lookup(cursor.scope(), &key).await?.is_some() {
-            continue;
-        }
-        moving.push(row);
     }
     Ok((moving, unroutable))
 }
