@@ -345,12 +345,6 @@ impl Model {
                     "a colocated model is placed by its parent's key, with the parent's strategies: remove `read`, `write` and `strategy`",
                 ));
             }
-            if let Some(field) = fields.iter().find(|f| f.unique) {
-                errors.push(syn::Error::new(
-                    field.ident.span(),
-                    "`unique` is not supported on a colocated model yet: keep the unique column on the parent",
-                ));
-            }
         }
         errors.finish(Model {
             ident: ast.ident.clone(),

@@ -27,9 +27,11 @@
 //! A model with `#[sharded(unique)]` columns claims every row's unique values between steps 3
 //! and 4, and confirms them after step 4, in the order [`crate::unique`] describes. Two rows of
 //! the input with one value fail the call with [`Error::DuplicateValue`] before anything is
-//! claimed. The claims of a column go as one batch (one request per directory partition on
-//! Workers); each confirm is one request: with Workers' limit of 1,000 subrequests per
-//! invocation, keep such calls under about 900 rows per unique column.
+//! claimed. The claims of a column go as one batch, and so do its confirms (one request per
+//! directory partition on Workers). A value that already has an entry (taken, orphaned, or
+//! left by an earlier run of the same call), and every claim of a call that fails, takes about
+//! two requests of its own: on Workers (1,000 subrequests per invocation) keep a call that may
+//! re-run under about 400 rows per unique column.
 
 use std::collections::{BTreeMap, HashMap};
 

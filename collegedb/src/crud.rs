@@ -491,7 +491,7 @@ pub(crate) async fn find_key<M: Model, B: Backend>(
 }
 
 /// [`find`] of the row whose placing key is `key` and primary key `ids`.
-async fn find_id<M: Model, B: Backend>(
+pub(crate) async fn find_id<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     key: Key,
     ids: &[Value],
@@ -625,17 +625,12 @@ pub async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, id: M::Id) -> Resul
     if M::UNIQUE.is_empty() {
         delete_id::<M, B>(db, &key, &ids).await
     } else {
-        crate::unique::delete::<M, B>(db, key).await
+        crate::unique::delete::<M, B>(db, crate::unique::Owner::of_id(&ids)?).await
     }
 }
 
-/// [`delete`] of a checked key of a model identified by its key alone, without unique lookups.
-pub(crate) async fn delete_key<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<bool> {
-    delete_id::<M, B>(db, key, &[key.to_value()]).await
-}
-
 /// [`delete`] of the row whose placing key is `key` and primary key `ids`.
-async fn delete_id<M: Model, B: Backend>(
+pub(crate) async fn delete_id<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     key: &Key,
     ids: &[Value],

@@ -107,6 +107,24 @@ pub trait Directory: MaybeSync + 'static {
         }
     }
 
+    /// [`Directory::replace`] of many keys of one table (`(key, expected, value)`); returns the
+    /// entry that holds afterwards for each, in order. Stores that can group the writes override
+    /// this (one transaction natively, one request per directory partition on Workers); the
+    /// default replaces one key after another.
+    fn replace_many(
+        &self,
+        table: &str,
+        replacements: &[(Key, String, String)],
+    ) -> impl Future<Output = Result<Vec<Option<String>>>> + MaybeSend {
+        async move {
+            let mut after = Vec::with_capacity(replacements.len());
+            for (key, expected, value) in replacements {
+                after.push(self.replace(table, key, expected, value).await?);
+            }
+            Ok(after)
+        }
+    }
+
     /// Removes the entry for `key` only if it is `expected` now. Atomic in the stores that make
     /// [`Directory::replace`] atomic; the default reads, then removes.
     fn remove_if(
@@ -152,7 +170,7 @@ pub struct DirectoryCache {
     /// Unique lookups: `(scope, hash of the value) -> the key of the row that had it`. Safe to
     /// be stale, or to collide: every use checks the row (see [`crate::unique`]). Keyed by the
     /// value's 64-bit hash, so a lookup compares no string.
-    owners: Mutex<HashMap<String, LruCache<u64, Key>>>,
+    owners: Mutex<HashMap<String, LruCache<u64, crate::unique::Owner>>>,
 }
 
 impl DirectoryCache {
@@ -167,12 +185,14 @@ impl DirectoryCache {
         }
     }
 
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, LruCache<u64, Key>>> {
+    fn owners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, LruCache<u64, crate::unique::Owner>>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The key of the row last seen holding `value` in the unique lookup `scope`.
-    pub(crate) fn owner(&self, scope: &str, value: &Key) -> Option<Key> {
+    pub(crate) fn owner(&self, scope: &str, value: &Key) -> Option<crate::unique::Owner> {
         self.capacity?;
         self.owners()
             .get_mut(scope)
@@ -180,7 +200,7 @@ impl DirectoryCache {
     }
 
     /// Remembers that the row of `owner` holds `value` in the unique lookup `scope`.
-    pub(crate) fn remember_owner(&self, scope: &str, value: &Key, owner: &Key) {
+    pub(crate) fn remember_owner(&self, scope: &str, value: &Key, owner: &crate::unique::Owner) {
         let Some(capacity) = self.capacity else {
             return;
         };

@@ -183,6 +183,22 @@ pub struct Line {
     pub text: String,
 }
 
+/// A colocated model with a unique column: each of a user's chapters has a slug unique over
+/// every shard, found by `find_by_slug` without knowing the author.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "chapters", colocate = User)]
+pub struct Chapter {
+    /// The author: the `users` key that places the row.
+    #[sharded(shard_key)]
+    pub author: String,
+    /// The chapter's number among its author's.
+    #[sharded(key)]
+    pub n: i64,
+    /// Unique over every shard.
+    #[sharded(unique)]
+    pub slug: String,
+}
+
 /// Opens an embedded database over `shards` shards named `s0`, `s1`, ... in `dir`.
 pub fn open(dir: &std::path::Path, shards: usize) -> CollegeDb<Embedded> {
     open_with(dir, shards, |config| config)

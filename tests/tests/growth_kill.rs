@@ -21,34 +21,40 @@
 //! (default 400; the adopted one has six times as many). Larger values give each phase more
 //! pages and take longer.
 
+mod kill_support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use collegedb::growth::{Job, Phase, Transfer};
-use collegedb::slots::{slot_of, ShardMap};
+use collegedb::slots::slot_of;
 use collegedb::{CollegeDb, Embedded, Key, Value};
 use collegedb_tests::{open, Note, Order, Prefs, User};
+use kill_support::{
+    assert_drained, assert_phases_covered, directory_entries, env_rows, few, grow_with_kills, held,
+    held_twice, journal, report, run_to_end, ChildProcess, Deployed, FileRow, Kill, Site, Stats,
+    TIMEOUT,
+};
 use pollster::block_on;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::OptionalExtension;
-
-/// How long the test waits for a line from the child, or for it to finish.
-const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tables of the grown and drained deployments: hash placement (`users`), round-robin
 /// (`notes`), and round-robin writes read hash-first (`orders`, every column type).
 const TABLES: [&str; 3] = ["users", "notes", "orders"];
 
+/// The phases the kills at journaled steps must cover, each by one of its names: a copy, a
+/// catch-up, a switch and a delete.
+const COVERED: [&[&str]; 4] = [
+    &["Copy"],
+    &["CatchUp", "FinalCatchUp"],
+    &["Switch"],
+    &["Delete"],
+];
+
 /// Rows per table: `COLLEGEDB_KILL_GROWTH_ROWS` overrides the quick default.
 fn rows() -> usize {
-    std::env::var("COLLEGEDB_KILL_GROWTH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400)
+    env_rows("COLLEGEDB_KILL_GROWTH_ROWS", 400)
 }
 
 /// Order number `i`, with every column derived from `i`.
@@ -71,10 +77,7 @@ fn order(i: usize) -> Order {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The files, read with rusqlite only.
-
-/// A row as a shard file stores it: `(column, value)` in table order.
-type FileRow = Vec<(String, SqlValue)>;
+// The files, read with rusqlite only (`kill_support`), by one key column.
 
 /// Every row of `table` in the files of `shards` (those that exist and have the table), read
 /// with rusqlite: `(key as text, shard, row)`.
@@ -84,59 +87,15 @@ fn file_rows(
     table: &str,
     key: &str,
 ) -> Vec<(String, String, FileRow)> {
-    let mut out = Vec::new();
-    for shard in shards {
-        let path = dir.join(format!("{shard}.sqlite"));
-        if !path.exists() {
-            continue;
-        }
-        let conn = rusqlite::Connection::open(&path).expect("open shard file");
-        let exists: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
-                [table],
-                |r| r.get(0),
-            )
-            .expect("read schema");
-        if !exists {
-            continue;
-        }
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT CAST(\"{key}\" AS TEXT), * FROM \"{table}\""
-            ))
-            .expect("prepare");
-        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
-        let rows = stmt
-            .query_map([], |row| {
-                let key: String = row.get(0)?;
-                let mut values = Vec::with_capacity(names.len() - 1);
-                for (i, name) in names.iter().enumerate().skip(1) {
-                    values.push((name.clone(), row.get::<_, SqlValue>(i)?));
-                }
-                Ok((key, shard.to_string(), values))
-            })
-            .expect("query");
-        out.extend(rows.map(|r| r.expect("row")));
-    }
-    out
+    kill_support::file_rows(dir, shards, table, &[key])
+        .into_iter()
+        .map(|(mut keys, shard, row)| (keys.remove(0), shard, row))
+        .collect()
 }
 
 /// The rows of `table` by key, from the files: panics if a key is on two shards.
 fn snapshot(dir: &Path, shards: &[&str], table: &str, key: &str) -> BTreeMap<String, FileRow> {
-    let mut rows = BTreeMap::new();
-    for (k, shard, row) in file_rows(dir, shards, table, key) {
-        assert!(
-            rows.insert(k.clone(), row).is_none(),
-            "seeded {table} key {k} twice (again on {shard})"
-        );
-    }
-    rows
-}
-
-/// Shows at most a few items of a list in a failure message.
-fn few<T: std::fmt::Debug>(items: &[T]) -> String {
-    format!("{} e.g. {:?}", items.len(), &items[..items.len().min(5)])
+    kill_support::snapshot(table, file_rows(dir, shards, table, key))
 }
 
 /// Asserts that the files hold every expected row of `table` exactly once with its expected
@@ -149,32 +108,12 @@ fn assert_exactly_once(
     expected: &BTreeMap<String, FileRow>,
     context: &str,
 ) {
-    let mut held: BTreeMap<String, Vec<(String, FileRow)>> = BTreeMap::new();
-    for (k, shard, row) in file_rows(dir, shards, table, key) {
-        held.entry(k).or_default().push((shard, row));
-    }
-    let missing: Vec<&String> = expected.keys().filter(|k| !held.contains_key(*k)).collect();
-    let unknown: Vec<&String> = held.keys().filter(|k| !expected.contains_key(*k)).collect();
-    let duplicated: Vec<(&String, Vec<&String>)> = held
-        .iter()
-        .filter(|(_, copies)| copies.len() > 1)
-        .map(|(k, copies)| (k, copies.iter().map(|(s, _)| s).collect()))
-        .collect();
-    let changed: Vec<(&String, &String)> = held
-        .iter()
-        .filter(|(k, copies)| {
-            copies.len() == 1 && expected.get(*k).is_some_and(|row| *row != copies[0].1)
-        })
-        .map(|(k, copies)| (k, &copies[0].0))
-        .collect();
+    let held = held(file_rows(dir, shards, table, key));
+    let found = kill_support::exactly_once(&held, expected);
     assert!(
-        missing.is_empty() && unknown.is_empty() && duplicated.is_empty() && changed.is_empty(),
-        "{context}: `{table}` in the files: lost {}; unknown {}; on two shards {}; content \
-         changed {}",
-        few(&missing),
-        few(&unknown),
-        few(&duplicated),
-        few(&changed)
+        found.clean,
+        "{context}: `{table}` in the files: {}",
+        found.text
     );
     let total: usize = held.values().map(Vec::len).sum();
     assert_eq!(total, expected.len(), "{context}: `{table}` row count");
@@ -191,285 +130,30 @@ fn assert_nothing_lost(
     expected: &BTreeMap<String, FileRow>,
     context: &str,
 ) -> usize {
-    let mut held: BTreeMap<String, Vec<(String, FileRow)>> = BTreeMap::new();
-    for (k, shard, row) in file_rows(dir, shards, table, key) {
-        held.entry(k).or_default().push((shard, row));
-    }
-    let lost: Vec<&String> = expected
-        .iter()
-        .filter(|(k, row)| {
-            !held
-                .get(*k)
-                .is_some_and(|copies| copies.iter().any(|(_, r)| r == *row))
-        })
-        .map(|(k, _)| k)
-        .collect();
-    let unknown: Vec<&String> = held.keys().filter(|k| !expected.contains_key(*k)).collect();
-    let thrice: Vec<&String> = held
-        .iter()
-        .filter(|(_, copies)| copies.len() > 2)
-        .map(|(k, _)| k)
-        .collect();
+    let held = held(file_rows(dir, shards, table, key));
+    let found = kill_support::nothing_lost(&held, expected, &|_| false);
     assert!(
-        lost.is_empty() && unknown.is_empty() && thrice.is_empty(),
-        "{context}: `{table}` in the files: no current copy of {}; unknown {}; on three shards \
-         or more {}",
-        few(&lost),
-        few(&unknown),
-        few(&thrice)
+        found.clean,
+        "{context}: `{table}` in the files: {}",
+        found.text
     );
-    held.values().filter(|copies| copies.len() == 2).count()
-}
-
-/// The directory file's entries, decoded by hand: `(scope, key as text) -> shard`. None while
-/// the file or its table does not exist yet (an `adopt` killed while opening).
-fn directory_entries(dir: &Path) -> BTreeMap<(String, String), String> {
-    let path = dir.join("_directory.db");
-    if !path.exists() {
-        return BTreeMap::new();
-    }
-    let conn = rusqlite::Connection::open(path).expect("open directory file");
-    let exists: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'directory')",
-            [],
-            |r| r.get(0),
-        )
-        .expect("read schema");
-    if !exists {
-        return BTreeMap::new();
-    }
-    let mut stmt = conn
-        .prepare("SELECT scope, key, shard FROM directory")
-        .expect("prepare");
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })
-        .expect("query");
-    rows.map(|row| {
-        let (scope, bytes, shard) = row.expect("entry");
-        let key = match bytes.split_first() {
-            Some((b's', text)) => String::from_utf8(text.to_vec()).expect("UTF-8 key"),
-            Some((b'i', int)) => i64::from_be_bytes(int.try_into().expect("8 bytes")).to_string(),
-            _ => panic!("undecodable directory key {bytes:?}"),
-        };
-        ((scope, key), shard)
-    })
-    .collect()
-}
-
-/// The growth journal in progress (`growth`) or the last finished one (`growth-last`), read
-/// from the directory file with rusqlite.
-fn journal(dir: &Path, name: &str) -> Option<Job> {
-    let conn = rusqlite::Connection::open(dir.join("_directory.db")).expect("open directory");
-    let json: Option<String> = conn
-        .query_row("SELECT state FROM jobs WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()
-        .expect("read journal");
-    json.map(|json| serde_json::from_str(&json).expect("a journal"))
-}
-
-/// The stored shard map, read from the directory file with rusqlite.
-fn stored_map(dir: &Path) -> ShardMap {
-    let conn = rusqlite::Connection::open(dir.join("_directory.db")).expect("open directory");
-    let json: String = conn
-        .query_row("SELECT map FROM slot_map WHERE id = 1", [], |r| r.get(0))
-        .expect("read map");
-    ShardMap::from_json(&json).expect("a map")
-}
-
-/// Copies every file of `from` into `to` (no process may hold them).
-fn copy_folder(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("list folder") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy file");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The child.
-
-/// A running `growth-child`: killed with SIGKILL and reaped when dropped, also when an assertion
-/// fails, so no child outlives the test.
-struct ChildProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    label: String,
-}
-
-impl ChildProcess {
-    /// Starts `growth-child <dir> <op> <shards> [stop]`.
-    fn spawn(dir: &Path, op: &str, shards: &str, stop: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_growth-child"));
-        command.arg(dir).arg(op).arg(shards);
-        if let Some(stop) = stop {
-            command.arg(stop);
-        }
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("spawn growth-child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ChildProcess {
-            child,
-            lines,
-            label: format!("{op} {}", stop.unwrap_or("(no stop)")),
-        }
-    }
-
-    /// The next line the child prints; panics if none comes in time.
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(TIMEOUT)
-            .unwrap_or_else(|e| panic!("growth-child `{}` printed nothing more: {e}", self.label))
-    }
-
-    /// Whether the child has exited.
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_some()
-    }
-
-    /// Kills the child with SIGKILL and reaps it.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// Waits for the child to finish by itself; returns every line it printed (from now on).
-    fn finish(mut self) -> Vec<String> {
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "growth-child `{}` did not finish",
-                self.label
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let mut lines = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
-            lines.push(line);
-        }
-        assert!(
-            status.success(),
-            "growth-child `{}` failed ({status}): {lines:?}",
-            self.label
-        );
-        lines
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs the child to the end with `stop` (`trace` or none) and returns its lines; the last one
-/// must be `done ...`.
-fn run_to_end(dir: &Path, op: &str, shards: &str, stop: Option<&str>) -> Vec<String> {
-    let lines = ChildProcess::spawn(dir, op, shards, stop).finish();
-    assert!(
-        lines.last().is_some_and(|l| l.starts_with("done")),
-        "`{op}` did not finish: {lines:?}"
-    );
-    lines
-}
-
-/// A line `<word> <n> <transfer> <phase>` of the child.
-fn parse_step(line: &str, word: &str) -> (usize, usize, String) {
-    let parts: Vec<&str> = line.split(' ').collect();
-    match parts.as_slice() {
-        [w, n, t, p] if *w == word => (
-            n.parse().expect("step"),
-            t.parse().expect("transfer"),
-            (*p).to_owned(),
-        ),
-        _ => panic!("expected `{word} <n> <transfer> <phase>`, got `{line}`"),
-    }
+    held_twice(&held)
 }
 
 // ---------------------------------------------------------------------------------------------
 // A grown or drained deployment under test.
 
-/// Which occurrence of a (transfer, phase) of an uninterrupted run.
-#[derive(Debug, Clone, Copy)]
-enum Nth {
-    /// The first.
-    First,
-    /// The one halfway (rounded up).
-    Middle,
-    /// The last.
-    Last,
-}
-
-/// Where to kill a growth operation.
-#[derive(Debug, Clone, Copy)]
-enum Kill {
-    /// Block the child at the `Nth` step after which the journal's current transfer and phase
-    /// are these (phase `Done`: every transfer finished), check, then SIGKILL it.
-    At(usize, &'static str, Nth),
-    /// SIGKILL the running child as soon as it reports this occurrence (within its run) of
-    /// this transfer and phase: it is somewhere in a later step by then.
-    Running(usize, &'static str, usize),
-}
-
-/// What a growth test saw.
-#[derive(Debug, Default)]
-struct Stats {
-    /// Steps of an uninterrupted run.
-    steps: usize,
-    /// `(transfer, phase, occurrence)` of each kill at a journaled step.
-    points: BTreeSet<(usize, String, usize)>,
-    /// The steps of the uninterrupted run those kills match (1-based).
-    planned_steps: Vec<usize>,
-    /// Journal positions after the kills of a running child.
-    running: Vec<String>,
-    /// Keys found while the child was blocked, and keys skipped as frozen by the move.
-    reads: usize,
-    frozen_skipped: usize,
-    /// Rows updated while the child was blocked.
-    writes: usize,
-    /// Blocked points where `verify_table` counted second copies of a move in flight.
-    in_flight_points: usize,
-    /// Kills after which the files held a second copy of some row (between a copy and its
-    /// delete), and the most such rows at one kill.
-    kills_with_copies: usize,
-    most_copies: usize,
-}
-
 /// A deployment of `users`, `notes` and `orders`, what its files must hold, and a handle opened
 /// before the operation (its map goes stale while the child moves slots).
 struct Deployment {
-    dir: PathBuf,
-    shards: Vec<String>,
+    site: Site,
     files: BTreeMap<&'static str, BTreeMap<String, FileRow>>,
     users: BTreeMap<String, User>,
     notes: BTreeMap<String, Note>,
     orders: BTreeMap<i64, Order>,
-    handle: Option<CollegeDb<Embedded>>,
     slot_moving_checked: bool,
+    /// Rows updated through the handle while the child was blocked.
+    writes: usize,
 }
 
 impl Deployment {
@@ -481,7 +165,8 @@ impl Deployment {
             .collect();
         let notes: Vec<Note> = (0..rows).map(Note::numbered).collect();
         let orders: Vec<Order> = (0..rows).map(order).collect();
-        let db = open(dir, shards);
+        let site = Site::new(dir, shards);
+        let db = site.open();
         block_on(async {
             User::create_table(&db).await?;
             Note::create_table(&db).await?;
@@ -493,59 +178,27 @@ impl Deployment {
         })
         .expect("seed");
         drop(db);
-        let names: Vec<String> = (0..shards).map(|i| format!("s{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let files: BTreeMap<&'static str, BTreeMap<String, FileRow>> = TABLES
             .iter()
-            .map(|&t| (t, snapshot(dir, &refs, t, "id")))
+            .map(|&t| (t, snapshot(dir, &site.names(), t, "id")))
             .collect();
         for (table, rows_of) in &files {
             assert_eq!(rows_of.len(), rows, "seeded `{table}`");
         }
         Deployment {
-            dir: dir.to_owned(),
-            shards: names,
             files,
             users: users.into_iter().map(|u| (u.id.clone(), u)).collect(),
             notes: notes.into_iter().map(|n| (n.id.clone(), n)).collect(),
             orders: orders.into_iter().map(|o| (o.id, o)).collect(),
-            handle: None,
             slot_moving_checked: false,
+            writes: 0,
+            site,
         }
     }
 
-    fn names(&self) -> Vec<&str> {
-        self.shards.iter().map(String::as_str).collect()
-    }
-
-    fn csv(&self) -> String {
-        self.shards.join(",")
-    }
-
-    /// Opens a new handle over the configured shards.
-    fn open(&self) -> CollegeDb<Embedded> {
-        open(&self.dir, self.shards.len())
-    }
-
-    fn handle(&self) -> &CollegeDb<Embedded> {
-        self.handle.as_ref().expect("the long-lived handle")
-    }
-
-    /// Asserts the files hold every row exactly once with its content.
-    fn assert_exactly_once(&self, dir: &Path, context: &str) {
-        for (table, expected) in &self.files {
-            assert_exactly_once(dir, &self.names(), table, "id", expected, context);
-        }
-    }
-
-    /// Asserts no row is lost from the files; returns the keys held twice.
-    fn assert_nothing_lost(&self, context: &str) -> usize {
-        self.files
-            .iter()
-            .map(|(table, expected)| {
-                assert_nothing_lost(&self.dir, &self.names(), table, "id", expected, context)
-            })
-            .sum()
+    /// What the deployment adds to the report.
+    fn written(&self) -> String {
+        format!("{} rows updated while blocked", self.writes)
     }
 
     /// Finds every key through `db` and compares it with the last write, except keys for which
@@ -607,7 +260,7 @@ impl Deployment {
 
     /// Updates one row of `table` through the long-lived handle, and what the files must hold.
     fn update(&mut self, table: &str, key: &str, text: String) {
-        let db = self.handle.as_ref().expect("handle");
+        let db = self.site.handle();
         let column = match table {
             "users" => {
                 let user = self.users.get_mut(key).expect("user");
@@ -650,6 +303,67 @@ impl Deployment {
     }
 }
 
+impl Deployed for Deployment {
+    fn site(&mut self) -> &mut Site {
+        &mut self.site
+    }
+
+    /// Asserts the files hold every row exactly once with its content.
+    fn assert_exactly_once(&self, dir: &Path, context: &str) {
+        for (table, expected) in &self.files {
+            assert_exactly_once(dir, &self.site.names(), table, "id", expected, context);
+        }
+    }
+
+    /// Asserts no row is lost from the files; returns the keys held twice.
+    fn assert_nothing_lost(&self, dir: &Path, context: &str) -> usize {
+        self.files
+            .iter()
+            .map(|(table, expected)| {
+                assert_nothing_lost(dir, &self.site.names(), table, "id", expected, context)
+            })
+            .sum()
+    }
+
+    /// `verify_table` is clean on the copy the operation ran on uninterrupted.
+    fn uninterrupted(&self, copy: &Path, op: &str, _: Duration, _: &mut Stats) {
+        let dry_db = CollegeDb::open_embedded(
+            collegedb::Config::with_shard_names(self.site.shards.iter()),
+            copy,
+        )
+        .expect("open the copy");
+        for table in TABLES {
+            let report = block_on(dry_db.verify_table(table, "id")).expect("verify");
+            assert!(report.is_clean(), "{op} uninterrupted: {report}");
+        }
+    }
+
+    fn while_blocked(&mut self, job: Option<&Job>, label: &str, stats: &mut Stats) {
+        while_blocked(self, job, label, stats);
+    }
+
+    /// Through the router: verify is clean, and the stale handle and a new one find every row.
+    fn finished(&mut self, label: &str) {
+        let fresh = self.site.open();
+        for table in TABLES {
+            let report = block_on(fresh.verify_table(table, "id")).expect("verify");
+            assert!(report.is_clean(), "{label}: {report}");
+            assert_eq!(
+                report.rows as usize,
+                self.files[table].len(),
+                "{label}: {report}"
+            );
+        }
+        let none = |_: &str, _: &Key| false;
+        self.find_all(&fresh, &none, &format!("{label}, a new handle"));
+        self.find_all(
+            self.site.handle(),
+            &none,
+            &format!("{label}, the handle opened before"),
+        );
+    }
+}
+
 /// Whether `transfer` moves the row of `key`: a key of its slots, or, for the relocation of a
 /// drained shard, a directory-placed key whose entry names the drained shard.
 fn moves(
@@ -673,7 +387,7 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
     let frozen = transfer
         .as_ref()
         .is_some_and(|t| matches!(t.phase, Phase::FinalCatchUp | Phase::Switch));
-    let entries = directory_entries(&d.dir);
+    let entries = directory_entries(&d.site.dir);
 
     // Once a relocation has switched, no entry names the drained shard.
     if let Some(t) = transfer.as_ref().filter(|t| t.is_relocation()) {
@@ -707,7 +421,7 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
                 key,
             )
     };
-    let (found, skipped) = d.find_all(d.handle(), &skip, label);
+    let (found, skipped) = d.find_all(d.site.handle(), &skip, label);
     stats.reads += found;
     stats.frozen_skipped += skipped.len();
     assert!(found > 0, "{label}: nothing was readable");
@@ -717,7 +431,7 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
         // the switch and reports the move (once per test: it waits ten seconds).
         if !d.slot_moving_checked {
             let (table, key) = &skipped[0];
-            let db = d.handle();
+            let db = d.site.handle();
             let started = Instant::now();
             let error = block_on(async {
                 match (table, key) {
@@ -741,7 +455,7 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
 
     // Writes through the stale handle, to rows the move carries when there are any.
     if !frozen {
-        let pick = stats.writes;
+        let pick = d.writes;
         for table in TABLES {
             let keys: Vec<String> = d.files[table].keys().cloned().collect();
             let moving: Vec<&String> = match &transfer {
@@ -757,13 +471,13 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
                 moving[pick % moving.len()].clone()
             };
             d.update(table, &key, format!("written at {label}"));
-            stats.writes += 1;
+            d.writes += 1;
         }
     }
 
     // verify, from another handle (it reloads the map, which would refresh the stale one):
     // clean, a move's second copies counted as in flight.
-    let verifier = d.open();
+    let verifier = d.site.open();
     let mut in_flight = 0;
     for table in TABLES {
         let report = block_on(verifier.verify_table(table, "id"))
@@ -776,262 +490,24 @@ fn while_blocked(d: &mut Deployment, job: Option<&Job>, label: &str, stats: &mut
     }
 }
 
-/// The position in a growth journal, for the report.
-fn describe(job: Option<&Job>) -> String {
-    match job {
-        None => "finished".to_owned(),
-        Some(job) => match job.transfers.get(job.current) {
-            Some(t) => format!(
-                "transfer {} {:?} (copied {}, caught up {}, deleted {})",
-                job.current, t.phase, t.copied, t.caught_up, t.deleted
-            ),
-            None => format!("after transfer {}", job.current),
-        },
-    }
-}
-
-/// Runs growth operation `op` on `d` with the kills of `plan`, resuming after each, then to its
-/// end, checking as it goes.
-fn grow_with_kills(d: &mut Deployment, op: &str, plan: &[Kill]) -> Stats {
-    let mut stats = Stats::default();
-    let csv = d.csv();
-
-    // An uninterrupted run on a copy: the steps to choose from, and a first check that the
-    // operation itself keeps every row.
-    let dry = tempfile::tempdir().unwrap();
-    copy_folder(&d.dir, dry.path());
-    let lines = run_to_end(dry.path(), op, &csv, Some("trace"));
-    let trace: Vec<(usize, String)> = lines[..lines.len() - 1]
-        .iter()
-        .map(|line| {
-            let (_, t, p) = parse_step(line, "trace");
-            (t, p)
-        })
-        .collect();
-    stats.steps = trace.len();
-    d.assert_exactly_once(dry.path(), &format!("{op} uninterrupted"));
-    assert!(
-        journal(dry.path(), "growth").is_none(),
-        "{op}: a journal left"
-    );
-    let dry_db = CollegeDb::open_embedded(
-        collegedb::Config::with_shard_names(d.shards.iter()),
-        dry.path(),
-    )
-    .expect("open the copy");
-    for table in TABLES {
-        let report = block_on(dry_db.verify_table(table, "id")).expect("verify");
-        assert!(report.is_clean(), "{op} uninterrupted: {report}");
-    }
-    drop(dry_db);
-
-    // Where each exact kill lands in that run.
-    let occurrence = |t: usize, p: &str, nth: Nth| -> (usize, usize) {
-        let at: Vec<usize> = trace
-            .iter()
-            .enumerate()
-            .filter(|(_, (tt, pp))| *tt == t && pp == p)
-            .map(|(i, _)| i + 1)
-            .collect();
-        assert!(
-            !at.is_empty(),
-            "{op}: an uninterrupted run never reports ({t}, {p})"
-        );
-        let n = match nth {
-            Nth::First => 1,
-            Nth::Middle => at.len().div_ceil(2),
-            Nth::Last => at.len(),
-        };
-        (n, at[n - 1])
-    };
-
-    d.handle = Some(d.open());
-    let mut previous: Option<(usize, String, usize)> = None;
-    let mut last_planned = 0;
-    for kill in plan {
-        match *kill {
-            Kill::At(t, p, nth) => {
-                let (occ, planned) = occurrence(t, p, nth);
-                if planned <= last_planned {
-                    continue; // Same step as the previous kill (a short phase).
-                }
-                last_planned = planned;
-                let local = match &previous {
-                    Some((pt, pp, po)) if *pt == t && pp == p => occ - po,
-                    _ => occ,
-                };
-                let child =
-                    ChildProcess::spawn(&d.dir, op, &csv, Some(&format!("{t}:{p}:{local}")));
-                let line = child.line();
-                let (_, rt, rp) = parse_step(&line, "step");
-                assert_eq!((rt, rp.as_str()), (t, p), "{op}: {line}");
-                let label = format!("{op} killed at ({t}, {p}, #{occ})");
-                let job = journal(&d.dir, "growth");
-                match &job {
-                    Some(job) => {
-                        assert_eq!(job.current, t, "{label}: the journal");
-                        let phase = job
-                            .transfers
-                            .get(t)
-                            .map_or("Done".to_owned(), |t| format!("{:?}", t.phase));
-                        assert_eq!(phase, p, "{label}: the journal");
-                    }
-                    None => assert_eq!(p, "Done", "{label}: no journal"),
-                }
-                while_blocked(d, job.as_ref(), &label, &mut stats);
-                child.kill();
-                let copies = d.assert_nothing_lost(&label);
-                stats.kills_with_copies += usize::from(copies > 0);
-                stats.most_copies = stats.most_copies.max(copies);
-                stats.points.insert((t, p.to_owned(), occ));
-                stats.planned_steps.push(planned);
-                previous = Some((t, p.to_owned(), occ));
-            }
-            Kill::Running(t, p, occ) => {
-                let child = ChildProcess::spawn(&d.dir, op, &csv, Some("trace"));
-                let mut seen = 0;
-                while seen < occ {
-                    let line = child.line();
-                    assert!(
-                        !line.starts_with("done"),
-                        "{op}: finished before ({t}, {p})"
-                    );
-                    let (_, rt, rp) = parse_step(&line, "trace");
-                    if rt == t && rp == p {
-                        seen += 1;
-                    }
-                }
-                child.kill();
-                let label = format!("{op} killed running after ({t}, {p}, #{occ} of its run)");
-                let job = journal(&d.dir, "growth");
-                d.assert_nothing_lost(&label);
-                stats.running.push(describe(job.as_ref()));
-                previous = None;
-            }
-        }
-    }
-
-    // Resume to the end; a second run is a no-op.
-    let lines = run_to_end(&d.dir, op, &csv, None);
-    let label = format!("{op} resumed to the end");
-    assert!(
-        journal(&d.dir, "growth").is_none(),
-        "{label}: a journal left"
-    );
-    let last = journal(&d.dir, "growth-last").expect("the finished journal");
-    assert!(last.is_finished(), "{label}: {last}");
-    d.assert_exactly_once(&d.dir, &label);
-    assert_eq!(run_to_end(&d.dir, op, &csv, None), ["done 0"], "{op} again");
-    d.assert_exactly_once(&d.dir, &format!("{op} run again"));
-    eprintln!("{label}: {lines:?}");
-
-    // Through the router: verify is clean, and the stale handle and a new one find every row.
-    let fresh = d.open();
-    for table in TABLES {
-        let report = block_on(fresh.verify_table(table, "id")).expect("verify");
-        assert!(report.is_clean(), "{label}: {report}");
-        assert_eq!(
-            report.rows as usize,
-            d.files[table].len(),
-            "{label}: {report}"
-        );
-    }
-    let none = |_: &str, _: &Key| false;
-    d.find_all(&fresh, &none, &format!("{label}, a new handle"));
-    d.find_all(
-        d.handle(),
-        &none,
-        &format!("{label}, the handle opened before"),
-    );
-    d.handle = None;
-    stats
-}
-
-/// The phases named by the kills at journaled steps.
-fn phases(stats: &Stats) -> BTreeSet<&str> {
-    stats.points.iter().map(|(_, p, _)| p.as_str()).collect()
-}
-
-fn report(op: &str, stats: &Stats) {
-    eprintln!(
-        "{op}: {} steps uninterrupted; {} kills at distinct journaled steps {:?} in phases \
-         {:?}; {} kills while running, left at {:?}; while blocked: {} keys found, {} frozen \
-         keys skipped, {} rows updated, verify saw copies in flight at {} points; {} kills left \
-         a second copy of some rows in the files (at most {})",
-        stats.steps,
-        stats.points.len(),
-        stats.planned_steps,
-        phases(stats),
-        stats.running.len(),
-        stats.running,
-        stats.reads,
-        stats.frozen_skipped,
-        stats.writes,
-        stats.in_flight_points,
-        stats.kills_with_copies,
-        stats.most_copies
-    );
-}
-
-/// Asserts the kills of a growth operation covered a copy, a catch-up, a switch and a delete
-/// (between a copy and its delete).
-fn assert_phases_covered(op: &str, stats: &Stats, at_least: usize) {
-    let phases = phases(stats);
-    for needed in [
-        &["Copy"][..],
-        &["CatchUp", "FinalCatchUp"],
-        &["Switch"],
-        &["Delete"],
-    ] {
-        assert!(
-            needed.iter().any(|p| phases.contains(p)),
-            "{op}: no kill in {needed:?}: {phases:?}"
-        );
-    }
-    assert!(
-        stats.points.len() >= at_least,
-        "{op}: only {} distinct kill points",
-        stats.points.len()
-    );
-    assert!(
-        stats.kills_with_copies > 0 && stats.in_flight_points > 0,
-        "{op}: no kill landed between a copy and its delete"
-    );
-}
-
 /// `add_shard` killed at every phase of its first transfer (its journaled Prepare calls no hook,
 /// so that one is killed as the second transfer starts), in the catch-up, switch and delete of
 /// the last, after it finished, and twice while running; each time resumed.
 #[test]
 fn add_shard_killed_at_every_phase_resumes_without_losing_or_duplicating_a_row() {
-    use Kill::*;
-    use Nth::*;
     let dir = tempfile::tempdir().unwrap();
     let mut d = Deployment::seed(dir.path(), 3, rows());
     // The new shard is configured beside the others: standby until the move.
-    d.shards.push("s3".into());
-    let plan = [
-        At(0, "Copy", First),
-        At(0, "Copy", Middle),
-        At(0, "Copy", Last),
-        At(0, "CatchUp", First),
-        At(0, "Freeze", First),
-        At(0, "FinalCatchUp", First),
-        At(0, "Switch", First),
-        At(0, "Delete", First),
-        At(0, "Delete", Middle),
-        At(1, "Prepare", First),
-        Running(1, "Copy", 2),
-        Running(1, "Delete", 2),
-        At(2, "CatchUp", First),
-        At(2, "Switch", First),
-        At(2, "Delete", Last),
-        At(3, "Done", First),
-        At(3, "Done", Last),
-    ];
+    d.site.shards.push("s3".into());
+    let plan = Kill::plan(
+        "0:Copy:First 0:Copy:Middle 0:Copy:Last 0:CatchUp:First 0:Freeze:First \
+         0:FinalCatchUp:First 0:Switch:First 0:Delete:First 0:Delete:Middle 1:Prepare:First \
+         running:1:Copy:2 running:1:Delete:2 2:CatchUp:First 2:Switch:First 2:Delete:Last \
+         3:Done:First 3:Done:Last",
+    );
     let stats = grow_with_kills(&mut d, "add:s3", &plan);
-    report("add_shard s3", &stats);
-    assert_phases_covered("add_shard s3", &stats, 12);
+    report("add_shard s3", &stats, &d.written());
+    assert_phases_covered("add_shard s3", &stats, &COVERED, 12);
     let s3 = file_rows(dir.path(), &["s3"], "users", "id").len();
     assert!(
         s3 * 6 > rows() && s3 * 3 < rows(),
@@ -1044,49 +520,19 @@ fn add_shard_killed_at_every_phase_resumes_without_losing_or_duplicating_a_row()
 /// no directory entry names it.
 #[test]
 fn drain_shard_killed_at_every_phase_resumes_without_losing_or_duplicating_a_row() {
-    use Kill::*;
-    use Nth::*;
     let dir = tempfile::tempdir().unwrap();
     let mut d = Deployment::seed(dir.path(), 4, rows());
-    let plan = [
-        At(0, "Copy", First),
-        At(0, "Copy", Middle),
-        At(0, "FinalCatchUp", First),
-        At(0, "Switch", First),
-        At(0, "Delete", Middle),
-        At(1, "Prepare", First),
-        Running(1, "Copy", 2),
-        At(2, "Freeze", First),
-        At(2, "Delete", First),
-        At(3, "Prepare", First),
-        At(3, "Copy", First),
-        At(3, "Copy", Middle),
-        At(3, "CatchUp", First),
-        At(3, "Freeze", First),
-        At(3, "FinalCatchUp", First),
-        At(3, "Switch", First),
-        At(3, "Switch", Middle),
-        Running(3, "Switch", 3),
-        At(3, "Delete", First),
-        At(3, "Delete", Last),
-        At(4, "Done", First),
-        At(4, "Done", Last),
-    ];
-    let stats = grow_with_kills(&mut d, "drain:s1", &plan);
-    report("drain_shard s1", &stats);
-    assert_phases_covered("drain_shard s1", &stats, 14);
-    for table in TABLES {
-        assert!(
-            file_rows(dir.path(), &["s1"], table, "id").is_empty(),
-            "the drained shard holds no `{table}` row"
-        );
-    }
-    let entries = directory_entries(dir.path());
-    assert!(
-        entries.values().all(|shard| shard != "s1"),
-        "no directory entry names the drained shard"
+    let plan = Kill::plan(
+        "0:Copy:First 0:Copy:Middle 0:FinalCatchUp:First 0:Switch:First 0:Delete:Middle \
+         1:Prepare:First running:1:Copy:2 2:Freeze:First 2:Delete:First 3:Prepare:First \
+         3:Copy:First 3:Copy:Middle 3:CatchUp:First 3:Freeze:First 3:FinalCatchUp:First \
+         3:Switch:First 3:Switch:Middle running:3:Switch:3 3:Delete:First 3:Delete:Last \
+         4:Done:First 4:Done:Last",
     );
-    assert!(!stored_map(dir.path()).contains("s1"));
+    let stats = grow_with_kills(&mut d, "drain:s1", &plan);
+    report("drain_shard s1", &stats, &d.written());
+    assert_phases_covered("drain_shard s1", &stats, &COVERED, 14);
+    assert_drained(dir.path(), "s1", &TABLES);
 }
 
 // ---------------------------------------------------------------------------------------------

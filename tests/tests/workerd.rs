@@ -897,12 +897,24 @@ fn unique_emails_hold_across_shards(server: &Workerd) {
     }
     let missing = server.get("/accounts/by-email?email=nobody%40example.com");
     assert_eq!(missing.status, 404, "{}", missing.text);
+    // insert_many claims, then confirms, each column's values in one batch per directory
+    // partition: every entry ends live, and every account is found by its email.
+    let many: Vec<Value> = (0..40)
+        .map(|i| account(&format!("bulk-{i}"), &format!("bulk-{i}@example.com")))
+        .collect();
+    let reply = server.post("/accounts/batch", &Value::Array(many));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["inserted"], 40);
+    for i in [0, 17, 39] {
+        let found = server.get(&format!("/accounts/by-email?email=bulk-{i}%40example.com"));
+        assert_eq!(found.json["id"], format!("bulk-{i}"), "{}", found.text);
+    }
     let entries = server.get("/directory/list/accounts.email?limit=100");
-    assert_eq!(
-        entries.json["entries"].as_array().unwrap().len(),
-        12,
-        "{}",
-        entries.text
+    let entries = entries.json["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 52, "{entries:?}");
+    assert!(
+        entries.iter().all(|e| e.to_string().contains("live#")),
+        "every entry confirmed: {entries:?}"
     );
 
     // A taken email, from another key: 409 naming the column, and no row written.

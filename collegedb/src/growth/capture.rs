@@ -227,17 +227,15 @@ impl Pages {
         };
         let after_key = format!("{k} > ?");
         let (first, after) = match (keys_only, grouping) {
+            (keys_only, Some(within)) if !within.is_empty() => {
+                // Pages of rows along the primary key: the key's columns only for keys.
+                let order = row_order(key, within);
+                let bound = format!("({order}) > ({})", marks(within.len() + 1));
+                select(if keys_only { &order } else { "*" }, &order, &bound)
+            }
             (true, Some(_)) => select(&format!("DISTINCT {k}"), &k, &after_key),
             (true, None) => select(&k, &k, &after_key),
             (false, None) => select("*", &k, &after_key),
-            (false, Some(within)) if !within.is_empty() => {
-                let order = std::iter::once(k.clone())
-                    .chain(within.iter().map(|c| quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let marks = vec!["?"; within.len() + 1].join(", ");
-                select("*", &order, &format!("({order}) > ({marks})"))
-            }
             (false, Some(_)) => {
                 let (first, after) = select(&format!("DISTINCT {k}"), &k, &after_key);
                 let groups =
@@ -272,6 +270,92 @@ impl Pages {
         params.push(Value::Integer(limit as i64));
         shard.query_raw(sql, &params).await
     }
+}
+
+/// `key, within...` quoted: the primary key of a colocated table paged by rows.
+fn row_order(key: &str, within: &[String]) -> String {
+    std::iter::once(key)
+        .chain(within.iter().map(String::as_str))
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// On a shard that computes slots in SQL: deletes the next `limit` rows of colocated `table`
+/// (routed by `key`, primary key `key, within...`) of `slots` after the row `after`, in one
+/// statement; returns how many it deleted and the position of the last.
+pub(crate) async fn delete_rows_of_slots<S: ShardConn>(
+    shard: &S,
+    (table, key, within): (&str, &str, &[String]),
+    slots: &[u16],
+    after: Option<&[Value]>,
+    limit: usize,
+) -> Result<(usize, Option<Vec<Value>>)> {
+    let (t, k) = (quote_ident(table), quote_ident(key));
+    let order = row_order(key, within);
+    let mut params: Vec<Value> = Vec::with_capacity(within.len() + 3);
+    let bound = match after {
+        Some(after) => {
+            params.extend_from_slice(after);
+            format!("({order}) > ({}) AND ", marks(after.len()))
+        }
+        None => format!("{k} IS NOT NULL AND "),
+    };
+    params.push(Value::Text(
+        serde_json::to_string(slots).expect("slots serialize"),
+    ));
+    params.push(Value::Integer(limit as i64));
+    let sql = format!(
+        "DELETE FROM {t} WHERE ({order}) IN (SELECT {order} FROM {t} WHERE {bound}\
+         collegedb_slot({k}) IN (SELECT value FROM json_each(?)) ORDER BY {order} LIMIT ? + 0) \
+         RETURNING {order}"
+    );
+    let rows = shard.query_raw(&sql, &params).await?;
+    let last = rows
+        .iter()
+        .map(|row| row.values())
+        .max_by(|a, b| {
+            a.iter()
+                .zip(b.iter())
+                .map(|(x, y)| crate::scan::compare_values(x, y))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .map(<[Value]>::to_vec);
+    Ok((rows.len(), last))
+}
+
+/// Deletes the rows of colocated `table` whose primary key (`key, within...`) is one of `rows`
+/// (their values in that order), in one transaction; returns rows deleted.
+pub(crate) async fn delete_rows<S: ShardConn>(
+    shard: &S,
+    (table, key, within): (&str, &str, &[String]),
+    rows: &[Vec<Value>],
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let order = row_order(key, within);
+    let one = format!("({})", marks(within.len() + 1));
+    let per_statement = (shard.max_parameters() / (within.len() + 1)).max(1);
+    let statements: Vec<Statement> = rows
+        .chunks(per_statement)
+        .map(|chunk| {
+            Statement::new(
+                format!(
+                    "DELETE FROM {} WHERE ({order}) IN (VALUES {})",
+                    quote_ident(table),
+                    vec![one.as_str(); chunk.len()].join(", ")
+                ),
+                chunk.iter().flatten().cloned().collect(),
+            )
+        })
+        .collect();
+    Ok(shard.batch(&statements).await?.iter().sum())
 }
 
 /// On a shard that computes slots in SQL: deletes the next page of `table`'s rows of `slots`

@@ -29,12 +29,14 @@
 //!    change capture on `A`. `B` does not own `S`, so no router writes them there.
 //! 2. **Copy**: read `A`'s tables in key order, one page at a time; write the rows of `S` to `B`
 //!    with `INSERT OR REPLACE` (copying twice is harmless). Rows that a directory entry places
-//!    stay where their entry says. The journal keeps each table's last key.
+//!    stay where their entry says. The journal keeps each table's last key (a colocated
+//!    table's rows are read in pages along its primary key, see [`TableCursor`]).
 //! 3. **Catch up**: replay the change log: re-read each logged key of `S` on `A` and upsert it on
 //!    `B`, or delete it from `B` if `A` no longer has it. Repeat until a pass is small.
 //! 4. **Freeze**: remove `S` from `A`'s fence. From this statement on, `A` refuses writes of `S`;
 //!    writers reload the map, find it unchanged, and wait in short pauses.
-//! 5. **Final catch-up**: replay the log to its end; nothing of `S` can be added to it now.
+//! 5. **Final catch-up**: replay the log up to its last entry as of the freeze; nothing of `S`
+//!    can be added to it now (other slots' writes may go on, and are not waited for).
 //! 6. **Switch**: copy the markers again, add `S` to `B`'s fence, store the map with `S` owned by
 //!    `B` (version + 1). Waiting writers and every stale handle now land on `B`.
 //! 7. **Delete** the rows of `S` from `A`, page by page, and remove change capture.
@@ -241,17 +243,20 @@ pub struct TableCursor {
     pub done: bool,
     /// For a colocated table (see [`crate::colocate`]): the table whose keys place its rows.
     /// `key` is then the column holding that table's key, shared by many rows, and the pass
-    /// reads and moves whole groups of rows with one value of it.
+    /// moves the rows of one value of it together (see `within`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
-    /// For a colocated table: the rest of its primary key after `key`, which orders the rows of
-    /// one group, so that a pass continues inside a group larger than a page. Empty when the
-    /// table has no such key (or a journal predates it): the pass then takes whole groups.
+    /// For a colocated table whose primary key is `key` then these columns (NOT NULL): they
+    /// order the rows of one group, so that the pass reads and deletes pages of rows, inside a
+    /// large group too. Empty otherwise (or in a journal that predates them): the pass then
+    /// takes whole groups, a page of keys at a time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub within: Vec<String>,
-    /// The `within` values of the last row read, when the pass pages inside groups.
+    /// When the pass pages by rows (`within`): the primary key of the last row read. `after`
+    /// stays empty then, so that a build that predates row pages and resumes the journal starts
+    /// the pass over (harmless) rather than skip the rest of a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    after_within: Option<Vec<StoredValue>>,
+    after_row: Option<Vec<StoredValue>>,
 }
 
 impl TableCursor {
@@ -275,34 +280,45 @@ impl TableCursor {
         self.after.as_ref().map(Value::from)
     }
 
-    /// Where a pass continues: the key of the last row read, then, when rows are paged inside
-    /// groups, the rest of that row's primary key.
-    fn position(&self) -> Option<Vec<Value>> {
-        let mut position = vec![self.after()?];
-        if let Some(within) = &self.after_within {
-            position.extend(within.iter().map(Value::from));
-        }
-        Some(position)
+    /// Whether the pass pages the table by rows inside groups (see `within`).
+    pub(crate) fn pages_rows(&self) -> bool {
+        self.grouped() && !self.within.is_empty()
     }
 
-    /// Moves the cursor past `row` (a whole row, or a key only). Returns the row's key.
+    /// Where a pass continues: the key of the last row read, or when it pages by rows, that
+    /// row's primary key (`key`, then `within`).
+    fn position(&self) -> Option<Vec<Value>> {
+        match &self.after_row {
+            Some(row) => Some(row.iter().map(Value::from).collect()),
+            None => Some(vec![self.after()?]),
+        }
+    }
+
+    /// Moves the cursor past `row`: a whole row, or the columns of a keys-only page. Returns
+    /// the row's key.
     fn advance(&mut self, row: &crate::backend::Row) -> Option<Value> {
         let key = row.value(&self.key)?.clone();
-        self.after = Some(StoredValue::from(&key));
-        self.after_within = if self.within.is_empty() {
-            None
-        } else {
-            self.within
-                .iter()
-                .map(|column| row.value(column).map(StoredValue::from))
+        self.after_row = if self.pages_rows() {
+            std::iter::once(Some(StoredValue::from(&key)))
+                .chain(
+                    self.within
+                        .iter()
+                        .map(|column| row.value(column).map(StoredValue::from)),
+                )
                 .collect()
+        } else {
+            None
+        };
+        self.after = match self.after_row {
+            Some(_) => None,
+            None => Some(StoredValue::from(&key)),
         };
         Some(key)
     }
 
     fn restart(&mut self) {
         self.after = None;
-        self.after_within = None;
+        self.after_row = None;
         self.done = false;
     }
 }

@@ -185,7 +185,7 @@ pub(super) async fn step<B: Backend>(db: &CollegeDb<B>, job: &mut Job) -> Result
                 done: false,
                 scope: None,
                 within: Vec::new(),
-                after_within: None,
+                after_row: None,
             }];
             tables.extend(
                 all.into_iter()

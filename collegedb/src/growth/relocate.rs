@@ -220,21 +220,29 @@ pub(super) async fn step<B: Backend>(
                 .await?;
             cursor.done = rows.len() < page;
             let mut moved = Vec::new();
+            // Rows of one group come together: one directory read decides them all.
+            let mut last: Option<(Key, bool)> = None;
             for row in rows {
                 let Some(value) = cursor.advance(&row) else {
                     continue;
                 };
-                let Ok(key) = Key::from_value(value.clone()) else {
+                let Ok(key) = Key::from_value(value) else {
                     continue;
                 };
-                if let Some(shard) = db.directory().lookup(cursor.scope(), &key).await? {
-                    if shard != t.from {
-                        moved.push(value);
+                let gone = match &last {
+                    Some((seen, gone)) if *seen == key => *gone,
+                    _ => {
+                        let entry = db.directory().lookup(cursor.scope(), &key).await?;
+                        let gone = entry.is_some_and(|shard| shard != t.from);
+                        last = Some((key, gone));
+                        gone
                     }
+                };
+                if gone {
+                    moved.push(row);
                 }
             }
-            t.deleted +=
-                capture::delete_keys(db.shard(from), &cursor.table, &cursor.key, &moved).await?;
+            t.deleted += super::transfer::delete_page(db.shard(from), cursor, moved).await?;
         }
         Phase::Done => {}
     }

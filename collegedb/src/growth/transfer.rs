@@ -101,6 +101,24 @@ pub(super) async fn step<B: Backend>(
                 return Ok(());
             };
             let shard = db.shard(from);
+            if shard.computes_slots() && !cursor.marked && cursor.pages_rows() {
+                // Natively, a colocated table: one statement per page of rows.
+                let table = (
+                    cursor.table.as_str(),
+                    cursor.key.as_str(),
+                    &cursor.within[..],
+                );
+                let after = cursor.position();
+                let (deleted, last) =
+                    capture::delete_rows_of_slots(shard, table, &t.slots, after.as_deref(), page)
+                        .await?;
+                cursor.done = deleted < page;
+                if let Some(last) = last {
+                    cursor.after_row = Some(last.iter().map(StoredValue::from).collect());
+                }
+                t.deleted += deleted as u64;
+                return Ok(());
+            }
             if shard.computes_slots() && !cursor.marked {
                 // Natively: one statement per page, no key leaves SQLite.
                 let table = (cursor.table.as_str(), cursor.key.as_str());
@@ -121,12 +139,7 @@ pub(super) async fn step<B: Backend>(
                 .await?;
             cursor.done = rows.len() < page;
             let (moved, _) = select_moving(db, cursor, rows, &slots).await?;
-            let keys: Vec<Value> = moved
-                .into_iter()
-                .filter_map(|row| row.into_values().into_iter().next())
-                .collect();
-            t.deleted +=
-                capture::delete_keys(db.shard(from), &cursor.table, &cursor.key, &keys).await?;
+            t.deleted += delete_page(db.shard(from), cursor, moved).await?;
         }
         Phase::Done => {}
     }
@@ -164,7 +177,7 @@ pub(super) async fn tables_of<B: Backend>(
                     done: false,
                     scope,
                     within,
-                    after_within: None,
+                    after_row: None,
                 })
             }
             None => skipped.push(name),
@@ -174,8 +187,9 @@ pub(super) async fn tables_of<B: Backend>(
 }
 
 /// The columns that order the rows of one group of colocated `table` (routed by `route`): the
-/// rest of its primary key, when every column of it is NOT NULL (a NULL would stop a row-value
-/// comparison short). Empty otherwise: moves then take whole groups.
+/// rest of its primary key, when that key starts with `route` (its index serves the order) and
+/// the rest is NOT NULL (a NULL would stop a row-value comparison short) and declared INTEGER or
+/// TEXT (kept exactly in the journal). Empty otherwise: moves then take whole groups.
 pub(super) async fn within_groups<S: ShardConn>(
     shard: &S,
     table: &str,
@@ -192,16 +206,49 @@ pub(super) async fn within_groups<S: ShardConn>(
         if let Some(Value::Integer(pk)) = row.value("pk") {
             if *pk > 0 {
                 let not_null = matches!(row.value("notnull"), Some(Value::Integer(n)) if *n != 0);
-                key.push((*pk, row.get::<String>("name")?, not_null));
+                let declared = match row.value("type") {
+                    Some(Value::Text(t)) => t.to_ascii_uppercase(),
+                    _ => String::new(),
+                };
+                let exact = ["INT", "TEXT", "CHAR", "CLOB"]
+                    .iter()
+                    .any(|t| declared.contains(t));
+                key.push((*pk, row.get::<String>("name")?, not_null && exact));
             }
         }
     }
     key.sort();
-    let rest: Vec<(i64, String, bool)> = key.into_iter().filter(|(_, c, _)| c != route).collect();
-    if rest.is_empty() || rest.iter().any(|(_, _, not_null)| !not_null) {
-        return Ok(Vec::new());
+    match key.split_first() {
+        Some(((_, first, _), rest))
+            if first == route && !rest.is_empty() && rest.iter().all(|(_, _, ok)| *ok) =>
+        {
+            Ok(rest.iter().map(|(_, column, _)| column.clone()).collect())
+        }
+        _ => Ok(Vec::new()),
     }
-    Ok(rest.into_iter().map(|(_, column, _)| column).collect())
+}
+
+/// Deletes the rows of a keys-only page (see [`Pages`]) from `shard`: by key, or by primary
+/// key when the cursor pages a colocated table by rows.
+pub(super) async fn delete_page<S: ShardConn>(
+    shard: &S,
+    cursor: &TableCursor,
+    rows: Vec<Row>,
+) -> Result<u64> {
+    if cursor.pages_rows() {
+        let table = (
+            cursor.table.as_str(),
+            cursor.key.as_str(),
+            &cursor.within[..],
+        );
+        let keys: Vec<Vec<Value>> = rows.into_iter().map(Row::into_values).collect();
+        return capture::delete_rows(shard, table, &keys).await;
+    }
+    let keys: Vec<Value> = rows
+        .into_iter()
+        .filter_map(|row| row.into_values().into_iter().next())
+        .collect();
+    capture::delete_keys(shard, &cursor.table, &cursor.key, &keys).await
 }
 
 pub(super) fn key_columns(tables: &[TableCursor]) -> Vec<(String, String)> {

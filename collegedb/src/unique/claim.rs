@@ -1,7 +1,7 @@
 //! The steps of the consistent-lookup order for the values of one row: claim, confirm, abandon
 //! and release (see the [module docs](super)).
 
-use super::entry::Entry;
+use super::entry::{Entry, Owner};
 use super::{column_name, duplicate, lookup_key, scope};
 use crate::backend::Backend;
 use crate::directory::Directory;
@@ -32,12 +32,11 @@ pub(super) struct Held {
 /// Whether the row of `owner` holds `value` in `column`, read on the primary.
 pub(super) async fn holds<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    owner: &Key,
+    owner: &Owner,
     column: usize,
     value: &Key,
 ) -> Result<bool> {
-    let primary = db.on_primary();
-    let row = crate::crud::find_key::<M, B>(&primary, owner.clone()).await?;
+    let row = super::row_of::<M, B>(&db.on_primary(), owner).await?;
     match row {
         Some(row) => Ok(row.to_values()?.get(column) == Some(&value.to_value())),
         None => Ok(false),
@@ -51,7 +50,7 @@ fn now_ms() -> u64 {
 /// Claims `value` of `column` for the row of `key` (step 1).
 pub(super) async fn claim_one<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     column: usize,
     value: Key,
 ) -> Result<Claim> {
@@ -112,7 +111,7 @@ pub(super) fn check_store<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()>
 /// failure nothing claimed stays behind but what the row of `key` holds.
 pub(super) async fn claim_all<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     new: &[Value],
     old: Option<&[Value]>,
 ) -> Result<Vec<Claim>> {
@@ -140,7 +139,7 @@ pub(super) async fn claim_all<M: Model, B: Backend>(
 /// failure nothing claimed stays behind but what the rows' keys hold.
 pub(super) async fn claim_batch<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    rows: &[(Key, Vec<Value>)],
+    rows: &[(Owner, Vec<Value>)],
 ) -> Result<Vec<Vec<Claim>>> {
     check_store::<M, B>(db)?;
     let mut claimed: Vec<Vec<Claim>> = rows.iter().map(|_| Vec::new()).collect();
@@ -156,7 +155,7 @@ pub(super) async fn claim_batch<M: Model, B: Backend>(
 
 async fn claim_batch_into<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    rows: &[(Key, Vec<Value>)],
+    rows: &[(Owner, Vec<Value>)],
     claimed: &mut [Vec<Claim>],
 ) -> Result<()> {
     for &column in M::UNIQUE {
@@ -197,7 +196,7 @@ async fn claim_batch_into<M: Model, B: Backend>(
 /// of `key` holds it too.
 async fn confirm_one<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     claim: &Claim,
 ) -> Result<bool> {
     let scope = scope(M::TABLE, column_name::<M>(claim.column));
@@ -230,7 +229,7 @@ async fn confirm_one<M: Model, B: Backend>(
 /// over meanwhile (a write stalled past the lease), and the row holds it too.
 pub(super) async fn confirm<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     claims: &[Claim],
 ) -> Result<std::result::Result<(), usize>> {
     for claim in claims {
@@ -241,11 +240,61 @@ pub(super) async fn confirm<M: Model, B: Backend>(
     Ok(Ok(()))
 }
 
+/// [`confirm`] of many written rows (`(key, claims)`), column after column: each column's
+/// claims in one [`Directory::replace_many`] (one transaction natively, one request per
+/// directory partition on Workers); a claim that batch does not turn live outright goes through
+/// [`confirm_one`], which decides it. Records each row's outcome in `outcome` (one per row,
+/// `Ok(())` to start with) as it is known, so that an error midway still reports the rows
+/// already found lost.
+pub(super) async fn confirm_batch<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    rows: &[(Owner, Vec<Claim>)],
+    outcome: &mut [std::result::Result<(), usize>],
+) -> Result<()> {
+    for &column in M::UNIQUE {
+        let scope = scope(M::TABLE, column_name::<M>(column));
+        let mut pending: Vec<(usize, &Claim)> = Vec::new();
+        for (index, (_, claims)) in rows.iter().enumerate() {
+            if outcome[index].is_err() {
+                continue;
+            }
+            pending.extend(
+                claims
+                    .iter()
+                    .filter(|c| c.column == column)
+                    .map(|c| (index, c)),
+            );
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let requests: Vec<(Key, String, String)> = pending
+            .iter()
+            .map(|(_, c)| (c.value.clone(), c.held.clone(), c.entry.live().encode()))
+            .collect();
+        let after = db.directory().replace_many(&scope, &requests).await?;
+        for (((index, claim), (_, _, live)), after) in pending.iter().zip(&requests).zip(after) {
+            let key = &rows[*index].0;
+            if after.as_deref() == Some(live.as_str()) {
+                db.directory_cache()
+                    .remember_owner(&scope, &claim.value, key);
+            } else if !confirm_one::<M, B>(db, key, claim).await? {
+                outcome[*index] = Err(column);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// After a write failed: a claim whose value the row of `key` holds (a write of the same key
 /// put it there) is confirmed; the others are removed, so they do not hold the values off
 /// from other keys until the lease runs out. Best effort: a failure here leaves pending entries,
 /// which the lease takes care of, and is logged, not returned.
-pub(super) async fn abandon<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key, claims: &[Claim]) {
+pub(super) async fn abandon<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: &Owner,
+    claims: &[Claim],
+) {
     for claim in claims {
         let result = async {
             if holds::<M, B>(db, key, claim.column, &claim.value).await? {
@@ -268,7 +317,7 @@ pub(super) async fn abandon<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key, 
 /// written, to be released after it.
 pub(super) async fn held<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     old: &[Value],
     new: Option<&[Value]>,
 ) -> Result<Vec<Held>> {

@@ -49,6 +49,7 @@ mod entry;
 pub(crate) use claim::Claim;
 use claim::{abandon, claim_all, confirm, held, release, still_held};
 use entry::Entry;
+pub(crate) use entry::Owner;
 
 use crate::backend::Backend;
 use crate::directory::Directory;
@@ -111,10 +112,17 @@ fn undo_failed<M: Model>(error: Error) {
     tracing::warn!(table = M::TABLE, %error, "could not undo a write whose unique value another key took over meanwhile");
 }
 
+/// The row `owner` names, read through `db`.
+async fn row_of<M: Model, B: Backend>(db: &CollegeDb<B>, owner: &Owner) -> Result<Option<M>> {
+    crate::crud::find_id::<M, B>(db, owner.placing().clone(), &owner.ids()).await
+}
+
 /// The row of `key` as it is now, on the primary, in column order.
-async fn current<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<Option<Vec<Value>>> {
-    let primary = db.on_primary();
-    crate::crud::find_key::<M, B>(&primary, key.clone())
+async fn current<M: Model, B: Backend>(
+    db: &CollegeDb<B>,
+    key: &Owner,
+) -> Result<Option<Vec<Value>>> {
+    row_of::<M, B>(&db.on_primary(), key)
         .await?
         .map(|row| row.to_values())
         .transpose()
@@ -125,7 +133,7 @@ async fn current<M: Model, B: Backend>(db: &CollegeDb<B>, key: &Key) -> Result<O
 /// the claims stay pending (they count as live if the row holds their values).
 async fn write_claimed<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     claims: &[Claim],
     write: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()> {
@@ -142,7 +150,7 @@ async fn write_claimed<M: Model, B: Backend>(
 /// the write made it and the old values' entries are unchanged; else leaves it.
 async fn put_back<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    key: &Key,
+    key: &Owner,
     written: &[Value],
     old: Option<Vec<Value>>,
     held: &[claim::Held],
@@ -151,7 +159,9 @@ async fn put_back<M: Model, B: Backend>(
         return Ok(());
     }
     match old {
-        None => crate::crud::delete_key::<M, B>(db, key).await.map(drop),
+        None => crate::crud::delete_id::<M, B>(db, key.placing(), &key.ids())
+            .await
+            .map(drop),
         Some(old) if still_held::<M, B>(db, held).await? => {
             crate::crud::update_row(db, &M::from_values(old)?).await
         }
@@ -163,7 +173,8 @@ async fn put_back<M: Model, B: Backend>(
 pub(crate) async fn insert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
-    let key = row.key().clone().into_key()?;
+    crate::model::check_ids::<M>(&values)?;
+    let key = Owner::of_row::<M>(&values)?;
     let claims = claim_all::<M, B>(db, &key, &values, None).await?;
     write_claimed::<M, B>(db, &key, &claims, crate::crud::insert_row(db, row)).await?;
     if let Err(column) = confirm::<M, B>(db, &key, &claims).await? {
@@ -185,7 +196,8 @@ async fn overwrite<M: Model, B: Backend>(
 ) -> Result<()> {
     let values = row.to_values()?;
     crate::model::check_row(&values)?;
-    let key = row.key().clone().into_key()?;
+    crate::model::check_ids::<M>(&values)?;
+    let key = Owner::of_row::<M>(&values)?;
     let held = match &old {
         Some(old) => held::<M, B>(db, &key, old, Some(&values)).await?,
         None => Vec::new(),
@@ -210,7 +222,7 @@ async fn overwrite<M: Model, B: Backend>(
 
 /// [`crate::crud::update`] of a model with unique columns.
 pub(crate) async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
-    let key = row.key().clone().into_key()?;
+    let key = Owner::of_row::<M>(&row.to_values()?)?;
     let Some(old) = current::<M, B>(db, &key).await? else {
         return Err(Error::RowNotFound {
             table: M::TABLE.to_owned(),
@@ -221,24 +233,24 @@ pub(crate) async fn update<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> 
 
 /// [`crate::crud::upsert`] of a model with unique columns.
 pub(crate) async fn upsert<M: Model, B: Backend>(db: &CollegeDb<B>, row: &M) -> Result<()> {
-    let key = row.key().clone().into_key()?;
+    let key = Owner::of_row::<M>(&row.to_values()?)?;
     let old = current::<M, B>(db, &key).await?;
     overwrite(db, row, old, true).await
 }
 
 /// [`crate::crud::delete`] of a model with unique columns: the row first, then its entries.
-pub(crate) async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: Key) -> Result<bool> {
+pub(crate) async fn delete<M: Model, B: Backend>(db: &CollegeDb<B>, key: Owner) -> Result<bool> {
     let Some(old) = current::<M, B>(db, &key).await? else {
         return Ok(false);
     };
     let held = held::<M, B>(db, &key, &old, None).await?;
-    let deleted = crate::crud::delete_key::<M, B>(db, &key).await?;
+    let deleted = crate::crud::delete_id::<M, B>(db, key.placing(), &key.ids()).await?;
     release::<M, B>(db, &held).await?;
     Ok(deleted)
 }
 
 /// The claims of the rows of one `insert_many` call, by key.
-pub(crate) type RowClaims = Vec<(Key, Vec<Claim>)>;
+pub(crate) type RowClaims = Vec<(Owner, Vec<Claim>)>;
 
 /// Claims the unique values of many new rows, before `insert_many` writes them, a batch of
 /// directory claims per column. Two rows of the call with one value fail with
@@ -256,7 +268,7 @@ pub(crate) async fn claim_rows<M: Model, B: Backend>(
                 return Err(duplicate::<M>(column));
             }
         }
-        prepared.push((row.key().clone().into_key()?, values));
+        prepared.push((Owner::of_row::<M>(&values)?, values));
     }
     let claims = claim::claim_batch::<M, B>(db, &prepared).await?;
     Ok(prepared
@@ -270,7 +282,7 @@ pub(crate) async fn claim_rows<M: Model, B: Backend>(
 /// not written.
 pub(crate) async fn abandon_rows<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    claimed: &[(Key, Vec<Claim>)],
+    claimed: &[(Owner, Vec<Claim>)],
 ) {
     for (key, claims) in claimed {
         abandon::<M, B>(db, key, claims).await;
@@ -282,18 +294,22 @@ pub(crate) async fn abandon_rows<M: Model, B: Backend>(
 /// call wrote them, are deleted again.
 pub(crate) async fn confirm_rows<M: Model, B: Backend>(
     db: &CollegeDb<B>,
-    claimed: &[(Key, Vec<Claim>)],
+    claimed: &[(Owner, Vec<Claim>)],
     rows: &[&M],
-) -> Result<Vec<(Key, usize)>> {
+) -> Result<Vec<(Owner, usize)>> {
     let mut lost = Vec::new();
-    for ((key, claims), row) in claimed.iter().zip(rows) {
-        if let Err(column) = confirm::<M, B>(db, key, claims).await? {
+    let mut outcomes = vec![Ok(()); claimed.len()];
+    let confirmed = claim::confirm_batch::<M, B>(db, claimed, &mut outcomes).await;
+    // Rows found lost are undone even when a later confirm failed.
+    for (((key, _), row), outcome) in claimed.iter().zip(rows).zip(outcomes) {
+        if let Err(column) = outcome {
             if let Err(error) = put_back::<M, B>(db, key, &row.to_values()?, None, &[]).await {
                 undo_failed::<M>(error);
             }
             lost.push((key.clone(), column));
         }
     }
+    confirmed?;
     Ok(lost)
 }
 
@@ -309,8 +325,8 @@ pub struct BackfillReport {
 }
 
 /// Creates the lookup entries of every existing row of `M`: for a column made unique on a table
-/// that already has rows, or rows adopted or written with raw SQL. Reads every shard in key
-/// order, `page` rows at a time; safe to run again, and beside live writes (it claims values as
+/// that already has rows, or rows adopted or written with raw SQL. Reads every shard in
+/// primary-key order, `page` rows at a time; safe to run again, and beside live writes (it claims values as
 /// they do). Values held by two rows are reported, not changed: fix them, then run it again.
 pub async fn backfill<M: Model, B: Backend>(
     db: &CollegeDb<B>,
@@ -318,13 +334,15 @@ pub async fn backfill<M: Model, B: Backend>(
 ) -> Result<BackfillReport> {
     claim::check_store::<M, B>(db)?;
     let mut report = BackfillReport::default();
-    let mut after = None;
+    let mut cursor = None;
+    // Pages in primary-key order over every shard (a colocated model's key is composite).
+    let pages = crate::query::Query::<M>::new().limit(page.clamp(1, crate::scan::MAX_SCAN_LIMIT));
     loop {
-        let rows = crate::scan::scan::<M, B>(db, after.take(), page.max(1)).await?;
+        let rows = pages.page(db, cursor.as_ref()).await?;
         for row in &rows.rows {
             report.rows += 1;
             let values = row.to_values()?;
-            let key = row.key().clone().into_key()?;
+            let key = Owner::of_row::<M>(&values)?;
             for &column in M::UNIQUE {
                 let value = lookup_key::<M>(column, values[column].clone())?;
                 let kept = match claim::claim_one::<M, B>(db, &key, column, value.clone()).await {
@@ -342,7 +360,7 @@ pub async fn backfill<M: Model, B: Backend>(
             }
         }
         match rows.next {
-            Some(next) => after = Some(next),
+            Some(next) => cursor = Some(next),
             None => return Ok(report),
         }
     }
@@ -362,7 +380,7 @@ pub async fn find_by<M: Model, B: Backend, V: UniqueValue>(
     let expected = value.to_value();
     let matches = |row: &M| -> Result<bool> { Ok(row.to_values()?.get(column) == Some(&expected)) };
     if let Some(owner) = db.directory_cache().owner(&scope, &value) {
-        if let Some(row) = crate::crud::find_key::<M, B>(db, owner).await? {
+        if let Some(row) = row_of::<M, B>(db, &owner).await? {
             if matches(&row)? {
                 return Ok(Some(row));
             }
@@ -373,7 +391,7 @@ pub async fn find_by<M: Model, B: Backend, V: UniqueValue>(
         return Ok(None);
     };
     let owner = Entry::parse(&held)?.owner;
-    match crate::crud::find_key::<M, B>(db, owner.clone()).await? {
+    match row_of::<M, B>(db, &owner).await? {
         Some(row) if matches(&row)? => {
             db.directory_cache().remember_owner(&scope, &value, &owner);
             Ok(Some(row))

@@ -26,7 +26,7 @@ struct Like {
     id: i64,
 }
 
-// A shard key without a parent, and a unique column on a colocated model.
+// A shard key without a parent.
 #[derive(collegedb::Sharded)]
 #[sharded(table = "tags")]
 struct Tag {
@@ -34,17 +34,6 @@ struct Tag {
     owner: String,
     #[sharded(key)]
     id: i64,
-}
-
-#[derive(collegedb::Sharded)]
-#[sharded(table = "emails", colocate = User)]
-struct Email {
-    #[sharded(shard_key)]
-    user: String,
-    #[sharded(key)]
-    id: i64,
-    #[sharded(unique)]
-    address: String,
 }
 
 fn main() {}

@@ -51,6 +51,12 @@ enum Op {
         expected: String,
         value: String,
     },
+    /// Compare-and-sets of keys that share this object (`(key, expected, value)`), in one
+    /// request: atomic together.
+    ReplaceMany {
+        table: String,
+        replacements: Vec<(String, String, String)>,
+    },
     /// Removes the entry if it is `expected` now.
     RemoveIf {
         table: String,
@@ -72,6 +78,9 @@ struct Reply {
     shard: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     entries: Vec<(String, String)>,
+    /// Per key of a `ReplaceMany`, in order: the entry afterwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    after: Vec<Option<String>>,
     #[serde(default)]
     count: u64,
 }
@@ -231,6 +240,44 @@ impl Directory for DurableDirectory {
             })
             .await?
             .shard)
+    }
+
+    /// One request per directory object that holds some of the keys, as
+    /// [`claim_many`](Self::claim_many).
+    async fn replace_many(
+        &self,
+        table: &str,
+        replacements: &[(Key, String, String)],
+    ) -> Result<Vec<Option<String>>> {
+        type Batch = Vec<(usize, (String, String, String))>;
+        let mut by_partition: std::collections::BTreeMap<u32, Batch> = Default::default();
+        for (index, (key, expected, value)) in replacements.iter().enumerate() {
+            let key_hex = hex::encode(key.directory_bytes());
+            by_partition
+                .entry(Self::partition_of(table, &key_hex))
+                .or_default()
+                .push((index, (key_hex, expected.clone(), value.clone())));
+        }
+        let replies =
+            futures_util::future::join_all(by_partition.iter().map(|(partition, batch)| {
+                let op = Op::ReplaceMany {
+                    table: table.to_owned(),
+                    replacements: batch.iter().map(|(_, r)| r.clone()).collect(),
+                };
+                async move { self.call(*partition, &op).await }
+            }))
+            .await;
+        let mut after = vec![None; replacements.len()];
+        for (batch, reply) in by_partition.values().zip(replies) {
+            let reply = reply?;
+            if reply.after.len() != batch.len() {
+                return Err(failed("replace_many returned the wrong number of entries"));
+            }
+            for ((index, _), entry) in batch.iter().zip(reply.after) {
+                after[*index] = entry;
+            }
+        }
+        Ok(after)
     }
 
     async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
@@ -418,6 +465,25 @@ pub async fn serve_directory(state: &State, mut request: Request) -> worker::Res
             )?;
             Reply {
                 shard: shard_of(&table, &key)?,
+                ..Reply::default()
+            }
+        }
+        Op::ReplaceMany {
+            table,
+            replacements,
+        } => {
+            // No await between the statements: the batch commits together. A compare-and-set
+            // that applied leaves the entry at `value`, so a batch sent again reports the same.
+            let mut after = Vec::with_capacity(replacements.len());
+            for (key, expected, value) in replacements {
+                sql.exec(
+                    "UPDATE directory SET shard = ? WHERE scope = ? AND key = ? AND shard = ?",
+                    vec![text(&value), text(&table), text(&key), text(&expected)],
+                )?;
+                after.push(shard_of(&table, &key)?);
+            }
+            Reply {
+                after,
                 ..Reply::default()
             }
         }

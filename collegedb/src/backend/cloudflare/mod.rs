@@ -145,6 +145,16 @@ impl Directory for CloudflareDirectory {
             Self::DurableObject(d) => d.replace(table, key, expected, value).await,
         }
     }
+    async fn replace_many(
+        &self,
+        table: &str,
+        replacements: &[(Key, String, String)],
+    ) -> Result<Vec<Option<String>>> {
+        match self {
+            Self::Kv(d) => d.replace_many(table, replacements).await,
+            Self::DurableObject(d) => d.replace_many(table, replacements).await,
+        }
+    }
     async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
         match self {
             Self::Kv(d) => d.remove_if(table, key, expected).await,

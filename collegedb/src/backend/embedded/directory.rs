@@ -327,6 +327,45 @@ impl Directory for SqliteDirectory {
         .await
     }
 
+    async fn replace_many(
+        &self,
+        table: &str,
+        replacements: &[(Key, String, String)],
+    ) -> Result<Vec<Option<String>>> {
+        let table = table.to_owned();
+        let replacements: Vec<(Vec<u8>, String, String)> = replacements
+            .iter()
+            .map(|(key, expected, value)| (key.directory_bytes(), expected.clone(), value.clone()))
+            .collect();
+        // One transaction for the whole batch, on the thread pool: it may take a while.
+        self.pool
+            .run_blocking(move |conn| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    conn,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let mut after = Vec::with_capacity(replacements.len());
+                {
+                    let mut update = tx.prepare_cached(
+                        "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
+                    )?;
+                    let mut read =
+                        tx.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?;
+                    for (key, expected, value) in &replacements {
+                        if update.execute((&table, key, expected, value))? == 1 {
+                            after.push(Some(value.clone()));
+                        } else {
+                            after.push(read.query_row((&table, key), |row| row.get(0)).optional()?);
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok(after)
+            })
+            .await
+            .map_err(directory_error)
+    }
+
     async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
         let args = (table.to_owned(), key.directory_bytes(), expected.to_owned());
         self.run(false, args, |conn, (table, key, expected)| {
