@@ -281,7 +281,9 @@ impl Model {
                     shard_key_index = Some(fields.len());
                 }
             }
-            if unique && is_key {
+            // A colocated model's own key is unique within its parent only: `unique` makes it
+            // unique over every parent.
+            if unique && is_key && colocate.is_none() {
                 errors.push(syn::Error::new(
                     ident.span(),
                     format!("`{ident}` is the key, which is unique already: remove `unique`"),

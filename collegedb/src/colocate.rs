@@ -132,9 +132,9 @@ impl<B: Backend> CollegeDb<B> {
     /// growth operation in progress, is refused too: either would change how existing rows
     /// route.
     ///
-    /// Give `table` a primary key that starts with the route column, NOT NULL throughout (for
-    /// example `PRIMARY KEY (author, id)`): moves then read it in pages of rows, inside groups
-    /// too, along that index. Without such a key they read whole groups of rows per key, and a
+    /// Give `table` a primary key that starts with the route column, its other columns NOT NULL
+    /// and declared INTEGER or TEXT (for example `PRIMARY KEY (author, id)`): moves then read it
+    /// in pages of rows, inside groups too, along that index. Without such a key they read whole groups of rows per key, and a
     /// route column without an index makes them scan the table for each page.
     pub async fn colocate(&self, table: &str, route: &str, scope: &str) -> Result<()> {
         identifier(table, "table name")?;

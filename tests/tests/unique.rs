@@ -916,3 +916,47 @@ fn colocated_models_keep_unique_values_and_their_lookups_follow_the_parent() {
     assert_eq!(report.rows, 6 - 1 + 1 + 20);
     assert!(report.duplicates.is_empty(), "{report:?}");
 }
+
+/// A colocated model's own key is unique within its parent only; `unique` on it makes it
+/// unique over every parent, and finds the row by it alone.
+#[derive(collegedb::Sharded, Debug, Clone, PartialEq)]
+#[sharded(table = "tickets", colocate = collegedb_tests::User)]
+struct Ticket {
+    #[sharded(shard_key)]
+    holder: String,
+    #[sharded(key, unique)]
+    number: i64,
+}
+
+#[test]
+fn a_colocated_models_own_key_can_be_unique_over_every_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let ticket = |holder: &str, number| Ticket {
+        holder: holder.into(),
+        number,
+    };
+    block_on(async {
+        collegedb_tests::User::create_table(&db).await?;
+        Ticket::create_table(&db).await?;
+        Ticket::insert(&db, &ticket("ada", 1)).await?;
+        Ticket::insert(&db, &ticket("bob", 2)).await
+    })
+    .unwrap();
+    let error = block_on(Ticket::insert(&db, &ticket("bob", 1))).unwrap_err();
+    assert!(
+        matches!(&error, Error::DuplicateValue { table, column } if table == "tickets" && column == "number"),
+        "{error:?}"
+    );
+    assert_eq!(block_on(Ticket::find(&db, ("bob", 1))).unwrap(), None);
+    assert_eq!(
+        block_on(Ticket::find_by_number(&db, 1)).unwrap(),
+        Some(ticket("ada", 1))
+    );
+    assert!(block_on(Ticket::delete(&db, ("ada", 1))).unwrap());
+    block_on(Ticket::insert(&db, &ticket("bob", 1))).unwrap();
+    assert_eq!(
+        block_on(Ticket::find_by_number(&db, 1)).unwrap(),
+        Some(ticket("bob", 1))
+    );
+}

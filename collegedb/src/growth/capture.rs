@@ -163,7 +163,7 @@ pub(crate) async fn copy_schema<S: ShardConn>(from: &S, to: &S) -> Result<()> {
 /// A colocated table (many rows per key) is read by `grouping`: with the rest of its primary key
 /// (`within`), a page is `limit` rows in `(key, within...)` order and the next continues inside
 /// a group; without it, a page is the whole groups of `limit` keys. Keys-only pages list each
-/// key once.
+/// row's primary key (`key, within...`) when paging rows, else each key once.
 pub(crate) struct Pages {
     first: String,
     after: String,
@@ -339,17 +339,23 @@ pub(crate) async fn delete_rows<S: ShardConn>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let order = row_order(key, within);
-    let one = format!("({})", marks(within.len() + 1));
+    // `(k = ? AND w = ?) OR ...`: every SQLite version plans it on the primary key's index
+    // (a row-value `IN (VALUES ...)` is a table scan in some).
+    let one = std::iter::once(key)
+        .chain(within.iter().map(String::as_str))
+        .map(|column| format!("{} = ?", quote_ident(column)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let one = format!("({one})");
     let per_statement = (shard.max_parameters() / (within.len() + 1)).max(1);
     let statements: Vec<Statement> = rows
         .chunks(per_statement)
         .map(|chunk| {
             Statement::new(
                 format!(
-                    "DELETE FROM {} WHERE ({order}) IN (VALUES {})",
+                    "DELETE FROM {} WHERE {}",
                     quote_ident(table),
-                    vec![one.as_str(); chunk.len()].join(", ")
+                    vec![one.as_str(); chunk.len()].join(" OR ")
                 ),
                 chunk.iter().flatten().cloned().collect(),
             )

@@ -288,10 +288,12 @@ impl TableCursor {
     /// Where a pass continues: the key of the last row read, or when it pages by rows, that
     /// row's primary key (`key`, then `within`).
     fn position(&self) -> Option<Vec<Value>> {
-        match &self.after_row {
-            Some(row) => Some(row.iter().map(Value::from).collect()),
-            None => Some(vec![self.after()?]),
+        if self.pages_rows() {
+            // No row position (a fresh pass, or a journal of a build that kept only the key):
+            // from the start, which is harmless for a copy and for a delete.
+            return Some(self.after_row.as_ref()?.iter().map(Value::from).collect());
         }
+        Some(vec![self.after()?])
     }
 
     /// Moves the cursor past `row`: a whole row, or the columns of a keys-only page. Returns
@@ -309,10 +311,7 @@ impl TableCursor {
         } else {
             None
         };
-        self.after = match self.after_row {
-            Some(_) => None,
-            None => Some(StoredValue::from(&key)),
-        };
+        self.after = (!self.pages_rows()).then(|| StoredValue::from(&key));
         Some(key)
     }
 

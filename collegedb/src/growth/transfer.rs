@@ -189,7 +189,8 @@ pub(super) async fn tables_of<B: Backend>(
 /// The columns that order the rows of one group of colocated `table` (routed by `route`): the
 /// rest of its primary key, when that key starts with `route` (its index serves the order) and
 /// the rest is NOT NULL (a NULL would stop a row-value comparison short) and declared INTEGER or
-/// TEXT (kept exactly in the journal). Empty otherwise: moves then take whole groups.
+/// TEXT (a journal keeps such values as they are, a REAL's may not be). Empty otherwise: moves
+/// then take whole groups.
 pub(super) async fn within_groups<S: ShardConn>(
     shard: &S,
     table: &str,

@@ -2,7 +2,8 @@
 //! shard and generates `User::find_by_email(&db, "a@b")`, one directory read and one shard query.
 //!
 //! Each unique column has a lookup scope in the directory store (`users.email`) whose entries
-//! map a value to the key of the row that holds it. The entries are kept in the *consistent
+//! map a value to the primary key of the row that holds it (the parent's key and the row's own
+//! on a colocated model). The entries are kept in the *consistent
 //! lookup* order of Vitess, so that a crash never leaves a row without the entries of its values:
 //!
 //! 1. **Claim** each new value for the row's key before the row is written: the write puts its
@@ -301,11 +302,18 @@ pub(crate) async fn confirm_rows<M: Model, B: Backend>(
     let mut outcomes = vec![Ok(()); claimed.len()];
     let confirmed = claim::confirm_batch::<M, B>(db, claimed, &mut outcomes).await;
     // Rows found lost are undone even when a later confirm failed.
-    for (((key, _), row), outcome) in claimed.iter().zip(rows).zip(outcomes) {
+    for (((key, claims), row), outcome) in claimed.iter().zip(rows).zip(outcomes) {
         if let Err(column) = outcome {
-            if let Err(error) = put_back::<M, B>(db, key, &row.to_values()?, None, &[]).await {
+            let undone = match row.to_values() {
+                Ok(values) => put_back::<M, B>(db, key, &values, None, &[]).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = undone {
                 undo_failed::<M>(error);
             }
+            // The claims of its later columns were never confirmed: free them now rather than
+            // at the end of their lease (those the row still holds are kept).
+            abandon::<M, B>(db, key, claims).await;
             lost.push((key.clone(), column));
         }
     }
