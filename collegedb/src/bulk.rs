@@ -307,7 +307,11 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
             }
         }
     }
-    let lost = crate::unique::confirm_rows::<M, B>(db, &claimed, &all).await?;
+    // Every row is written: a failed confirm leaves pending entries that count as live (their
+    // rows hold the values), and the caller learns that the rows are there.
+    let lost = crate::unique::confirm_rows::<M, B>(db, &claimed, &all)
+        .await
+        .map_err(|error| partially(written, error))?;
     if let Some((_, column)) = lost.first() {
         // Claims another key took over meanwhile: those rows were deleted again.
         return Err(partially(

@@ -345,6 +345,29 @@ fn insert_many_claims_and_confirms_each_column_in_one_batch() {
             .unwrap()
             .starts_with("live#"));
     }
+    // The store fails at the confirms, after every row is written: the caller is told the rows
+    // are there, and the pending entries already count, for reads and against other keys.
+    let more: Vec<Account> = (100..150)
+        .map(|i| Account::new(i, format!("late{i}@example.com")))
+        .collect();
+    let (db, _) = fused(dir.path(), calls - 2);
+    let error = block_on(Account::insert_many(&db, &more)).unwrap_err();
+    assert!(
+        matches!(error, Error::PartiallyWritten { written: 50, .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        block_on(Account::find_by_email(&plain, "late117@example.com")).unwrap(),
+        Some(more[17].clone())
+    );
+    assert!(entry(&plain, "email", "late117@example.com")
+        .unwrap()
+        .starts_with("pending@"));
+    let taken = block_on(Account::insert(
+        &plain,
+        &Account::new(999, "late117@example.com"),
+    ));
+    assert_eq!(duplicate_column(taken.unwrap_err()), "email");
 }
 
 #[test]
