@@ -65,6 +65,9 @@ fn assertions(model: &Model) -> TokenStream {
         key_check.extend(quote_spanned! {route_ty.span()=>
             const _: () = __cdb::assert_same_key::<#route_ty, <#parent as __cdb::Model>::Key>();
         });
+        key_check.extend(quote_spanned! {parent.span()=>
+            const _: () = __cdb::assert_not_colocated::<#parent>();
+        });
     }
     let column_checks = model.fields.iter().filter(|f| !f.json).map(|field| {
         let ty = &field.ty;

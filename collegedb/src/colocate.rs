@@ -119,6 +119,26 @@ fn identifier(name: &str, what: &str) -> Result<()> {
     }
 }
 
+/// Refuses a chain: `scope` colocated in turn, or tables colocated with `table` already.
+pub(crate) fn check_chain(
+    known: &BTreeMap<String, Colocation>,
+    table: &str,
+    scope: &str,
+) -> Result<()> {
+    if let Some(parent) = known.get(scope) {
+        return Err(Error::config(format!(
+            "`{scope}` is itself colocated with `{}`: colocate `{table}` with `{}` instead",
+            parent.scope, parent.scope
+        )));
+    }
+    if known.values().any(|c| c.scope == table) {
+        return Err(Error::config(format!(
+            "other tables are colocated with `{table}`: it cannot be colocated in turn"
+        )));
+    }
+    Ok(())
+}
+
 impl<B: Backend> CollegeDb<B> {
     /// Records on every shard that the rows of `table` are placed by the key of `scope` held in
     /// their `route` column: they live on that key's shard and move with it (see
@@ -171,18 +191,8 @@ impl<B: Backend> CollegeDb<B> {
                 operation: operation.to_string(),
             });
         }
+        check_chain(&known, table, scope)?;
         self.check_tables(table, route, scope).await?;
-        if let Some(parent) = known.get(scope) {
-            return Err(Error::config(format!(
-                "`{scope}` is itself colocated with `{}`: colocate `{table}` with `{}` instead",
-                parent.scope, parent.scope
-            )));
-        }
-        if known.values().any(|c| c.scope == table) {
-            return Err(Error::config(format!(
-                "other tables are colocated with `{table}`: it cannot be colocated in turn"
-            )));
-        }
         let entries = BTreeMap::from([(table.to_owned(), wanted)]);
         for shard in self.shards() {
             shard.batch(&recording(&entries)).await?;

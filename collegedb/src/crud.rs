@@ -435,6 +435,10 @@ fn decode<M: Model>(rows: Vec<Row>) -> Result<Option<M>> {
 /// A model colocated with a parent (see [`crate::colocate`]) is recorded as such on every shard,
 /// so that moves carry its rows with their parent's key.
 pub async fn create_table<M: Model, B: Backend>(db: &CollegeDb<B>) -> Result<()> {
+    if M::SCOPE != M::TABLE {
+        // Refused before anything is created: a chain would leave a table that routes wrong.
+        crate::colocate::check_chain(&crate::colocate::all(db).await?, M::TABLE, M::SCOPE)?;
+    }
     for (index, shard) in db.shards().into_iter().enumerate() {
         shard.execute(&M::sql().create_table, &[]).await?;
         fence::ensure(db, index).await?;

@@ -183,4 +183,20 @@ pub mod __private {
     impl<K> SameKey<K> for K {}
     /// Compile-time assertion that a `shard_key` field has its parent's key type.
     pub const fn assert_same_key<T: SameKey<K>, K>() {}
+
+    /// Compile-time assertion that a colocated model's parent is not colocated in turn (its
+    /// scope is its own table): groups are one level deep.
+    pub const fn assert_not_colocated<P: Model>() {
+        let (scope, table) = (P::SCOPE.as_bytes(), P::TABLE.as_bytes());
+        let mut same = scope.len() == table.len();
+        let mut i = 0;
+        while same && i < scope.len() {
+            same = scope[i] == table[i];
+            i += 1;
+        }
+        assert!(
+            same,
+            "the parent of a colocated model is colocated itself: groups are one level deep, so colocate with the parent's parent instead"
+        );
+    }
 }

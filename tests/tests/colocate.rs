@@ -302,12 +302,19 @@ fn the_registry_refuses_what_would_strand_rows() {
     .unwrap();
     refused("likes", "nobody", "users", "has no column `nobody`");
     refused("likes", "user_id", "missing", "single-column primary key");
+    // A colocated scope is named as such (not as a table without a single key).
     refused(
         "likes",
         "user_id",
         "note_lines",
-        "single-column primary key",
+        "is itself colocated with `notes`",
     );
+    block_on(db.run_all_shards(
+        "CREATE TABLE IF NOT EXISTS pairs (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b))",
+        &[],
+    ))
+    .unwrap();
+    refused("likes", "user_id", "pairs", "single-column primary key");
     block_on(db.run_shard("s0", "INSERT INTO likes (user_id, n) VALUES ('a', 1)", &[])).unwrap();
     refused("likes", "user_id", "users", "holds rows already");
     assert_eq!(block_on(db.colocation("likes")).unwrap(), None);
