@@ -84,6 +84,7 @@ pub mod router;
 pub mod scan;
 pub mod session;
 pub mod shard_map;
+pub mod simulate;
 pub mod slots;
 pub mod unique;
 pub mod value;
