@@ -308,10 +308,11 @@ pub async fn insert_many<M: Model, B: Backend>(db: &CollegeDb<B>, rows: &[M]) ->
         }
     }
     // Every row is written: a failed confirm leaves pending entries that count as live (their
-    // rows hold the values), and the caller learns that the rows are there.
-    let lost = crate::unique::confirm_rows::<M, B>(db, &claimed, &all)
-        .await
-        .map_err(|error| partially(written, error))?;
+    // rows hold the values), and the caller learns which rows are there.
+    let (lost, confirmed) = crate::unique::confirm_rows::<M, B>(db, &claimed, &all).await;
+    if let Err(error) = confirmed {
+        return Err(partially(written.saturating_sub(lost.len()), error));
+    }
     if let Some((_, column)) = lost.first() {
         // Claims another key took over meanwhile: those rows were deleted again.
         return Err(partially(
@@ -416,10 +417,9 @@ pub async fn insert_many_idempotent<M: Model, B: Backend>(
             }
         }
     }
-    if let Some((_, column)) = crate::unique::confirm_rows::<M, B>(db, &claimed, &claimable)
-        .await?
-        .first()
-    {
+    let (lost, confirmed) = crate::unique::confirm_rows::<M, B>(db, &claimed, &claimable).await;
+    confirmed?;
+    if let Some((_, column)) = lost.first() {
         return Err(crate::unique::duplicate_of::<M>(*column));
     }
     match conflict {

@@ -204,10 +204,12 @@ pub enum Error {
         source: Box<Error>,
     },
 
-    /// A many-row write failed after some shards had committed their rows. Retrying the same
-    /// call cannot succeed (those rows exist now): finish it with `insert_many_idempotent`.
+    /// A many-row write failed after some of its rows were committed (on shards written before
+    /// the failure, or all of them when the failure came after the rows, as a unique lookup's
+    /// confirm). Retrying the same call cannot succeed (those rows exist now): finish it with
+    /// `insert_many_idempotent`.
     #[error(
-        "{written} rows were committed on other shards before this failure: {source}; finish the import with `insert_many_idempotent`"
+        "{written} rows were committed before this failure: {source}; finish the import with `insert_many_idempotent`"
     )]
     PartiallyWritten {
         /// Rows committed before the failure.

@@ -189,8 +189,8 @@ int_shard_key!(i64, i32, u32);
 /// type itself and narrower integer types that convert losslessly.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be used as a key of type `{K}`",
-    label = "expected a `{K}` here",
-    note = "pass a value of the key field's own type; a colocated model's row takes the pair `(parent key, own key)`, in that order"
+    label = "expected `{K}` here",
+    note = "pass a value of the key field's own type"
 )]
 pub trait KeyArg<K: ShardKey> {
     /// Converts into the key type.

@@ -14,7 +14,9 @@
 //!
 //! This is a simulation, not a measurement of any network: the delay is a fixed sleep and the
 //! faults are drawn at random. The real backend underneath does all the work, so rows, fences
-//! and entries are real.
+//! and entries are real. Natively each waiting call holds a thread of the `blocking` pool (about
+//! 500 at most, shared with the embedded backend's work), so keep concurrency well below that;
+//! in a Worker the wait is a timer. A build with neither backend feature adds no delay.
 //!
 //! ```
 //! use std::time::Duration;
@@ -126,14 +128,17 @@ impl Simulation {
         coordinator: B::Coordinator,
     ) -> Result<CollegeDb<Simulated<B>>> {
         let names: Vec<String> = config.shards.iter().map(|s| s.name.clone()).collect();
+        if names.len() != shards.len() {
+            return Err(Error::config(format!(
+                "{} shards configured, {} given: give one shard per configured name, in order",
+                names.len(),
+                shards.len()
+            )));
+        }
         let shards = shards
             .into_iter()
             .zip(names)
-            .map(|(inner, name)| SimShard {
-                inner,
-                name,
-                sim: self.clone(),
-            })
+            .map(|(inner, name)| SimShard::new(inner, name, self.clone()))
             .collect();
         let directory = SimDirectory {
             inner: directory,
@@ -146,12 +151,13 @@ impl Simulation {
         CollegeDb::from_parts(config, shards, directory, coordinator)
     }
 
-    /// Waits the delay, then draws the fault of this call.
+    /// Draws the fault of this call as it starts, then waits the delay.
     async fn start(&self) -> Strike {
+        let fault = self.switch.get();
         if !self.delay.is_zero() {
             crate::router::pause(self.delay).await;
         }
-        match self.switch.get() {
+        match fault {
             Fault::Up => Strike::None,
             Fault::Down => Strike::Before,
             Fault::Flaky { per_mille } => {
@@ -194,15 +200,45 @@ impl<B: Backend> Backend for Simulated<B> {
     type Coordinator = SimCoordinator<B::Coordinator>;
 }
 
-/// One shard of a [`Simulated`] backend. Statements of a D1 session keep their session, but
-/// [`ShardConn::primary`] is this shard itself: the simulation does not model replicas.
+/// One shard of a [`Simulated`] backend. A shard that reads through a D1 session keeps it, and
+/// its [`ShardConn::primary`] view stays on the primary, simulated the same way.
 pub struct SimShard<S> {
-    inner: S,
+    inner: Arc<S>,
     name: String,
     sim: Simulation,
+    /// Whether this is the primary view of `inner` (see [`ShardConn::primary`]).
+    on_primary: bool,
+    /// The primary view, on the shard handed to the router.
+    twin: Option<Box<SimShard<S>>>,
 }
 
-impl<S> SimShard<S> {
+impl<S: ShardConn> SimShard<S> {
+    fn new(inner: S, name: String, sim: Simulation) -> Self {
+        let inner = Arc::new(inner);
+        let twin = SimShard {
+            inner: inner.clone(),
+            name: name.clone(),
+            sim: sim.clone(),
+            on_primary: true,
+            twin: None,
+        };
+        SimShard {
+            inner,
+            name,
+            sim,
+            on_primary: false,
+            twin: Some(Box::new(twin)),
+        }
+    }
+
+    fn target(&self) -> &S {
+        if self.on_primary {
+            self.inner.primary()
+        } else {
+            &self.inner
+        }
+    }
+
     fn unavailable(&self) -> impl Fn() -> Error + '_ {
         || Error::Unavailable {
             shard: self.name.clone(),
@@ -213,17 +249,17 @@ impl<S> SimShard<S> {
 
 impl<S: ShardConn> ShardConn for SimShard<S> {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        let call = self.inner.execute(sql, params);
+        let call = self.target().execute(sql, params);
         self.sim.run(self.unavailable(), call).await
     }
 
     async fn execute_raw(&self, sql: &str, params: &[Value]) -> Result<u64> {
-        let call = self.inner.execute_raw(sql, params);
+        let call = self.target().execute_raw(sql, params);
         self.sim.run(self.unavailable(), call).await
     }
 
     async fn query_raw(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let call = self.inner.query_raw(sql, params);
+        let call = self.target().query_raw(sql, params);
         self.sim.run(self.unavailable(), call).await
     }
 
@@ -236,18 +272,22 @@ impl<S: ShardConn> ShardConn for SimShard<S> {
     }
 
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let call = self.inner.query(sql, params);
+        let call = self.target().query(sql, params);
         self.sim.run(self.unavailable(), call).await
     }
 
     async fn batch(&self, statements: &[Statement]) -> Result<Vec<u64>> {
-        let call = self.inner.batch(statements);
+        let call = self.target().batch(statements);
         self.sim.run(self.unavailable(), call).await
     }
 
     async fn size_bytes(&self) -> Result<u64> {
-        let call = self.inner.size_bytes();
+        let call = self.target().size_bytes();
         self.sim.run(self.unavailable(), call).await
+    }
+
+    fn primary(&self) -> &Self {
+        self.twin.as_deref().unwrap_or(self)
     }
 }
 

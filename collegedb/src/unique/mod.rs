@@ -291,13 +291,14 @@ pub(crate) async fn abandon_rows<M: Model, B: Backend>(
 }
 
 /// Confirms the claims of [`claim_rows`] after `insert_many` wrote the rows; returns the keys
-/// whose claim another key took over meanwhile, with the column. Their rows, if still as this
-/// call wrote them, are deleted again.
+/// whose claim another key took over meanwhile, with the column (their rows, if still as this
+/// call wrote them, are deleted again), and whether every other confirm went through: a failed
+/// one still reports the rows found lost before it.
 pub(crate) async fn confirm_rows<M: Model, B: Backend>(
     db: &CollegeDb<B>,
     claimed: &[(Owner, Vec<Claim>)],
     rows: &[&M],
-) -> Result<Vec<(Owner, usize)>> {
+) -> (Vec<(Owner, usize)>, Result<()>) {
     let mut lost = Vec::new();
     let mut outcomes = vec![Ok(()); claimed.len()];
     let confirmed = claim::confirm_batch::<M, B>(db, claimed, &mut outcomes).await;
@@ -317,8 +318,7 @@ pub(crate) async fn confirm_rows<M: Model, B: Backend>(
             lost.push((key.clone(), column));
         }
     }
-    confirmed?;
-    Ok(lost)
+    (lost, confirmed)
 }
 
 /// What [`backfill`] did.
