@@ -861,3 +861,37 @@ fn a_move_stopped_after_any_step_resumes_and_keeps_every_group_whole() {
         }
     }
 }
+
+#[test]
+fn create_table_refuses_a_chain_the_registry_holds_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path(), 3);
+    block_on(async {
+        User::create_table(&db).await?;
+        Note::create_table(&db).await?;
+        // `notes` kept with raw SQL as `users`' rows: the typed `Line`, colocated with `Note`,
+        // would make a chain the compile-time check cannot see.
+        db.colocate("notes", "id", "users").await
+    })
+    .unwrap();
+    let error = block_on(Line::create_table(&db)).unwrap_err();
+    assert_eq!(error.code(), "CONFIG_INVALID", "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("`notes` is itself colocated with `users`"),
+        "{error}"
+    );
+    for shard in 0..3 {
+        let tables: i64 = rusqlite::Connection::open(dir.path().join(format!("s{shard}.sqlite")))
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'lines'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "s{shard}: nothing created");
+    }
+    assert_eq!(block_on(db.colocation("lines")).unwrap(), None);
+}

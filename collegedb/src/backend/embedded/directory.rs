@@ -18,6 +18,13 @@ const CLAIM: &str = "INSERT INTO directory (scope, key, shard) VALUES (?1, ?2, ?
      ON CONFLICT (scope, key) DO UPDATE SET shard = directory.shard
      RETURNING shard";
 
+/// The entry of `(?1, ?2)`.
+const LOOKUP: &str = "SELECT shard FROM directory WHERE scope = ?1 AND key = ?2";
+
+/// Compare-and-set: `?4` where the entry of `(?1, ?2)` is `?3` now.
+const REPLACE: &str =
+    "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3";
+
 /// Round-robin tickets reserved from the counter table at a time.
 const TICKET_BLOCK: u64 = 64;
 
@@ -224,13 +231,33 @@ impl SqliteDirectory {
             .await
             .map_err(directory_error)
     }
+
+    /// Runs `work` in one IMMEDIATE transaction on the thread pool (a batch may take a while):
+    /// all of it commits, or none.
+    async fn in_transaction<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.pool
+            .run_blocking(move |conn| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    conn,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                let out = work(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await
+            .map_err(directory_error)
+    }
 }
 
 impl Directory for SqliteDirectory {
     async fn lookup(&self, table: &str, key: &Key) -> Result<Option<String>> {
         let args = (table.to_owned(), key.directory_bytes());
         self.run(true, args, |conn, (table, key)| {
-            conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
+            conn.prepare_cached(LOOKUP)?
                 .query_row((table, key), |row| row.get(0))
                 .optional()
         })
@@ -252,25 +279,14 @@ impl Directory for SqliteDirectory {
             .iter()
             .map(|(key, shard)| (key.directory_bytes(), shard.clone()))
             .collect();
-        // One transaction for the whole batch, on the thread pool: it may take a while.
-        self.pool
-            .run_blocking(move |conn| {
-                let tx = rusqlite::Transaction::new_unchecked(
-                    conn,
-                    rusqlite::TransactionBehavior::Immediate,
-                )?;
-                let mut winners = Vec::with_capacity(claims.len());
-                {
-                    let mut stmt = tx.prepare_cached(CLAIM)?;
-                    for (key, shard) in &claims {
-                        winners.push(stmt.query_row((&table, key, shard), |row| row.get(0))?);
-                    }
-                }
-                tx.commit()?;
-                Ok(winners)
-            })
-            .await
-            .map_err(directory_error)
+        self.in_transaction(move |tx| {
+            let mut stmt = tx.prepare_cached(CLAIM)?;
+            claims
+                .iter()
+                .map(|(key, shard)| stmt.query_row((&table, key, shard), |row| row.get(0)))
+                .collect()
+        })
+        .await
     }
 
     async fn assign(&self, table: &str, key: &Key, shard: &str) -> Result<()> {
@@ -313,14 +329,12 @@ impl Directory for SqliteDirectory {
         // reported when the update did not apply.
         self.run(false, args, |conn, (table, key, expected, value)| {
             let updated = conn
-                .prepare_cached(
-                    "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
-                )?
+                .prepare_cached(REPLACE)?
                 .execute((table, key, expected, value))?;
             if updated == 1 {
                 return Ok(Some(value.clone()));
             }
-            conn.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?
+            conn.prepare_cached(LOOKUP)?
                 .query_row((table, key), |row| row.get(0))
                 .optional()
         })
@@ -337,33 +351,19 @@ impl Directory for SqliteDirectory {
             .iter()
             .map(|(key, expected, value)| (key.directory_bytes(), expected.clone(), value.clone()))
             .collect();
-        // One transaction for the whole batch, on the thread pool: it may take a while.
-        self.pool
-            .run_blocking(move |conn| {
-                let tx = rusqlite::Transaction::new_unchecked(
-                    conn,
-                    rusqlite::TransactionBehavior::Immediate,
-                )?;
-                let mut after = Vec::with_capacity(replacements.len());
-                {
-                    let mut update = tx.prepare_cached(
-                        "UPDATE directory SET shard = ?4 WHERE scope = ?1 AND key = ?2 AND shard = ?3",
-                    )?;
-                    let mut read =
-                        tx.prepare_cached("SELECT shard FROM directory WHERE scope = ?1 AND key = ?2")?;
-                    for (key, expected, value) in &replacements {
-                        if update.execute((&table, key, expected, value))? == 1 {
-                            after.push(Some(value.clone()));
-                        } else {
-                            after.push(read.query_row((&table, key), |row| row.get(0)).optional()?);
-                        }
-                    }
+        self.in_transaction(move |tx| {
+            let (mut update, mut read) = (tx.prepare_cached(REPLACE)?, tx.prepare_cached(LOOKUP)?);
+            let mut after = Vec::with_capacity(replacements.len());
+            for (key, expected, value) in &replacements {
+                if update.execute((&table, key, expected, value))? == 1 {
+                    after.push(Some(value.clone()));
+                } else {
+                    after.push(read.query_row((&table, key), |row| row.get(0)).optional()?);
                 }
-                tx.commit()?;
-                Ok(after)
-            })
-            .await
-            .map_err(directory_error)
+            }
+            Ok(after)
+        })
+        .await
     }
 
     async fn remove_if(&self, table: &str, key: &Key, expected: &str) -> Result<()> {
